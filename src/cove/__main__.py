@@ -1,0 +1,5 @@
+import sys
+
+from cove.cli import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""Downloads: `HEAD|GET /{prefix}{repo_id}/resolve/{revision}/{path}` with byte ranges."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from urllib.parse import quote
+
+import anyio
+from fastapi import APIRouter, Request, Response
+from starlette.responses import StreamingResponse
+
+from cove.server import errors
+from cove.server.deps import clean_path, hub_of, load_repo, resolve_revision
+
+router = APIRouter()
+
+CHUNK = 4 * 1024 * 1024  # large reads: fewer event-loop round trips per GiB
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single `bytes=` range; None for the whole file."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None  # unsupported forms (several ranges) get the whole file
+    if m.group(1):
+        start = int(m.group(1))
+        end = int(m.group(2)) if m.group(2) else size - 1
+    else:  # suffix range: the last N bytes
+        start, end = max(size - int(m.group(2)), 0), size - 1
+    end = min(end, size - 1)
+    if start > end or start >= size:
+        raise errors.HubError(
+            416, "RangeNotSatisfiable", f"Range {header} outside a file of {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
+
+
+def _resolve_kind(prefix: str):
+    async def resolve(request: Request, repo_id: str, revision: str, path: str) -> Response:
+        return await _resolve(request, prefix, repo_id, revision, path)
+
+    return resolve
+
+
+async def _resolve(request: Request, rtype: str, repo_id: str, revision: str, path: str):
+    hub = hub_of(request)
+    repo, _ = await anyio.to_thread.run_sync(lambda: load_repo(request, rtype, repo_id))
+    path = clean_path(path)
+
+    def lookup():
+        git = hub.git(repo)
+        try:
+            sha = resolve_revision(git, repo, revision)
+            entry = git.entry(sha, path)
+            if entry is None or entry.type != "file":
+                raise errors.entry_not_found(repo.repo_id, path, sha)
+            data = None if entry.lfs else git.read_blob(entry.oid)
+            return sha, entry, data
+        finally:
+            git.close()
+
+    sha, entry, data = await anyio.to_thread.run_sync(lookup)
+    size = entry.size
+    etag = entry.lfs.oid if entry.lfs else entry.oid
+    name = path.rsplit("/", 1)[-1]
+    headers = {
+        "X-Repo-Commit": sha,
+        "ETag": f'"{etag}"',
+        "X-Linked-Etag": f'"{etag}"',
+        "X-Linked-Size": str(size),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+        "Cache-Control": "private, max-age=0, must-revalidate",
+    }
+    media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    local = None
+    if entry.lfs:
+        local = hub.objects.local_path(entry.lfs.oid)
+        if local is None and hub.objects.size(entry.lfs.oid) is None:
+            raise errors.HubError(
+                500, "LfsObjectMissing",
+                f"The LFS object of {path} ({entry.lfs.oid}) is missing from storage.",
+            )
+    rng = _parse_range(request.headers.get("range"), size)
+    start, end = rng if rng else (0, size - 1)
+    length = end - start + 1 if size else 0
+    headers["Content-Length"] = str(length)
+    status = 206 if rng else 200
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "GET":
+        client = request.client.host if request.client else "?"
+        await anyio.to_thread.run_sync(hub.count_download, repo, path, client)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media)
+    if data is not None:
+        return Response(data[start : end + 1], status_code=status, headers=headers, media_type=media)
+    opener = (lambda: open(local, "rb")) if local else (lambda: hub.objects.open(entry.lfs.oid))
+    return StreamingResponse(
+        file_stream(opener, start, length), status_code=status, headers=headers, media_type=media
+    )
+
+
+async def file_stream(opener, start: int, length: int):
+    """The bytes [start, start+length) of the file `opener()` returns, read off the loop."""
+    f = await anyio.to_thread.run_sync(opener)
+    try:
+        if start:
+            await anyio.to_thread.run_sync(f.seek, start)
+        left = length
+        while left > 0:
+            chunk = await anyio.to_thread.run_sync(f.read, min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
+
+
+# Datasets and spaces first: "/datasets/x/resolve/..." must not be read as the model "datasets/x".
+for _prefix, _kind in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
+    router.add_api_route(
+        _prefix + "/{repo_id:repo}/resolve/{revision}/{path:path}",
+        _resolve_kind(_kind),
+        methods=["GET", "HEAD"],
+        name=f"resolve_{_kind}",
+    )
+
+
