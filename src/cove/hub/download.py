@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +26,11 @@ from cove.hub.errors import (
     RemoteEntryNotFoundError,
 )
 
-CHUNK = 8 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024  # file reads when re-hashing
+# Network reads: small enough that a dropped connection loses little of what was received
+# (httpx holds a chunk until it is full), large enough to keep per-chunk overhead low.
+NET_CHUNK = 1024 * 1024
 MAX_RETRIES = 5
-_SHA256 = 64
 
 
 def file_url(repo_id: str, filename: str, repo_type: str = "model", revision: str = "main",
@@ -65,21 +68,37 @@ def _metadata(url: str, token, repo_id: str | None = None,
     return commit, etag, int(size)
 
 
+def _hasher(etag: str, size: int):
+    """What the etag promises: sha256 of the bytes (LFS) or the git blob sha1 (regular files)."""
+    if re.fullmatch(r"[0-9a-f]{64}", etag):
+        return hashlib.sha256()
+    if re.fullmatch(r"[0-9a-f]{40}", etag):
+        h = hashlib.sha1()
+        h.update(b"blob %d\x00" % size)
+        return h
+    return None  # an etag of another kind (another server): size check only
+
+
+def _hash_file(etag: str, size: int, path: Path):
+    digest = _hasher(etag, size)
+    if digest and path.exists():
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+    return digest
+
+
 def _fetch(url: str, dest: Path, size: int, etag: str, token, progress: bool, name: str) -> None:
     """Stream `url` into `dest`, resuming with a Range request after a dropped connection.
 
-    The bytes are checked against `size` and, for LFS files (64-hex etag), their sha256;
-    a mismatch removes the partial file and raises.
+    The bytes are checked against `size` and the hash the etag names; a mismatch removes the
+    partial file and raises, so nothing corrupt ever reaches the cache.
     """
-    digest = hashlib.sha256() if len(etag) == _SHA256 else None
     pos = dest.stat().st_size if dest.exists() else 0
     if pos > size:
         dest.unlink()
         pos = 0
-    if digest and pos:
-        with open(dest, "rb") as f:
-            while block := f.read(CHUNK):
-                digest.update(block)
+    digest = _hash_file(etag, size, dest)  # a resumed file's first part counts too
     bar = tqdm(total=size, initial=pos, unit="B", unit_scale=True, desc=name,
                disable=not progress or config.progress_disabled())
     headers = {**http.auth_headers(token), "accept-encoding": "identity"}
@@ -96,42 +115,38 @@ def _fetch(url: str, dest: Path, size: int, etag: str, token, progress: bool, na
                         http.raise_for_status(r)
                     if pos and r.status_code != 206:  # range ignored: start over
                         pos = 0
-                        digest = hashlib.sha256() if digest else None
+                        digest = _hasher(etag, size)
                         bar.reset(total=size)
                     with open(dest, "ab" if pos else "wb") as f:
-                        for chunk in r.iter_raw(CHUNK):
+                        for chunk in r.iter_raw(NET_CHUNK):
                             f.write(chunk)
                             if digest:
                                 digest.update(chunk)
                             pos += len(chunk)
                             bar.update(len(chunk))
-                            if pos > size:
-                                break
             except httpx.TransportError:
                 failures += 1
                 if failures > MAX_RETRIES:
                     raise
                 time.sleep(min(0.2 * 2**failures, 5))
+                # Resume from what reached the disk; re-hash it, the stream stopped mid-chunk.
                 pos = dest.stat().st_size if dest.exists() else 0
-                if digest:  # re-hash what is on disk: the stream may have stopped mid-write
-                    digest = hashlib.sha256()
-                    with open(dest, "rb") as f:
-                        while block := f.read(CHUNK):
-                            digest.update(block)
+                digest = _hash_file(etag, size, dest)
+                bar.reset(total=size)
+                bar.update(pos)
                 continue
-            if pos < size and failures < MAX_RETRIES:
-                failures += 1  # the server closed early: resume from where it stopped
-                continue
-            break
+            if pos < size:  # the server closed early without an error: resume
+                failures += 1
+                if failures > MAX_RETRIES:
+                    break
     finally:
         bar.close()
     if pos != size or (digest and digest.hexdigest() != etag):
         dest.unlink(missing_ok=True)
-        got = f"sha256 {digest.hexdigest()}" if digest and pos == size else f"{pos} bytes"
+        got = f"hash {digest.hexdigest()}" if digest and pos == size else f"{pos} bytes"
         raise CorruptedDownloadError(
-            f"Download of {url} is corrupt: expected {size} bytes"
-            f"{f' with sha256 {etag}' if digest else ''}, got {got}. Nothing was cached; "
-            "try again."
+            f"Download of {url} is corrupt: expected {size} bytes matching etag {etag}, "
+            f"got {got}. Nothing was cached; try again."
         )
 
 
