@@ -9,7 +9,7 @@ DATA ?= ./data
 
 BIN := $(VENV)/bin
 
-.PHONY: serve test bench lint clean
+.PHONY: serve test bench lint clean .venv-hf036
 
 $(BIN)/cove: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,21 @@ $(VENV)/.dev: $(BIN)/cove
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The older huggingface_hub 0.36 line (requests-based), for the client-compatibility tests:
+# a small venv of its own, since it conflicts with the 2.x client in $(VENV).
+HF036 := .venv-hf036
+
+$(HF036)/.installed:
+	$(PYTHON) -m venv $(HF036)
+	$(HF036)/bin/pip install -q 'huggingface_hub>=0.36,<0.37'
+	touch $@
+
+$(HF036): $(HF036)/.installed
+
 serve: $(BIN)/cove
 	$(BIN)/cove serve --host $(HOST) --port $(PORT) --data $(DATA)
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(HF036)/.installed
 	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q tests
 
 lint: $(VENV)/.dev
@@ -35,4 +46,4 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(HF036) build src/*.egg-info
