@@ -3,6 +3,25 @@
     from cove.hub import snapshot_download, hf_hub_download, HfApi, login
 """
 
+from cove.hub.api import (
+    BlobLfsInfo,
+    CommitInfo,
+    DatasetFilter,
+    DatasetInfo,
+    GitCommitInfo,
+    GitRefInfo,
+    GitRefs,
+    HfApi,
+    HubApi,
+    ModelFilter,
+    ModelInfo,
+    RepoFile,
+    RepoFolder,
+    RepoSibling,
+    RepoUrl,
+    SpaceInfo,
+)
+from cove.hub.auth import login, logout, whoami
 from cove.hub.config import get_token
 from cove.hub.download import (
     file_url,
@@ -26,6 +45,7 @@ from cove.hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from cove.hub.upload import CommitOperationAdd, CommitOperationDelete
 
 __all__ = [
     "BadRequestError", "CorruptedDownloadError", "EntryNotFoundError", "FileMetadataError",
@@ -33,4 +53,8 @@ __all__ = [
     "LocalTokenNotFoundError", "OfflineModeIsEnabled", "RemoteEntryNotFoundError",
     "RepositoryNotFoundError", "RevisionNotFoundError", "file_url", "get_token",
     "hf_hub_download", "hf_hub_url", "hub_download", "snapshot_download",
+    "BlobLfsInfo", "CommitInfo", "CommitOperationAdd", "CommitOperationDelete", "DatasetFilter",
+    "DatasetInfo", "GitCommitInfo", "GitRefInfo", "GitRefs", "HfApi", "HubApi", "ModelFilter",
+    "ModelInfo", "RepoFile", "RepoFolder", "RepoSibling", "RepoUrl", "SpaceInfo", "login",
+    "logout", "whoami",
 ]

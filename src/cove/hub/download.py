@@ -98,6 +98,8 @@ def _fetch(url: str, dest: Path, size: int, etag: str, token, progress: bool, na
     if pos > size:
         dest.unlink()
         pos = 0
+    if size == 0:  # nothing to fetch, but the caller moves `dest` into place
+        dest.touch()
     digest = _hash_file(etag, size, dest)  # a resumed file's first part counts too
     bar = tqdm(total=size, initial=pos, unit="B", unit_scale=True, desc=name,
                disable=not progress or config.progress_disabled())
