@@ -83,11 +83,211 @@ def admin_token_revoke(args) -> int:
     return 0
 
 
+# -- the hub client: login, download, upload, repositories, listings -----------------------
+
+
+class CliError(Exception):
+    """A mistake in how a verb was called: printed as `cove: <message>`, exit 1."""
+
+
+def _api(args):
+    from cove.hub import HubApi
+
+    return HubApi(endpoint=args.endpoint, token=args.token)
+
+
+def login(args) -> int:
+    """Check a token with the Hub and save it (from --token, the terminal, or stdin)."""
+    import getpass
+
+    from cove import hub
+
+    token = args.token
+    if token is None:
+        if sys.stdin.isatty():
+            token = getpass.getpass("Token (input hidden): ")
+        else:  # piped: `cove login < token.txt`, `echo $TOKEN | cove login`
+            token = sys.stdin.readline()
+    if not token.strip():
+        raise CliError("no token given: pass --token, type it when asked, or pipe it on stdin.")
+    hub.login(token, endpoint=args.endpoint)  # says who; never prints the token
+    return 0
+
+
+def logout(args) -> int:
+    from cove import hub
+
+    hub.logout()
+    return 0
+
+
+def whoami(args) -> int:
+    """The account behind the token, and its organisations."""
+    from cove.hub import get_token
+
+    token = args.token or get_token()
+    if not token:
+        raise CliError("not logged in: run `cove login`, or set COVE_TOKEN / HF_TOKEN.")
+    info = _api(args).whoami(token)
+    print(info["name"])
+    orgs = [o["name"] for o in info.get("orgs") or []]
+    if orgs:
+        print(f"orgs: {','.join(orgs)}")
+    return 0
+
+
+def download(args) -> int:
+    """One file -> hf_hub_download, several or none -> snapshot_download; prints the path."""
+    from cove import hub
+
+    if args.quiet:
+        os.environ["COVE_DISABLE_PROGRESS_BARS"] = "1"
+    common = dict(repo_type=args.repo_type, revision=args.revision, cache_dir=args.cache_dir,
+                  local_dir=args.local_dir, token=args.token, endpoint=args.endpoint,
+                  force_download=args.force_download)
+    if args.files and (args.include or args.exclude):
+        print("cove: --include/--exclude are ignored when file names are given.", file=sys.stderr)
+    if len(args.files) == 1:
+        path = hub.hf_hub_download(args.repo_id, args.files[0], **common)
+    else:
+        path = hub.snapshot_download(
+            args.repo_id, allow_patterns=args.files or args.include or None,
+            ignore_patterns=None if args.files else args.exclude or None, **common)
+    print(path)  # the only thing on stdout: `dir=$(cove download ...)`
+    return 0
+
+
+def upload(args) -> int:
+    """A file -> upload_file, a folder -> upload_folder; creates the repo; prints the commit URL."""
+    from pathlib import Path
+
+    local = Path(args.path)
+    if not local.exists():
+        raise CliError(f"{args.path} is not a file or folder.")
+    api = _api(args)
+    repo = api.create_repo(args.repo_id, repo_type=args.repo_type, private=args.private,
+                           exist_ok=True, space_sdk="gradio" if args.repo_type == "space" else None)
+    repo_id = repo.repo_id  # with its namespace, when only a name was given
+    if args.revision and not api.revision_exists(repo_id, args.revision,
+                                                 repo_type=args.repo_type):
+        api.create_branch(repo_id, branch=args.revision, repo_type=args.repo_type, exist_ok=True)
+    common = dict(repo_id=repo_id, repo_type=args.repo_type, revision=args.revision,
+                  commit_message=args.commit_message,
+                  commit_description=args.commit_description)
+    if local.is_file():
+        if args.include or args.exclude or args.delete:
+            print("cove: --include/--exclude/--delete apply to folders; ignored for a file.",
+                  file=sys.stderr)
+        info = api.upload_file(path_or_fileobj=str(local),
+                               path_in_repo=args.path_in_repo or local.name, **common)
+    else:
+        info = api.upload_folder(folder_path=local, path_in_repo=args.path_in_repo,
+                                 allow_patterns=args.include or None,
+                                 ignore_patterns=args.exclude or None,
+                                 delete_patterns=args.delete or None, **common)
+    print(info.commit_url)
+    return 0
+
+
+def repo_create(args) -> int:
+    if args.repo_type == "space" and not args.space_sdk:
+        raise CliError("a Space needs --space-sdk: gradio, streamlit, docker or static.")
+    url = _api(args).create_repo(args.repo_id, repo_type=args.repo_type,
+                                 private=args.private, exist_ok=args.exist_ok,
+                                 space_sdk=args.space_sdk)
+    print(url)
+    return 0
+
+
+def repo_delete(args) -> int:
+    _api(args).delete_repo(args.repo_id, repo_type=args.repo_type, missing_ok=args.missing_ok)
+    print(f"deleted {args.repo_type} repository {args.repo_id}")
+    return 0
+
+
+def _listing(api, repo_type: str, **kwargs):
+    method = {"model": api.list_models, "dataset": api.list_datasets,
+              "space": api.list_spaces}[repo_type]
+    return method(**kwargs)
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+def _table(headers: list[str], rows: list[list]) -> None:
+    """Columns aligned on the widest cell; numbers right-aligned."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(c) for c in col) for col in zip(headers, *cells, strict=True)]
+    numeric = [bool(rows) and all(isinstance(r[i], int) for r in rows)
+               for i in range(len(headers))]
+    for row in [headers, *cells]:
+        print("  ".join(c.rjust(w) if num else c.ljust(w)
+                        for c, w, num in zip(row, widths, numeric, strict=True)).rstrip())
+
+
+def repo_ls(args) -> int:
+    """The repositories of the caller (or --author), private ones included where visible."""
+    api = _api(args)
+    author = args.author or api.whoami()["name"]
+    rows = [[r.id, "private" if r.private else "public", r.downloads or 0, _when(r.last_modified)]
+            for r in _listing(api, args.repo_type, author=author, limit=args.limit)]
+    if not rows:
+        print(f"cove: no {args.repo_type} repositories of {author}.", file=sys.stderr)
+        return 0
+    _table(["ID", "VISIBILITY", "DOWNLOADS", "LAST MODIFIED"], rows)
+    return 0
+
+
+def _task(info, repo_type: str) -> str:
+    if repo_type == "model":
+        return info.pipeline_tag or ""
+    if repo_type == "space":
+        return info.sdk or ""
+    return ",".join(t.split(":", 1)[1] for t in info.tags or [] if t.startswith("task_categories:"))
+
+
+def ls(args) -> int:
+    """Models, datasets or Spaces of the Hub, as a table."""
+    repo_type = args.kind.removesuffix("s")
+    items = _listing(_api(args), repo_type, search=args.search, author=args.author,
+                     filter=args.filter or None, sort=args.sort,
+                     direction=-1 if args.sort else None, limit=args.limit)
+    rows = [[i.id, i.downloads or 0, i.likes or 0, _task(i, repo_type), _when(i.last_modified)]
+            for i in items]
+    if not rows:
+        print(f"cove: no {args.kind} found.", file=sys.stderr)
+        return 0
+    _table(["ID", "DOWNLOADS", "LIKES", "SDK" if repo_type == "space" else "TASK",
+            "LAST MODIFIED"], rows)
+    return 0
+
+
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=os.environ.get("COVE_DATA", "./data"),
                    help="data folder (repositories, LFS objects, SQLite database)")
     p.add_argument("--database-url", default=os.environ.get("COVE_DATABASE_URL"),
                    help="SQLAlchemy URL of the metadata database (default: SQLite in --data)")
+
+
+def _hub_options(p: argparse.ArgumentParser, token: bool = True) -> None:
+    p.add_argument("--endpoint", help="the Hub's URL (default: COVE_ENDPOINT / HF_ENDPOINT, "
+                   "else https://huggingface.co)")
+    if token:
+        p.add_argument("--token", help="access token (default: COVE_TOKEN / HF_TOKEN, else the "
+                       "one saved by `cove login`)")
+
+
+def _repo_type(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo-type", "--type", dest="repo_type", default="model",
+                   choices=["model", "dataset", "space"])
+
+
+def _patterns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--include", nargs="+", action="extend", metavar="PATTERN",
+                   help="only files matching these glob patterns")
+    p.add_argument("--exclude", nargs="+", action="extend", metavar="PATTERN",
+                   help="leave out files matching these glob patterns")
 
 
 # verb -> (function, help, argument adder)
@@ -122,6 +322,66 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
     "admin token revoke": (admin_token_revoke, "revoke a user's tokens by name", lambda p: (
         p.add_argument("user"), p.add_argument("--name", required=True), _server_options(p),
     )),
+    "login": (login, "save an access token (from --token, the terminal, or stdin)", lambda p: (
+        p.add_argument("--token", help="the token (default: asked for, or read from stdin)"),
+        _hub_options(p, token=False),
+    )),
+    "logout": (logout, "forget the saved token", lambda p: _hub_options(p, token=False)),
+    "whoami": (whoami, "show the account behind the token, and its organisations",
+               _hub_options),
+    "download": (download, "download files of a repository; prints the local path", lambda p: (
+        p.add_argument("repo_id", metavar="REPO"),
+        p.add_argument("files", nargs="*", metavar="FILE",
+                       help="files to download (default: the whole repository)"),
+        _patterns(p), _repo_type(p),
+        p.add_argument("--revision", help="branch, tag or commit (default: main)"),
+        p.add_argument("--local-dir", help="put the files in this folder, not the cache"),
+        p.add_argument("--cache-dir", help="the cache folder (default: COVE_HOME/hub)"),
+        p.add_argument("--force-download", action="store_true"),
+        p.add_argument("--quiet", action="store_true", help="no progress bars"),
+        _hub_options(p),
+    )),
+    "upload": (upload, "upload a file or folder (creating the repository); prints the commit URL",
+               lambda p: (
+        p.add_argument("repo_id", metavar="REPO"),
+        p.add_argument("path", metavar="PATH", help="a local file or folder"),
+        p.add_argument("path_in_repo", nargs="?", metavar="PATH_IN_REPO",
+                       help="where it goes (default: the file's name, or the root for a folder)"),
+        _repo_type(p),
+        p.add_argument("--revision", help="branch to commit to (created if missing)"),
+        p.add_argument("--private", action="store_true", help="create the repository private"),
+        p.add_argument("--commit-message"), p.add_argument("--commit-description"),
+        _patterns(p),
+        p.add_argument("--delete", nargs="+", action="extend", metavar="PATTERN",
+                       help="remote files to delete in the same commit (folders only)"),
+        _hub_options(p),
+    )),
+    "repo create": (repo_create, "create a repository; prints its URL", lambda p: (
+        p.add_argument("repo_id", metavar="NAME", help="'name' (yours) or 'namespace/name'"),
+        _repo_type(p), p.add_argument("--private", action="store_true"),
+        p.add_argument("--space-sdk", choices=["gradio", "streamlit", "docker", "static"]),
+        p.add_argument("--exist-ok", action="store_true", help="no error if it exists"),
+        _hub_options(p),
+    )),
+    "repo delete": (repo_delete, "delete a repository", lambda p: (
+        p.add_argument("repo_id", metavar="NAME"), _repo_type(p),
+        p.add_argument("--missing-ok", action="store_true", help="no error if it does not exist"),
+        _hub_options(p),
+    )),
+    "repo ls": (repo_ls, "list your repositories (or an author's)", lambda p: (
+        p.add_argument("--author", help="whose (default: you)"), _repo_type(p),
+        p.add_argument("--limit", type=int), _hub_options(p),
+    )),
+    "ls": (ls, "list models, datasets or Spaces of the Hub", lambda p: (
+        p.add_argument("kind", nargs="?", default="models", choices=["models", "datasets", "spaces"]),
+        p.add_argument("--search", help="text in the id"), p.add_argument("--author"),
+        p.add_argument("--filter", nargs="+", action="extend", metavar="TAG",
+                       help="only repositories with all these tags"),
+        p.add_argument("--sort", choices=["downloads", "likes", "lastModified", "createdAt"],
+                       help="highest first"),
+        p.add_argument("--limit", type=int, default=30, help="at most this many (default: 30)"),
+        _hub_options(p),
+    )),
 }
 
 
@@ -150,15 +410,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except Exception as e:  # admin errors are the user's to fix: say what, not a traceback
-        from cove.server.admin import AdminError
-        from cove.server.errors import HubError
+    except KeyboardInterrupt:
+        print("cove: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # errors that are the user's to fix: say what, not a traceback
+        message = _user_error(e)
+        if message is None:
+            raise
+        print(f"cove: {message}", file=sys.stderr)
+        return 1
 
-        if isinstance(e, (AdminError, HubError)):
-            print(f"cove: {e}", file=sys.stderr)
-            return 1
-        raise
 
+def _user_error(e: Exception) -> str | None:
+    """One line saying what went wrong, for an error the user can act on; None for a bug."""
+    # Only modules already imported can have raised: look there instead of importing more.
+    kinds: list[type] = [CliError, OSError, ValueError]  # hub errors are OSErrors (HubHTTPError too)
+    for module, names in (("cove.server.admin", ["AdminError"]),
+                          ("cove.server.errors", ["HubError"]),
+                          ("cove.hub.errors", ["EntryNotFoundError"])):
+        if module in sys.modules:
+            kinds += [getattr(sys.modules[module], n) for n in names]
+    if "httpx" in sys.modules and isinstance(e, sys.modules["httpx"].TransportError):
+        try:
+            where = f"{e.request.url.scheme}://{e.request.url.netloc.decode()}"
+        except RuntimeError:
+            where = "the Hub"
+        return f"cannot reach {where} ({e or type(e).__name__}); check --endpoint / COVE_ENDPOINT."
+    if not isinstance(e, tuple(kinds)):
+        return None
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(line if line[-1] in ".!?:;" or i == len(lines) - 1 else f"{line}."
+                    for i, line in enumerate(lines)) or type(e).__name__
 
 if __name__ == "__main__":
     sys.exit(main())

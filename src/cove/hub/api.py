@@ -734,7 +734,8 @@ class HubApi:
         folder = Path(folder_path).expanduser().resolve()
         if not folder.is_dir():
             raise ValueError(f"folder_path {str(folder_path)!r} is not a folder.")
-        prefix = f"{path_in_repo.strip('/')}/" if path_in_repo and path_in_repo.strip("/") else ""
+        root = path_in_repo.strip("/") if path_in_repo else ""
+        prefix = f"{root}/" if root not in ("", ".") else ""  # "." is the root, as in huggingface_hub
         local = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*"))
                  if p.is_file()}
         ignore = _as_list(ignore_patterns) + DEFAULT_IGNORE_PATTERNS
