@@ -94,10 +94,14 @@ async def commit(request: Request, rtype: str, repo_id: str, revision: str) -> d
         elif key == "lfsFile":
             path = clean_path(str(value.get("path", "")))
             oid, size = str(value.get("oid", "")), value.get("size")
-            if value.get("algo", "sha256") != "sha256" or not is_oid(oid) or not isinstance(size, int):
+            if value.get("algo", "sha256") != "sha256" or not is_oid(oid) or not (
+                size is None or isinstance(size, int)
+            ):
                 raise errors.bad_request(f"Invalid LFS reference for {path}.")
             stored = hub.objects.size(oid)
-            if stored != size:
+            if size is None:  # CommitOperationCopy of an LFS file sends the oid alone
+                size = stored
+            if stored is None or stored != size:
                 raise errors.HubError(
                     422, "LfsObjectMissing",
                     f"LFS object {oid} for {path} was not uploaded (or not verified): upload it "
