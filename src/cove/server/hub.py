@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -96,7 +97,9 @@ class Hub:
         """One writer per repository at a time (git object writes take file locks)."""
         with self._locks_guard:
             lock = self._locks.setdefault(repo.storage_key, threading.Lock())
-        with lock:
+        # The file lock also keeps out writers in other processes (several workers, tools).
+        path = self.git_path(repo.storage_key)
+        with lock, FileLock(str(path.with_name(path.name + ".writelock"))):
             yield
 
     def git_path(self, key: str) -> Path:
@@ -227,7 +230,9 @@ class Hub:
             s.commit()
         # The row is gone, so the folder is unreachable; a crash here leaves an orphan that
         # recover() removes.
-        shutil.rmtree(self.git_path(repo.storage_key), ignore_errors=True)
+        path = self.git_path(repo.storage_key)
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_name(path.name + ".writelock").unlink(missing_ok=True)
 
     def move_repo(self, repo: Repository, new_id: str, who: Principal) -> None:
         namespace, _, name = new_id.rpartition("/")
@@ -268,11 +273,12 @@ class Hub:
                         branch, changes, deleted_folders, message, self.author(who), parent
                     )
                 except RefConflict:
+                    since = f" since {parent}: the parent commit is stale" if parent else ""
                     raise errors.HubError(
                         412,
                         "PreconditionFailed",
-                        f"A commit has happened on {branch} since {parent}: the parent commit "
-                        "is stale. Fetch the latest revision and try again.",
+                        f"A commit has happened on {branch}{since}. Fetch the latest revision "
+                        "and try again.",
                     ) from None
                 if branch == "main":
                     self.refresh_main(repo, git, sha)
