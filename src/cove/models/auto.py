@@ -1,0 +1,100 @@
+"""Auto classes: the family and head chosen from config.json's model_type."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cove.models import bert
+from cove.models.configuration import CONFIG_NAME, HUB_KWARGS, PretrainedConfig, read_config_dict
+from cove.models.files import resolve_file
+
+# model_type -> config class, and (model_type, task) -> model class. Families add themselves here.
+CONFIGS: dict[str, type[PretrainedConfig]] = {"bert": bert.BertConfig}
+MODELS: dict[tuple[str, str], type] = {
+    ("bert", "base"): bert.BertModel,
+    ("bert", "masked-lm"): bert.BertForMaskedLM,
+    ("bert", "sequence-classification"): bert.BertForSequenceClassification,
+    ("bert", "token-classification"): bert.BertForTokenClassification,
+    ("bert", "question-answering"): bert.BertForQuestionAnswering,
+}
+
+
+def _refuse_remote_code(kwargs: dict) -> None:
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError("trust_remote_code=True is refused: Cove never runs code from a "
+                         "repository. Use a model family Cove implements.")
+
+
+class AutoConfig:
+    @staticmethod
+    def for_model(model_type: str, **kwargs: Any) -> PretrainedConfig:
+        return config_class(model_type)(**kwargs)
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PretrainedConfig:
+        _refuse_remote_code(kwargs)
+        hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+        data = read_config_dict(resolve_file(name_or_path, CONFIG_NAME, required=True, **hub))
+        return config_class(data.get("model_type", "")).from_dict(data, **kwargs)
+
+
+def config_class(model_type: str) -> type[PretrainedConfig]:
+    try:
+        return CONFIGS[model_type]
+    except KeyError:
+        raise ValueError(
+            f"Unrecognised model_type {model_type!r}: Cove supports {', '.join(sorted(CONFIGS))}."
+        ) from None
+
+
+class _AutoModel:
+    task = "base"
+
+    @classmethod
+    def model_class(cls, config: PretrainedConfig) -> type:
+        try:
+            return MODELS[(config.model_type, cls.task)]
+        except KeyError:
+            raise ValueError(
+                f"{cls.__name__} does not support model_type {config.model_type!r}."
+            ) from None
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any):
+        return cls.model_class(config)(config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
+        _refuse_remote_code(kwargs)
+        config = kwargs.pop("config", None)
+        if config is None:
+            hub = {k: kwargs[k] for k in kwargs if k in HUB_KWARGS}
+            config_kwargs = {k: kwargs.pop(k) for k in list(kwargs)
+                             if k not in HUB_KWARGS and k not in _LOAD_KWARGS}
+            config = AutoConfig.from_pretrained(name_or_path, **hub, **config_kwargs)
+        return cls.model_class(config).from_pretrained(name_or_path, config=config, **kwargs)
+
+
+_LOAD_KWARGS = {"dtype", "torch_dtype", "device", "output_loading_info",
+                "ignore_mismatched_sizes", "use_safetensors"}
+
+
+class AutoModel(_AutoModel):
+    task = "base"
+
+
+class AutoModelForMaskedLM(_AutoModel):
+    task = "masked-lm"
+
+
+class AutoModelForSequenceClassification(_AutoModel):
+    task = "sequence-classification"
+
+
+class AutoModelForTokenClassification(_AutoModel):
+    task = "token-classification"
+
+
+class AutoModelForQuestionAnswering(_AutoModel):
+    task = "question-answering"

@@ -1,0 +1,293 @@
+"""The base of every model: from_pretrained, save_pretrained, push_to_hub, weight tying.
+
+Loading builds the model with its parameters on the meta device (no memory, no random
+init), then assigns the checkpoint's tensors in place: peak memory stays near one copy of the
+weights. Only parameters the checkpoint lacks are allocated and initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cove.models import checkpoint as ckpt
+from cove.models.configuration import HUB_KWARGS, PretrainedConfig
+from cove.models.files import resolve_file
+from cove.models.layers import init_weights
+
+log = logging.getLogger("cove.models")
+
+_DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64, "fp32": torch.float32, "fp16": torch.float16,
+                "bf16": torch.bfloat16}
+
+
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"Unsupported dtype {dtype!r}: use float32, bfloat16 or float16.")
+    return _DTYPE_NAMES[name]
+
+
+@contextmanager
+def parameters_on_meta():
+    """Create parameters on the meta device (buffers stay real: they are small)."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+class LoadingInfo(dict):
+    """missing_keys, unexpected_keys, mismatched_keys (name, checkpoint shape, model shape)."""
+
+
+class PreTrainedModel(nn.Module):
+    config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
+    base_model_prefix: ClassVar[str] = ""
+    # target parameter -> the parameter it shares storage with when word embeddings are tied
+    tied_weights: ClassVar[dict[str, str]] = {}
+    # checkpoint keys that are expected to be absent or surplus (e.g. position_ids buffers)
+    ignore_missing: ClassVar[list[str]] = []
+    ignore_unexpected: ClassVar[list[str]] = [r"position_ids$"]
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- initialisation and tying -----------------------------------------------------------
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        init_weights(module, getattr(self.config, "initializer_range", 0.02))
+
+    def active_ties(self) -> dict[str, str]:
+        """The ties in force: those to the word embeddings only with tie_word_embeddings."""
+        tie_embeddings = getattr(self.config, "tie_word_embeddings", True)
+        return {t: s for t, s in self.tied_weights.items()
+                if tie_embeddings or not s.endswith("word_embeddings.weight")}
+
+    def tie_weights(self) -> None:
+        for target, source in self.active_ties().items():
+            owner, _, name = target.rpartition(".")
+            setattr(self.get_submodule(owner), name, self.get_parameter(source))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: PretrainedConfig | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        output_loading_info: bool = False,
+        ignore_mismatched_sizes: bool = False,
+        use_safetensors: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Load a model from a folder or a Hub repository (revision=, token=, cache_dir=, ...)."""
+        if trust_remote_code:
+            raise ValueError(
+                "trust_remote_code=True is refused: Cove never runs code from a repository. "
+                "Use a model family Cove implements."
+            )
+        if "torch_dtype" in kwargs:
+            dtype = kwargs.pop("torch_dtype")
+        hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+        if config is None:
+            config = cls.config_class.from_pretrained(name_or_path, **hub, **kwargs)
+        elif kwargs:
+            for k, v in kwargs.items():
+                setattr(config, k, v)
+        files = find_checkpoint(name_or_path, use_safetensors, **hub)
+        state = ckpt.read_weights(files)
+        target = as_dtype(dtype)
+        if target == "auto":
+            target = as_dtype(config.dtype) if config.dtype else _first_float_dtype(state)
+        with parameters_on_meta():
+            model = cls(config)
+        info = model._load_state(state, target, ignore_mismatched_sizes)
+        if target is not None:
+            config.dtype = str(target).removeprefix("torch.")
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return (model, info) if output_loading_info else model
+
+    def _load_state(self, state: dict[str, torch.Tensor], dtype: torch.dtype | None,
+                    ignore_mismatched_sizes: bool) -> LoadingInfo:
+        state = self._adapt_keys(state)
+        expected = dict(self.named_parameters(remove_duplicate=False))
+        expected.update(self.named_buffers(remove_duplicate=False))
+        tied = set(self.active_ties())
+        params = {n for n, _ in self.named_parameters(remove_duplicate=False)}
+        assign: dict[str, torch.Tensor] = {}
+        unexpected, mismatched = [], []
+        for name, tensor in state.items():
+            current = expected.get(name)
+            if current is None:
+                if not any(re.search(p, name) for p in self.ignore_unexpected):
+                    unexpected.append(name)
+                continue
+            if tuple(tensor.shape) != tuple(current.shape):
+                mismatched.append((name, tuple(tensor.shape), tuple(current.shape)))
+                continue
+            if dtype is not None and tensor.is_floating_point() and name in params:
+                tensor = tensor.to(dtype)
+            assign[name] = tensor
+        if mismatched and not ignore_mismatched_sizes:
+            rows = "; ".join(f"{n}: checkpoint {a}, model {b}" for n, a, b in mismatched)
+            raise ckpt.CheckpointError(
+                f"Shapes in the checkpoint do not match the model ({rows}). Check the config, "
+                "or pass ignore_mismatched_sizes=True to re-initialise those weights."
+            )
+        self.load_state_dict(assign, strict=False, assign=True)
+        self.tie_weights()
+        missing = []
+        for name, param in list(self.named_parameters()):
+            if param.device.type == "meta":
+                self._materialize(name, param, dtype)
+                if name not in tied and not any(re.search(p, name) for p in self.ignore_missing):
+                    missing.append(name)
+        self.tie_weights()
+        if missing:
+            log.warning("Some weights of %s were not in the checkpoint and are newly "
+                        "initialised: %s. Train the model before using it.",
+                        type(self).__name__, ", ".join(missing))
+        if unexpected:
+            log.info("Checkpoint weights not used by %s: %s", type(self).__name__,
+                     ", ".join(unexpected))
+        return LoadingInfo(missing_keys=missing, unexpected_keys=unexpected,
+                           mismatched_keys=mismatched, error_msgs=[])
+
+    def _materialize(self, name: str, param: nn.Parameter, dtype: torch.dtype | None) -> None:
+        owner_name, _, attr = name.rpartition(".")
+        owner = self.get_submodule(owner_name)
+        real = torch.empty(param.shape, dtype=dtype or torch.float32)
+        if attr == "bias":
+            nn.init.zeros_(real)
+        elif isinstance(owner, nn.LayerNorm) or "norm" in owner_name.lower():
+            nn.init.ones_(real)
+        else:
+            nn.init.normal_(real, std=getattr(self.config, "initializer_range", 0.02))
+        setattr(owner, attr, nn.Parameter(real, requires_grad=param.requires_grad))
+
+    def _adapt_keys(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Accept checkpoints of the base model for a head model and the reverse (prefix),
+        and the old LayerNorm names gamma/beta."""
+        def legacy(name: str) -> str:
+            if name.endswith(".gamma"):
+                return name[:-6] + ".weight"
+            if name.endswith(".beta"):
+                return name[:-5] + ".bias"
+            return name
+
+        state = {legacy(k): v for k, v in state.items()}
+        prefix = self.base_model_prefix
+        if not prefix:
+            return state
+        own = {n.split(".", 1)[0] for n, _ in self.named_parameters()}
+        has_prefix = any(k.startswith(prefix + ".") for k in state)
+        if prefix in own and not has_prefix:  # head model, base checkpoint
+            return {f"{prefix}.{k}": v for k, v in state.items()}
+        if prefix not in own and has_prefix:  # base model, head checkpoint
+            return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        return state
+
+    # -- saving -----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, *,
+                        max_shard_size: int | str = ckpt.DEFAULT_SHARD_SIZE,
+                        push_to_hub: bool = False, **push_kwargs: Any) -> None:
+        """config.json + safetensors (sharded above max_shard_size), loadable by transformers."""
+        folder = Path(save_directory)
+        self.config.architectures = [type(self).__name__]
+        self.config.dtype = str(self.dtype).removeprefix("torch.")
+        self.config.save_pretrained(folder)
+        ckpt.save_weights(self._state_for_saving(), folder, max_shard_size)
+        if push_to_hub:
+            self.push_to_hub(push_kwargs.pop("repo_id", folder.name), **push_kwargs)
+
+    def _state_for_saving(self) -> dict[str, torch.Tensor]:
+        state = self.state_dict()
+        persistent = {n for n, _ in self.named_parameters()} | {
+            n for n, b in self.named_buffers() if _is_persistent(self, n)}
+        tied = set(self.active_ties())
+        return {k: v.detach() for k, v in state.items() if k in persistent and k not in tied}
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload model",
+                    private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, endpoint: str | None = None,
+                    max_shard_size: int | str = ckpt.DEFAULT_SHARD_SIZE) -> str:
+        """Save to a temp folder and upload it as one commit; returns the commit URL."""
+        from cove.hub import HubApi
+
+        api = HubApi(endpoint=endpoint, token=token)
+        api.create_repo(repo_id, private=bool(private), exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, max_shard_size=max_shard_size)
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                     commit_message=commit_message)
+
+
+def _is_persistent(model: nn.Module, name: str) -> bool:
+    owner, _, attr = name.rpartition(".")
+    return attr not in model.get_submodule(owner)._non_persistent_buffers_set
+
+
+def _first_float_dtype(state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    return next((t.dtype for t in state.values() if t.is_floating_point()), None)
+
+
+def find_checkpoint(name_or_path: str | os.PathLike, use_safetensors: bool | None = None,
+                    **hub: Any) -> list[Path]:
+    """The weight files of a model: safetensors first (single, then sharded), then .bin."""
+    kinds = [(ckpt.SAFE_WEIGHTS, ckpt.SAFE_INDEX)]
+    if use_safetensors is not True:
+        kinds.append((ckpt.PT_WEIGHTS, ckpt.PT_INDEX))
+    if use_safetensors is False:
+        kinds = kinds[1:]
+    for single, index in kinds:
+        path = resolve_file(name_or_path, single, **hub)
+        if path is not None:
+            return [path]
+        path = resolve_file(name_or_path, index, **hub)
+        if path is not None:
+            shards = sorted(set(ckpt.read_index(path).values()))
+            return [resolve_file(name_or_path, s, required=True, **hub) for s in shards]
+    raise FileNotFoundError(
+        f"No weights found for {name_or_path}: expected {ckpt.SAFE_WEIGHTS}, {ckpt.SAFE_INDEX}"
+        f"{'' if use_safetensors else f', {ckpt.PT_WEIGHTS} or {ckpt.PT_INDEX}'}."
+    )
