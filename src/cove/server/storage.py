@@ -82,6 +82,7 @@ class _LocalPending:
             final = self._store.path(self._oid)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, final)
+            _fsync_dir(final.parent)  # the rename itself survives a power loss
         except BaseException:
             self.abort()
             raise
@@ -126,3 +127,11 @@ class LocalObjectStore:
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
