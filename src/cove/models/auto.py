@@ -5,18 +5,44 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cove.models import bert
+from cove.models import bert, distilbert, mpnet, roberta
 from cove.models.configuration import CONFIG_NAME, HUB_KWARGS, PretrainedConfig, read_config_dict
 from cove.models.files import resolve_file
 
 # model_type -> config class, and (model_type, task) -> model class. Families add themselves here.
-CONFIGS: dict[str, type[PretrainedConfig]] = {"bert": bert.BertConfig}
+CONFIGS: dict[str, type[PretrainedConfig]] = {
+    "bert": bert.BertConfig,
+    "roberta": roberta.RobertaConfig,
+    "xlm-roberta": roberta.XLMRobertaConfig,
+    "distilbert": distilbert.DistilBertConfig,
+    "mpnet": mpnet.MPNetConfig,
+}
 MODELS: dict[tuple[str, str], type] = {
     ("bert", "base"): bert.BertModel,
     ("bert", "masked-lm"): bert.BertForMaskedLM,
     ("bert", "sequence-classification"): bert.BertForSequenceClassification,
     ("bert", "token-classification"): bert.BertForTokenClassification,
     ("bert", "question-answering"): bert.BertForQuestionAnswering,
+    ("roberta", "base"): roberta.RobertaModel,
+    ("roberta", "masked-lm"): roberta.RobertaForMaskedLM,
+    ("roberta", "sequence-classification"): roberta.RobertaForSequenceClassification,
+    ("roberta", "token-classification"): roberta.RobertaForTokenClassification,
+    ("roberta", "question-answering"): roberta.RobertaForQuestionAnswering,
+    ("xlm-roberta", "base"): roberta.XLMRobertaModel,
+    ("xlm-roberta", "masked-lm"): roberta.XLMRobertaForMaskedLM,
+    ("xlm-roberta", "sequence-classification"): roberta.XLMRobertaForSequenceClassification,
+    ("xlm-roberta", "token-classification"): roberta.XLMRobertaForTokenClassification,
+    ("xlm-roberta", "question-answering"): roberta.XLMRobertaForQuestionAnswering,
+    ("distilbert", "base"): distilbert.DistilBertModel,
+    ("distilbert", "masked-lm"): distilbert.DistilBertForMaskedLM,
+    ("distilbert", "sequence-classification"): distilbert.DistilBertForSequenceClassification,
+    ("distilbert", "token-classification"): distilbert.DistilBertForTokenClassification,
+    ("distilbert", "question-answering"): distilbert.DistilBertForQuestionAnswering,
+    ("mpnet", "base"): mpnet.MPNetModel,
+    ("mpnet", "masked-lm"): mpnet.MPNetForMaskedLM,
+    ("mpnet", "sequence-classification"): mpnet.MPNetForSequenceClassification,
+    ("mpnet", "token-classification"): mpnet.MPNetForTokenClassification,
+    ("mpnet", "question-answering"): mpnet.MPNetForQuestionAnswering,
 }
 
 

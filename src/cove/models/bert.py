@@ -140,9 +140,13 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
+    # Families with BERT's layer loop but other layers (DistilBERT, MPNet) set their own.
+    layer_class: type[nn.Module] = BertLayer
+
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer = nn.ModuleList(self.layer_class(config)
+                                   for _ in range(config.num_hidden_layers))
 
     def forward(self, x, mask, output_attentions: bool, output_hidden_states: bool):
         hidden, attentions = ([x] if output_hidden_states else None), []

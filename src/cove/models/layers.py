@@ -103,6 +103,12 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100)
 
 
+def span_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A question-answering head's [batch, seq, 2] -> start and end logits, each [batch, seq]."""
+    start, end = logits.split(1, dim=-1)
+    return start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
+
+
 def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch.Tensor:
     """Mean of start and end cross-entropies; out-of-range positions are ignored."""
     n = start_logits.shape[1]
