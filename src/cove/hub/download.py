@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 from tqdm.auto import tqdm
 
-from cove.hub import config, http
+from cove.hub import config, http, stream
 from cove.hub.cache import RepoCache, atomic_write, normalize_etag
 from cove.hub.errors import (
     CorruptedDownloadError,
@@ -27,9 +27,7 @@ from cove.hub.errors import (
 )
 
 CHUNK = 8 * 1024 * 1024  # file reads when re-hashing
-# Network reads: small enough that a dropped connection loses little of what was received
-# (httpx holds a chunk until it is full), large enough to keep per-chunk overhead low.
-NET_CHUNK = 1024 * 1024
+NET_CHUNK = 1024 * 1024  # network reads into one reused buffer
 MAX_RETRIES = 5
 
 
@@ -104,29 +102,30 @@ def _fetch(url: str, dest: Path, size: int, etag: str, token, progress: bool, na
     bar = tqdm(total=size, initial=pos, unit="B", unit_scale=True, desc=name,
                disable=not progress or config.progress_disabled())
     headers = {**http.auth_headers(token), "accept-encoding": "identity"}
+    buf = bytearray(NET_CHUNK)
+    view = memoryview(buf)
     failures = 0
     try:
         while pos < size:
             req_headers = {**headers, "range": f"bytes={pos}-"} if pos else headers
             try:
                 http.check_online()
-                with http.client().stream("GET", url, headers=req_headers,
-                                          follow_redirects=True) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        http.raise_for_status(r)
-                    if pos and r.status_code != 206:  # range ignored: start over
+                with stream.get(url, req_headers) as r:
+                    if r.status >= 400:
+                        http.raise_for_status(stream.as_httpx_response(url, r))
+                    if pos and r.status != 206:  # range ignored: start over
                         pos = 0
                         digest = _hasher(etag, size)
                         bar.reset(total=size)
                     with open(dest, "ab" if pos else "wb") as f:
-                        for chunk in r.iter_raw(NET_CHUNK):
+                        while n := r.readinto(buf):
+                            chunk = view[:n]
                             f.write(chunk)
                             if digest:
                                 digest.update(chunk)
-                            pos += len(chunk)
-                            bar.update(len(chunk))
-            except httpx.TransportError:
+                            pos += n
+                            bar.update(n)
+            except stream.TRANSPORT_ERRORS:
                 failures += 1
                 if failures > MAX_RETRIES:
                     raise

@@ -49,10 +49,10 @@ def _resolve_kind(prefix: str):
 
 async def _resolve(request: Request, rtype: str, repo_id: str, revision: str, path: str):
     hub = hub_of(request)
-    repo, _ = await anyio.to_thread.run_sync(lambda: load_repo(request, rtype, repo_id))
     path = clean_path(path)
 
-    def lookup():
+    def lookup():  # one trip to a worker thread for all the blocking work (SQL, git)
+        repo, _ = load_repo(request, rtype, repo_id)
         git = hub.git(repo)
         try:
             sha = resolve_revision(git, repo, revision)
@@ -60,11 +60,13 @@ async def _resolve(request: Request, rtype: str, repo_id: str, revision: str, pa
             if entry is None or entry.type != "file":
                 raise errors.entry_not_found(repo.repo_id, path, sha)
             data = None if entry.lfs else git.read_blob(entry.oid)
-            return sha, entry, data
         finally:
             git.close()
+        if request.method == "GET":
+            hub.count_download(repo, path, request.client.host if request.client else "?")
+        return repo, sha, entry, data
 
-    sha, entry, data = await anyio.to_thread.run_sync(lookup)
+    repo, sha, entry, data = await anyio.to_thread.run_sync(lookup)
     size = entry.size
     etag = entry.lfs.oid if entry.lfs else entry.oid
     name = path.rsplit("/", 1)[-1]
@@ -93,9 +95,6 @@ async def _resolve(request: Request, rtype: str, repo_id: str, revision: str, pa
     status = 206 if rng else 200
     if rng:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    if request.method == "GET":
-        client = request.client.host if request.client else "?"
-        await anyio.to_thread.run_sync(hub.count_download, repo, path, client)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=media)
     if data is not None:
