@@ -51,12 +51,13 @@ class PretrainedConfig:
         values.pop("model_type", None)
         for key, value in values.items():
             setattr(self, key, value)
-        if self.id2label is not None:
+        if self.id2label is not None and num_labels in (None, len(self.id2label)):
             self.id2label = {int(k): v for k, v in self.id2label.items()}
         elif num_labels is not None or "label2id" not in values:
             n = 2 if num_labels is None else num_labels
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
-        if getattr(self, "label2id", None) is None or num_labels is not None:
+        if getattr(self, "label2id", None) is None or num_labels is not None \
+                or len(self.label2id) != len(self.id2label):
             self.label2id = {v: k for k, v in self.id2label.items()}
         else:
             self.label2id = {k: int(v) for k, v in self.label2id.items()}

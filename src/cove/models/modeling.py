@@ -7,6 +7,7 @@ weights. Only parameters the checkpoint lacks are allocated and initialised.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cove.hub import EntryNotFoundError
 from cove.models import checkpoint as ckpt
 from cove.models.configuration import HUB_KWARGS, PretrainedConfig
 from cove.models.files import resolve_file
@@ -41,19 +43,38 @@ def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
 
 @contextmanager
 def parameters_on_meta():
-    """Create parameters on the meta device (buffers stay real: they are small)."""
+    """Create parameters on the meta device (buffers stay real: they are small).
+
+    torch.nn.init's functions leave meta tensors alone meanwhile: there is nothing to
+    initialise, and torch's meta kernel for normal_ imports sympy and more on first use
+    (over a second and ~70 MB in a fresh process).
+    """
     original = nn.Module.register_parameter
+    inits = {name: fn for name, fn in vars(nn.init).items()
+             if name.endswith("_") and not name.startswith("_") and callable(fn)}
 
     def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         if param is not None and param.device.type != "meta":
             param = type(param)(param.to("meta"), requires_grad=param.requires_grad)
         original(module, name, param)
 
+    def skip_meta(fn):
+        @functools.wraps(fn)
+        def init(tensor, *args, **kwargs):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+                return tensor
+            return fn(tensor, *args, **kwargs)
+        return init
+
     nn.Module.register_parameter = register
+    for name, fn in inits.items():
+        setattr(nn.init, name, skip_meta(fn))
     try:
         yield
     finally:
         nn.Module.register_parameter = original
+        for name, fn in inits.items():
+            setattr(nn.init, name, fn)
 
 
 class LoadingInfo(dict):
@@ -139,7 +160,11 @@ class PreTrainedModel(nn.Module):
             target = as_dtype(config.dtype) if config.dtype else _first_float_dtype(state)
         with parameters_on_meta():
             model = cls(config)
-        info = model._load_state(state, target, ignore_mismatched_sizes)
+        try:
+            info = model._load_state(state, target, ignore_mismatched_sizes)
+        except ckpt.CheckpointError as e:
+            source = files[0] if len(files) == 1 else f"{len(files)} shards in {files[0].parent}"
+            raise ckpt.CheckpointError(f"{source}: {e}") from None
         if target is not None:
             config.dtype = str(target).removeprefix("torch.")
         if device is not None:
@@ -151,7 +176,9 @@ class PreTrainedModel(nn.Module):
                     ignore_mismatched_sizes: bool) -> LoadingInfo:
         state = self._adapt_keys(state)
         expected = dict(self.named_parameters(remove_duplicate=False))
-        expected.update(self.named_buffers(remove_duplicate=False))
+        # Only persistent buffers are loaded (as transformers does): others are rebuilt.
+        expected.update((n, b) for n, b in self.named_buffers(remove_duplicate=False)
+                        if _is_persistent(self, n))
         tied = set(self.active_ties())
         params = {n for n, _ in self.named_parameters(remove_duplicate=False)}
         assign: dict[str, torch.Tensor] = {}
@@ -165,6 +192,11 @@ class PreTrainedModel(nn.Module):
             if tuple(tensor.shape) != tuple(current.shape):
                 mismatched.append((name, tuple(tensor.shape), tuple(current.shape)))
                 continue
+            if current.is_floating_point() and not tensor.is_floating_point():
+                raise ckpt.CheckpointError(
+                    f"tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, but "
+                    "the model's weight is floating point"
+                )
             if dtype is not None and tensor.is_floating_point() and name in params:
                 tensor = tensor.to(dtype)
             assign[name] = tensor
@@ -177,12 +209,18 @@ class PreTrainedModel(nn.Module):
         self.load_state_dict(assign, strict=False, assign=True)
         self.tie_weights()
         missing = []
+        reinitialised = {n for n, _, _ in mismatched}
         for name, param in list(self.named_parameters()):
             if param.device.type == "meta":
                 self._materialize(name, param, dtype)
-                if name not in tied and not any(re.search(p, name) for p in self.ignore_missing):
+                if name not in tied and name not in reinitialised and not any(
+                        re.search(p, name) for p in self.ignore_missing):
                     missing.append(name)
         self.tie_weights()
+        if mismatched:
+            log.warning("Some weights of %s had another shape in the checkpoint and are newly "
+                        "initialised: %s. Train the model before using it.", type(self).__name__,
+                        ", ".join(f"{n} {a} -> {b}" for n, a, b in mismatched))
         if missing:
             log.warning("Some weights of %s were not in the checkpoint and are newly "
                         "initialised: %s. Train the model before using it.",
@@ -224,7 +262,8 @@ class PreTrainedModel(nn.Module):
         if prefix in own and not has_prefix:  # head model, base checkpoint
             return {f"{prefix}.{k}": v for k, v in state.items()}
         if prefix not in own and has_prefix:  # base model, head checkpoint
-            return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            # Head weights stay under their own names, so they are reported as unexpected.
+            return {k.removeprefix(prefix + "."): v for k, v in state.items()}
         return state
 
     # -- saving -----------------------------------------------------------------------------
@@ -286,7 +325,16 @@ def find_checkpoint(name_or_path: str | os.PathLike, use_safetensors: bool | Non
         path = resolve_file(name_or_path, index, **hub)
         if path is not None:
             shards = sorted(set(ckpt.read_index(path).values()))
-            return [resolve_file(name_or_path, s, required=True, **hub) for s in shards]
+            found = []
+            for shard in shards:
+                try:
+                    found.append(resolve_file(name_or_path, shard, required=True, **hub))
+                except (FileNotFoundError, EntryNotFoundError) as e:
+                    raise ckpt.MissingShardError(
+                        f"{path} names the shard {shard!r}, which is missing from "
+                        f"{name_or_path}: {e}"
+                    ) from e
+            return found
     raise FileNotFoundError(
         f"No weights found for {name_or_path}: expected {ckpt.SAFE_WEIGHTS}, {ckpt.SAFE_INDEX}"
         f"{'' if use_safetensors else f', {ckpt.PT_WEIGHTS} or {ckpt.PT_INDEX}'}."
