@@ -8,12 +8,11 @@ from torch import nn
 from cove.models.configuration import PretrainedConfig
 from cove.models.layers import (
     activation,
-    attend,
+    check_heads,
     classification_loss,
-    merge_heads,
     padding_mask,
+    self_attention,
     span_loss,
-    split_heads,
     token_loss,
 )
 from cove.models.modeling import PreTrainedModel
@@ -77,9 +76,7 @@ class BertEmbeddings(nn.Module):
 class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        if config.hidden_size % config.num_attention_heads:
-            raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of "
-                             f"num_attention_heads {config.num_attention_heads}")
+        check_heads(config.hidden_size, config.num_attention_heads)
         self.num_heads = config.num_attention_heads
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
@@ -87,10 +84,8 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool):
-        q, k, v = (split_heads(f(x), self.num_heads) for f in (self.query, self.key, self.value))
-        out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
-                              need_weights)
-        return merge_heads(out), weights
+        return self_attention(x, (self.query, self.key, self.value), self.num_heads, mask,
+                              self.dropout_p if self.training else 0.0, need_weights)
 
 
 class BertResidualOutput(nn.Module):

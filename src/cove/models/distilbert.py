@@ -9,13 +9,12 @@ from cove.models.bert import BertEncoder, _base_kwargs, _finish
 from cove.models.configuration import PretrainedConfig
 from cove.models.layers import (
     activation,
-    attend,
+    check_heads,
     classification_loss,
-    merge_heads,
     padding_mask,
+    self_attention,
     span_logits,
     span_loss,
-    split_heads,
     token_loss,
 )
 from cove.models.modeling import PreTrainedModel
@@ -78,8 +77,7 @@ class DistilBertEmbeddings(nn.Module):
 class DistilBertSelfAttention(nn.Module):
     def __init__(self, config: DistilBertConfig) -> None:
         super().__init__()
-        if config.dim % config.n_heads:
-            raise ValueError(f"dim {config.dim} is not a multiple of n_heads {config.n_heads}")
+        check_heads(config.dim, config.n_heads)
         self.n_heads = config.n_heads
         self.q_lin = nn.Linear(config.dim, config.dim)
         self.k_lin = nn.Linear(config.dim, config.dim)
@@ -88,10 +86,10 @@ class DistilBertSelfAttention(nn.Module):
         self.dropout_p = config.attention_dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool):
-        q, k, v = (split_heads(f(x), self.n_heads) for f in (self.q_lin, self.k_lin, self.v_lin))
-        out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
-                              need_weights)
-        return self.out_lin(merge_heads(out)), weights
+        out, weights = self_attention(x, (self.q_lin, self.k_lin, self.v_lin), self.n_heads,
+                                      mask, self.dropout_p if self.training else 0.0,
+                                      need_weights)
+        return self.out_lin(out), weights
 
 
 class FFN(nn.Module):

@@ -79,6 +79,26 @@ def attend(
     return torch.matmul(probs, v), weights
 
 
+def self_attention(
+    x: torch.Tensor,
+    projections: tuple[nn.Module, nn.Module, nn.Module],
+    num_heads: int,
+    mask: torch.Tensor | None,
+    dropout: float,
+    need_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Project `x` to queries, keys and values, attend per head, and merge the heads back."""
+    q, k, v = (split_heads(p(x), num_heads) for p in projections)
+    out, weights = attend(q, k, v, mask, dropout, need_weights)
+    return merge_heads(out), weights
+
+
+def check_heads(width: int, heads: int) -> None:
+    if width % heads:
+        raise ValueError(f"The hidden size {width} is not a multiple of the number of "
+                         f"attention heads {heads}.")
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
     """The loss transformers picks for sequence classification (by config.problem_type)."""
     num_labels = logits.shape[-1]

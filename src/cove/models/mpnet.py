@@ -21,13 +21,12 @@ from cove.models.bert import (
 )
 from cove.models.configuration import PretrainedConfig
 from cove.models.layers import (
-    attend,
+    check_heads,
     classification_loss,
-    merge_heads,
     padding_mask,
+    self_attention,
     span_logits,
     span_loss,
-    split_heads,
     token_loss,
 )
 from cove.models.modeling import PreTrainedModel
@@ -88,9 +87,7 @@ class MPNetEmbeddings(nn.Module):
 class MPNetSelfAttention(nn.Module):
     def __init__(self, config: MPNetConfig) -> None:
         super().__init__()
-        if config.hidden_size % config.num_attention_heads:
-            raise ValueError(f"hidden_size {config.hidden_size} is not a multiple of "
-                             f"num_attention_heads {config.num_attention_heads}")
+        check_heads(config.hidden_size, config.num_attention_heads)
         self.num_heads = config.num_attention_heads
         self.q = nn.Linear(config.hidden_size, config.hidden_size)
         self.k = nn.Linear(config.hidden_size, config.hidden_size)
@@ -99,10 +96,9 @@ class MPNetSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, need_weights: bool):
-        q, k, v = (split_heads(f(x), self.num_heads) for f in (self.q, self.k, self.v))
-        out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
-                              need_weights)
-        return self.o(merge_heads(out)), weights
+        out, weights = self_attention(x, (self.q, self.k, self.v), self.num_heads, mask,
+                                      self.dropout_p if self.training else 0.0, need_weights)
+        return self.o(out), weights
 
 
 class MPNetAttention(nn.Module):
