@@ -102,7 +102,7 @@ def _fetch(url: str, dest: Path, size: int, etag: str, token, progress: bool, na
     bar = tqdm(total=size, initial=pos, unit="B", unit_scale=True, desc=name,
                disable=not progress or config.progress_disabled())
     headers = {**http.auth_headers(token), "accept-encoding": "identity"}
-    buf = bytearray(NET_CHUNK)
+    buf = bytearray(min(NET_CHUNK, max(size - pos, 1)))  # small files, small buffers
     view = memoryview(buf)
     failures = 0
     try:
