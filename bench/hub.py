@@ -351,6 +351,42 @@ class Bench:
                     Stats.fixed(targets[name.split()[0].rstrip(",")]), "target", "<= 1.00")
                 for name, samples in timings.items()]
 
+    def concurrent(self, n: int = 100) -> list[Row]:
+        """n clients at once, each GETting a 4 MiB LFS file and a small file: errors counted."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from huggingface_hub import CommitOperationAdd
+
+        repo = f"{USER}/many"
+        self.api.create_repo(repo)
+        blob = os.urandom(4 * MIB)
+        self.api.create_commit(repo, commit_message="files", operations=[
+            CommitOperationAdd("weights.safetensors", blob),
+            CommitOperationAdd("config.json", b'{"model_type": "bert"}')])
+        urls = [f"{self.url}/{repo}/resolve/main/weights.safetensors",
+                f"{self.url}/{repo}/resolve/main/config.json"]
+
+        def client(_: int) -> bool:
+            try:
+                buf = bytearray(MIB)
+                return all(get_seconds(u, size, buf) > 0
+                           for u, size in zip(urls, (len(blob), 22), strict=True))
+            except Exception:
+                return False
+
+        walls, errors = [], 0
+        print(f"hub: {n} concurrent clients x{REPEATS} ...")
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                ok = list(pool.map(client, range(n)))
+            walls.append(time.perf_counter() - t)
+            errors += ok.count(False)
+            print(f"  {walls[-1]:.2f} s, {ok.count(False)} errors")
+        return [Row("hub", f"{n} concurrent downloads (4 MiB + small file each)", "s",
+                    Stats.of(walls), None, "no reference", "",
+                    f"{errors} errors in {n * REPEATS} clients")]
+
 
 def main() -> list[Row]:
     env = environment("huggingface_hub", "httpx", "fastapi", "starlette", "uvicorn", "httptools",
@@ -373,6 +409,7 @@ def main() -> list[Row]:
         rows = [*bench.download(repo_id, oid), upload_row]
         bench.object_path(oid).unlink()
         rows += bench.latency()
+        rows += bench.concurrent()
     except BaseException:
         log = tmp / "data" / "server.log"
         if log.exists():
