@@ -3,6 +3,7 @@
 from cove.models.auto import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
@@ -25,6 +26,30 @@ from cove.models.distilbert import (
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
     DistilBertModel,
+)
+from cove.models.gpt2 import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+)
+from cove.models.llama import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaModel,
+    MistralConfig,
+    MistralForCausalLM,
+    MistralForSequenceClassification,
+    MistralModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
+    Qwen2Model,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3ForSequenceClassification,
+    Qwen3Model,
 )
 from cove.models.modeling import PreTrainedModel
 from cove.models.mpnet import (
@@ -51,17 +76,21 @@ from cove.models.roberta import (
 )
 
 __all__ = [
-    "AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoModelForQuestionAnswering",
-    "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "BertConfig",
-    "BertForMaskedLM", "BertForQuestionAnswering", "BertForSequenceClassification",
-    "BertForTokenClassification", "BertModel", "CheckpointError", "DistilBertConfig",
-    "DistilBertForMaskedLM", "DistilBertForQuestionAnswering",
+    "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
+    "AutoModelForQuestionAnswering", "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification", "BertConfig", "BertForMaskedLM", "BertForQuestionAnswering",
+    "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError",
+    "DistilBertConfig", "DistilBertForMaskedLM", "DistilBertForQuestionAnswering",
     "DistilBertForSequenceClassification", "DistilBertForTokenClassification", "DistilBertModel",
-    "MPNetConfig", "MPNetForMaskedLM", "MPNetForQuestionAnswering",
-    "MPNetForSequenceClassification", "MPNetForTokenClassification", "MPNetModel",
-    "PreTrainedModel", "PretrainedConfig", "RobertaConfig", "RobertaForMaskedLM",
-    "RobertaForQuestionAnswering", "RobertaForSequenceClassification",
-    "RobertaForTokenClassification", "RobertaModel", "XLMRobertaConfig", "XLMRobertaForMaskedLM",
-    "XLMRobertaForQuestionAnswering", "XLMRobertaForSequenceClassification",
-    "XLMRobertaForTokenClassification", "XLMRobertaModel",
+    "GPT2Config", "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "LlamaConfig",
+    "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaModel", "MPNetConfig",
+    "MPNetForMaskedLM", "MPNetForQuestionAnswering", "MPNetForSequenceClassification",
+    "MPNetForTokenClassification", "MPNetModel", "MistralConfig", "MistralForCausalLM",
+    "MistralForSequenceClassification", "MistralModel", "PreTrainedModel", "PretrainedConfig",
+    "Qwen2Config", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification", "Qwen2Model",
+    "Qwen3Config", "Qwen3ForCausalLM", "Qwen3ForSequenceClassification", "Qwen3Model",
+    "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",
+    "RobertaForSequenceClassification", "RobertaForTokenClassification", "RobertaModel",
+    "XLMRobertaConfig", "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering",
+    "XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification", "XLMRobertaModel",
 ]

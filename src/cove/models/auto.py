@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cove.models import bert, distilbert, mpnet, roberta
+from cove.models import bert, distilbert, gpt2, llama, mpnet, roberta
 from cove.models.configuration import CONFIG_NAME, HUB_KWARGS, PretrainedConfig, read_config_dict
 from cove.models.files import resolve_file
 
@@ -16,6 +16,11 @@ CONFIGS: dict[str, type[PretrainedConfig]] = {
     "xlm-roberta": roberta.XLMRobertaConfig,
     "distilbert": distilbert.DistilBertConfig,
     "mpnet": mpnet.MPNetConfig,
+    "gpt2": gpt2.GPT2Config,
+    "llama": llama.LlamaConfig,
+    "mistral": llama.MistralConfig,
+    "qwen2": llama.Qwen2Config,
+    "qwen3": llama.Qwen3Config,
 }
 MODELS: dict[tuple[str, str], type] = {
     ("bert", "base"): bert.BertModel,
@@ -43,6 +48,21 @@ MODELS: dict[tuple[str, str], type] = {
     ("mpnet", "sequence-classification"): mpnet.MPNetForSequenceClassification,
     ("mpnet", "token-classification"): mpnet.MPNetForTokenClassification,
     ("mpnet", "question-answering"): mpnet.MPNetForQuestionAnswering,
+    ("gpt2", "base"): gpt2.GPT2Model,
+    ("gpt2", "causal-lm"): gpt2.GPT2LMHeadModel,
+    ("gpt2", "sequence-classification"): gpt2.GPT2ForSequenceClassification,
+    ("llama", "base"): llama.LlamaModel,
+    ("llama", "causal-lm"): llama.LlamaForCausalLM,
+    ("llama", "sequence-classification"): llama.LlamaForSequenceClassification,
+    ("mistral", "base"): llama.MistralModel,
+    ("mistral", "causal-lm"): llama.MistralForCausalLM,
+    ("mistral", "sequence-classification"): llama.MistralForSequenceClassification,
+    ("qwen2", "base"): llama.Qwen2Model,
+    ("qwen2", "causal-lm"): llama.Qwen2ForCausalLM,
+    ("qwen2", "sequence-classification"): llama.Qwen2ForSequenceClassification,
+    ("qwen3", "base"): llama.Qwen3Model,
+    ("qwen3", "causal-lm"): llama.Qwen3ForCausalLM,
+    ("qwen3", "sequence-classification"): llama.Qwen3ForSequenceClassification,
 }
 
 
@@ -61,6 +81,10 @@ class AutoConfig:
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PretrainedConfig:
         _refuse_remote_code(kwargs)
         hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+        if (gguf_file := kwargs.pop("gguf_file", None)) is not None:
+            from cove.models.gguf import load_gguf
+
+            name_or_path, hub = load_gguf(name_or_path, gguf_file, weights=False, **hub), {}
         data = read_config_dict(resolve_file(name_or_path, CONFIG_NAME, required=True, **hub))
         return config_class(data.get("model_type", "")).from_dict(data, **kwargs)
 
@@ -93,6 +117,12 @@ class _AutoModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any):
         _refuse_remote_code(kwargs)
+        if (gguf_file := kwargs.pop("gguf_file", None)) is not None:  # converted once, cached
+            from cove.models.gguf import load_gguf
+
+            hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            name_or_path = load_gguf(name_or_path, gguf_file, dtype=dtype, **hub)
         config = kwargs.pop("config", None)
         if config is None:
             hub = {k: kwargs[k] for k in kwargs if k in HUB_KWARGS}
@@ -108,6 +138,10 @@ _LOAD_KWARGS = {"dtype", "torch_dtype", "device", "output_loading_info",
 
 class AutoModel(_AutoModel):
     task = "base"
+
+
+class AutoModelForCausalLM(_AutoModel):
+    task = "causal-lm"
 
 
 class AutoModelForMaskedLM(_AutoModel):

@@ -1,12 +1,22 @@
-"""Building blocks shared by the model families: activations, attention, masks, heads' losses."""
+"""Building blocks shared by the model families: activations, attention, masks, norms, heads."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cove.models.outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+
+if TYPE_CHECKING:
+    from cove.models.cache import KVCache
 
 
 def gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +64,14 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, s, h * d)
 
 
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[batch, kv_heads, seq, dim] -> [batch, kv_heads * groups, seq, dim] (grouped-query)."""
+    if groups == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,21 +80,80 @@ def attend(
     dropout: float,
     need_weights: bool = False,
     scale: float | None = None,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over [batch, heads, seq, dim] tensors.
 
-    SDPA unless the caller asks for the attention weights, which SDPA does not return.
+    `mask` is additive (0 or a large negative) or boolean (True = attend), broadcast to
+    [batch, heads, q, kv]. `causal` with no mask means plain causal attention over q == kv
+    positions (or a single query, which sees everything). Keys and values may have fewer heads
+    than queries (grouped-query attention). SDPA unless the caller asks for the attention
+    weights, which SDPA does not return.
     """
+    groups = q.shape[1] // k.shape[1]
+    q_len = q.shape[2]
+    is_causal = causal and mask is None and q_len > 1
     if not need_weights:
+        if groups > 1 and q_len == 1:
+            # One query per head: fold each group's heads into query positions of its kv head,
+            # so no key/value copy is made (the decoding step).
+            b, h, _, d = q.shape
+            out = F.scaled_dot_product_attention(q.reshape(b, h // groups, groups, d), k, v,
+                                                 attn_mask=mask, dropout_p=dropout, scale=scale)
+            return out.reshape(b, h, 1, -1), None
+        if groups > 1 and mask is not None:
+            # As transformers: with an explicit mask, SDPA's grouped-query option can fall back
+            # to its slowest kernel; expanded keys and values keep the fast ones.
+            k, v, groups = repeat_kv(k, groups), repeat_kv(v, groups), 1
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                              scale=scale), None
+                                              scale=scale, is_causal=is_causal,
+                                              enable_gqa=groups > 1), None
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if mask is not None:
+    if is_causal:
+        mask = causal_mask(None, q_len, k.shape[2], None, q.device)
+    if mask is not None and mask.dtype == torch.bool:
+        # masked_fill, not an addition: a large negative plus a score could overflow half floats.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:
         scores = scores + mask
     weights = scores.softmax(dim=-1)
     probs = F.dropout(weights, p=dropout) if dropout else weights
     return torch.matmul(probs, v), weights
+
+
+def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
+                sliding_window: int | None, device: torch.device | str) -> torch.Tensor | None:
+    """A boolean [batch or 1, 1, q_len, kv_len] mask (True = attend) for a decoder.
+
+    The queries are the last q_len of kv_len positions (earlier ones come from the cache).
+    `attention_mask` is [batch, >= kv_len] of 1/0 (padding, left or right). With a sliding
+    window a query sees only the `sliding_window` latest positions, itself included.
+    None when `attend(..., causal=True)` needs no mask: SDPA then takes its fastest path.
+    """
+    if attention_mask is not None:
+        if attention_mask.shape[-1] < kv_len:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions; the "
+                             f"keys span {kv_len} (cached and new).")
+        attention_mask = attention_mask[:, :kv_len]
+        if bool(attention_mask.all()):
+            attention_mask = None
+    window_cuts = sliding_window is not None and kv_len > sliding_window
+    if attention_mask is None and not window_cuts and q_len in (1, kv_len):
+        return None
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    kv_pos = torch.arange(kv_len, device=device)[None, :]
+    mask = kv_pos <= q_pos
+    if sliding_window is not None:
+        mask = mask & (kv_pos > q_pos - sliding_window)
+    mask = mask[None, None]
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, :].bool()
+        # A query with nothing to see (left padding) attends everywhere instead: its output is
+        # never used, and an all-masked softmax row would be NaN on some backends.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask
 
 
 def self_attention(
@@ -136,6 +213,135 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     end = end_positions.view(-1).clamp(0, n)
     return (F.cross_entropy(start_logits, start, ignore_index=n)
             + F.cross_entropy(end_logits, end, ignore_index=n)) / 2
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale, computed in float32 (Llama, Mistral, Qwen)."""
+
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU with silu (Llama, Mistral, Qwen)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str, bias: bool = False
+                 ) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts labels[t + 1]; -100 is ignored."""
+    labels = F.pad(labels, (0, 1), value=-100)[..., 1:].to(logits.device)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=-100)
+
+
+def last_token_logits(logits: torch.Tensor, input_ids: torch.Tensor | None,
+                      pad_token_id: int | None) -> torch.Tensor:
+    """[batch, seq, labels] -> [batch, labels] at each row's rightmost non-pad token.
+
+    As transformers: with no pad id (or only embeddings) the last position; a batch of more
+    than one row then needs a pad id.
+    """
+    batch = logits.shape[0]
+    if pad_token_id is None and batch != 1:
+        raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined.")
+    if pad_token_id is None or input_ids is None:
+        last = torch.full((batch,), logits.shape[1] - 1, device=logits.device)
+    else:
+        real = (input_ids != pad_token_id).to(logits.device, torch.int32)
+        last = (torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+                * real).argmax(-1)
+    return logits[torch.arange(batch, device=logits.device), last]
+
+
+def keep_last(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions an LM head needs: all (0), the last n, or those a 1-D index names."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        return x[:, logits_to_keep]
+    return x[:, -logits_to_keep:] if logits_to_keep else x
+
+
+# -- decoder plumbing: inputs, outputs and heads every causal LM shares -----------------------
+
+class DecoderInputs(NamedTuple):
+    x: torch.Tensor  # the new positions' embeddings, [batch, new, hidden]
+    cache: KVCache | None
+    position_ids: torch.Tensor  # [batch or 1, new]
+    kv_len: int  # cached + new positions: what each layer's queries attend over
+    output_hidden_states: bool
+    output_attentions: bool
+
+
+def decoder_inputs(model: nn.Module, embed: nn.Module, input_ids, inputs_embeds, position_ids,
+                   cache: KVCache | None, use_cache: bool, output_hidden_states,
+                   output_attentions) -> DecoderInputs:
+    """Embeddings, the cache (a new one of exactly the needed length when use_cache asks for
+    one), position ids (default: the positions after the cached ones) and output options."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+    x = embed(input_ids) if inputs_embeds is None else inputs_embeds
+    if cache is None and use_cache:
+        cache = model.new_cache(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+    past = cache.length if cache is not None else 0
+    if position_ids is None:
+        position_ids = torch.arange(past, past + x.shape[1], device=x.device)[None]
+    c = model.config
+    return DecoderInputs(
+        x, cache, position_ids, past + x.shape[1],
+        c.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        c.output_attentions if output_attentions is None else output_attentions)
+
+
+def _finish(out, config, return_dict):
+    return out if (config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+
+def decoder_output(config, return_dict, x: torch.Tensor, inputs: DecoderInputs,
+                   hidden: list[torch.Tensor], attentions: list[torch.Tensor | None]):
+    """The base model's output. `hidden` holds each layer's input; the hidden states end with
+    the final norm's output, as transformers' do."""
+    return _finish(BaseModelOutputWithPast(
+        last_hidden_state=x, past_key_values=inputs.cache,
+        hidden_states=(*hidden, x) if inputs.output_hidden_states else None,
+        attentions=tuple(attentions) if inputs.output_attentions else None), config, return_dict)
+
+
+def causal_lm_output(lm_head: nn.Module, config, base, labels,
+                     logits_to_keep: int | torch.Tensor, return_dict):
+    logits = lm_head(keep_last(base.last_hidden_state, logits_to_keep))
+    loss = causal_lm_loss(logits, labels) if labels is not None else None
+    return _finish(CausalLMOutputWithPast(
+        loss=loss, logits=logits, past_key_values=base.past_key_values,
+        hidden_states=base.hidden_states, attentions=base.attentions), config, return_dict)
+
+
+def sequence_classifier_output(score: nn.Module, config, base, input_ids, labels, return_dict):
+    """Scores at each row's last real token (the rightmost non-pad one, as transformers)."""
+    logits = last_token_logits(score(base.last_hidden_state), input_ids, config.pad_token_id)
+    loss = classification_loss(logits, labels, config) if labels is not None else None
+    return _finish(SequenceClassifierOutputWithPast(
+        loss=loss, logits=logits, past_key_values=base.past_key_values,
+        hidden_states=base.hidden_states, attentions=base.attentions), config, return_dict)
 
 
 def init_weights(module: nn.Module, std: float) -> None:

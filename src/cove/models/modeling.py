@@ -77,6 +77,11 @@ def parameters_on_meta():
             setattr(nn.init, name, fn)
 
 
+# The input embedding matrices by their transformers names (BERT family, Llama family, GPT-2):
+# ties to them follow config.tie_word_embeddings; other ties (an LM head's bias) always hold.
+INPUT_EMBEDDINGS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight")
+
+
 class LoadingInfo(dict):
     """missing_keys, unexpected_keys, mismatched_keys (name, checkpoint shape, model shape)."""
 
@@ -106,7 +111,7 @@ class PreTrainedModel(nn.Module):
         """The ties in force: those to the word embeddings only with tie_word_embeddings."""
         tie_embeddings = getattr(self.config, "tie_word_embeddings", True)
         return {t: s for t, s in self.tied_weights.items()
-                if tie_embeddings or not s.endswith("word_embeddings.weight")}
+                if tie_embeddings or not s.endswith(INPUT_EMBEDDINGS)}
 
     def tie_weights(self) -> None:
         for target, source in self.active_ties().items():
@@ -137,9 +142,13 @@ class PreTrainedModel(nn.Module):
         output_loading_info: bool = False,
         ignore_mismatched_sizes: bool = False,
         use_safetensors: bool | None = None,
+        gguf_file: str | None = None,
         **kwargs: Any,
     ):
-        """Load a model from a folder or a Hub repository (revision=, token=, cache_dir=, ...)."""
+        """Load a model from a folder or a Hub repository (revision=, token=, cache_dir=, ...).
+
+        `gguf_file` names a llama.cpp GGUF file there: it is converted once into a cache folder
+        (see cove.models.gguf) and loaded from it."""
         if trust_remote_code:
             raise ValueError(
                 "trust_remote_code=True is refused: Cove never runs code from a repository. "
@@ -148,6 +157,10 @@ class PreTrainedModel(nn.Module):
         if "torch_dtype" in kwargs:
             dtype = kwargs.pop("torch_dtype")
         hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+        if gguf_file is not None:
+            from cove.models.gguf import load_gguf
+
+            name_or_path, hub = load_gguf(name_or_path, gguf_file, dtype=dtype, **hub), {}
         if config is None:
             config = cls.config_class.from_pretrained(name_or_path, **hub, **kwargs)
         elif kwargs:

@@ -49,3 +49,22 @@ class TokenClassifierOutput(ModelOutput):
 
 class QuestionAnsweringModelOutput(ModelOutput):
     pass
+
+
+class _WithCache(ModelOutput):
+    @property
+    def cache(self):
+        """transformers 5.x's name for past_key_values."""
+        return self.get("past_key_values")
+
+
+class BaseModelOutputWithPast(_WithCache):
+    pass
+
+
+class CausalLMOutputWithPast(_WithCache):
+    """loss, logits, past_key_values (a KVCache), hidden_states, attentions."""
+
+
+class SequenceClassifierOutputWithPast(_WithCache):
+    pass
