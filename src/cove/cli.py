@@ -263,6 +263,14 @@ def ls(args) -> int:
     return 0
 
 
+def convert_gguf(args) -> int:
+    """A llama.cpp GGUF file as a Hugging Face folder (config, safetensors, tokenizer)."""
+    from cove.models import gguf
+
+    print(gguf.convert_gguf(args.file, args.out_dir, dtype=args.dtype, overwrite=args.overwrite))
+    return 0
+
+
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=os.environ.get("COVE_DATA", "./data"),
                    help="data folder (repositories, LFS objects, SQLite database)")
@@ -381,6 +389,13 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
                        help="highest first"),
         p.add_argument("--limit", type=int, default=30, help="at most this many (default: 30)"),
         _hub_options(p),
+    )),
+    "convert gguf": (convert_gguf, "convert a GGUF file (llama.cpp) to a Hugging Face folder",
+                     lambda p: (
+        p.add_argument("file", metavar="FILE"), p.add_argument("out_dir", metavar="OUT_DIR"),
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                       help="the weights' dtype (default: float32)"),
+        p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR"),
     )),
 }
 

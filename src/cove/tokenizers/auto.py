@@ -156,10 +156,20 @@ def load_tokenizer(pretrained_model_name_or_path: str | os.PathLike, *,
     for key in ("use_fast", "_from_auto", "_from_pipeline", "_commit_hash", "proxies",
                 "resume_download", "code_revision"):
         kwargs.pop(key, None)
-    for key in ("tokenizer_type", "gguf_file"):
-        if kwargs.get(key) is not None:
-            raise ValueError(f"{key}= is not supported by Cove's AutoTokenizer")
-        kwargs.pop(key, None)
+    if kwargs.get("tokenizer_type") is not None:
+        raise ValueError("tokenizer_type= is not supported by Cove's AutoTokenizer")
+    kwargs.pop("tokenizer_type", None)
+    gguf_file = kwargs.pop("gguf_file", None)
+    if gguf_file is not None:  # the GGUF's vocabulary, converted once into a cache folder
+        from cove.models.gguf import load_gguf
+
+        hub = {"revision": revision, "token": token, "cache_dir": cache_dir,
+               "local_files_only": local_files_only, "force_download": force_download,
+               "subfolder": subfolder}
+        pretrained_model_name_or_path = load_gguf(
+            pretrained_model_name_or_path, gguf_file, weights=False,
+            **{k: v for k, v in hub.items() if v})
+        revision = token = cache_dir = subfolder = None
     name = str(pretrained_model_name_or_path)
     if os.path.isfile(name):
         return _load_single_file(name, tokenizer_class, kwargs)
