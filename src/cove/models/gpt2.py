@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from cove.generation import GenerationMixin
 from cove.models.cache import KVCache
 from cove.models.configuration import PretrainedConfig
 from cove.models.layers import (
@@ -171,7 +172,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return decoder_output(self.config, return_dict, self.ln_f(x), inputs, hidden, attentions)
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel):
+class GPT2LMHeadModel(GenerationMixin, GPT2PreTrainedModel):
     tied_weights = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config: GPT2Config) -> None:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cove.generation import GenerationMixin
 from cove.models.cache import KVCache
 from cove.models.configuration import PretrainedConfig
 from cove.models.layers import (
@@ -219,7 +220,7 @@ class LlamaModel(LlamaPreTrainedModel):
         return decoder_output(self.config, return_dict, self.norm(x), inputs, hidden, attentions)
 
 
-class LlamaForCausalLM(LlamaPreTrainedModel):
+class LlamaForCausalLM(GenerationMixin, LlamaPreTrainedModel):
     tied_weights = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: DecoderConfig) -> None:
