@@ -271,6 +271,89 @@ def convert_gguf(args) -> int:
     return 0
 
 
+def _chat_source(args) -> tuple[str, dict]:
+    """MODEL (a folder, a Hub id, or a .gguf file) -> from_pretrained's name and options."""
+    model = os.path.expanduser(args.model)
+    options = {"revision": args.revision} if args.revision else {}
+    if args.gguf_file:
+        options["gguf_file"] = args.gguf_file
+    elif model.lower().endswith(".gguf") and os.path.isfile(model):
+        model, options["gguf_file"] = os.path.split(os.path.abspath(model))
+    local = model.startswith(("/", ".")) or model.count("/") > 1 \
+        or model.lower().endswith(".gguf")  # a Hub id is `name` or `owner/name`
+    if local and not os.path.exists(model):
+        raise CliError(f"{args.model}: no such file or folder.")
+    return model, options
+
+
+def chat(args) -> int:
+    """Talk with a causal LM: one user turn per line of stdin, the reply streamed to stdout."""
+    import torch
+
+    from cove.generation import TextStreamer
+    from cove.models import AutoModelForCausalLM
+    from cove.tokenizers import AutoTokenizer
+
+    name, options = _chat_source(args)
+    tokenizer = AutoTokenizer.from_pretrained(name, **options)
+    if tokenizer.chat_template is None:
+        raise CliError(f"{args.model}'s tokenizer has no chat template: it is not a chat model.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=args.dtype, device=device,
+                                                 **options).eval()
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)  # the template's end of turn
+    settings = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos or None,
+                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                    else (eos[0] if eos else None))
+    if args.temperature and args.temperature > 0:
+        settings.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
+    else:
+        settings.update(do_sample=False)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        print(f"cove chat: {args.model} on {device}. /reset clears the conversation, "
+              "/exit (or Ctrl-D) ends.", file=sys.stderr)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    while True:
+        try:
+            line = input(">>> ") + "\n" if interactive else sys.stdin.readline()
+        except EOFError:
+            line = ""
+        if not line or line.strip() == "/exit":
+            if interactive and not line:
+                print()
+            return 0
+        text = line.strip()
+        if text == "/reset":
+            history = []
+            if interactive:
+                print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        while True:
+            ids = tokenizer.apply_chat_template(system + history, add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True)["input_ids"]
+            if limit is None or ids.shape[1] + args.max_new_tokens <= limit or len(history) < 3:
+                break
+            history = history[2:]  # the oldest exchange goes, to fit the context
+        out = model.generate(ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                             streamer=streamer, **settings)
+        reply = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        history.append({"role": "assistant", "content": reply})
+
+
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=os.environ.get("COVE_DATA", "./data"),
                    help="data folder (repositories, LFS objects, SQLite database)")
@@ -396,6 +479,23 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="the weights' dtype (default: float32)"),
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR"),
+    )),
+    "chat": (chat, "chat with a causal LM: a user turn per line of stdin; /reset, /exit",
+             lambda p: (
+        p.add_argument("model", metavar="MODEL", help="a folder, a Hub id, or a .gguf file"),
+        p.add_argument("--gguf-file", help="the GGUF file to load in the MODEL folder or repo"),
+        p.add_argument("--revision", help="branch, tag or commit (default: main)"),
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                       help="the weights' dtype (default: float32)"),
+        p.add_argument("--device", help="e.g. cpu, cuda (default: cuda if available, else cpu)"),
+        p.add_argument("--max-new-tokens", type=int, default=512,
+                       help="longest reply, in tokens (default: 512)"),
+        p.add_argument("--temperature", type=float, default=0.0,
+                       help="0 (the default): greedy, deterministic; above 0: sampling"),
+        p.add_argument("--top-p", type=float, default=0.95,
+                       help="nucleus sampling, when sampling (default: 0.95)"),
+        p.add_argument("--seed", type=int, help="seed for sampling (reproducible replies)"),
+        p.add_argument("--system", metavar="PROMPT", help="a system prompt (kept on /reset)"),
     )),
 }
 

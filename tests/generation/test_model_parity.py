@@ -1,9 +1,10 @@
 """generate() on Cove's decoder models against transformers' generate on the same checkpoint.
 
-Tiny random Llama, Mistral (sliding window) and GPT-2 checkpoints saved by transformers (weights scaled up so next-token
-distributions are peaked: float32 noise between the two implementations cannot flip a
-choice). Greedy decoding gives the same 32 tokens alone and in a left-padded batch, beam search
-the same sequences and scores; sampling is reproducible and stays in the vocabulary.
+Tiny random Llama, Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms) and GPT-2
+checkpoints saved by transformers (weights scaled up so next-token distributions are peaked:
+float32 noise between the two implementations cannot flip a choice). Greedy decoding gives the
+same 32 tokens alone and in a left-padded batch, beam search the same sequences and scores;
+sampling is reproducible and stays in the vocabulary.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ FAMILIES = {  # name -> (model_type, config)
     "llama": ("llama", LLAMA),
     # a sliding window shorter than the prompts: the cache is read through the window
     "mistral-window": ("mistral", {**LLAMA, "sliding_window": 4}),
+    "qwen2": ("qwen2", LLAMA),  # q/k/v biases
+    "qwen3": ("qwen3", {**LLAMA, "head_dim": 24}),  # q/k norms, head_dim != hidden / heads
     "gpt2": ("gpt2", {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 2, "n_head": 4,
                       "n_positions": 128, "bos_token_id": 1, "eos_token_id": 2,
                       "pad_token_id": 0,

