@@ -50,7 +50,7 @@ test: $(VENV)/.dev $(HF036)/.installed tests/.data/.fetched
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev tests/.data/.fetched
 	$(BIN)/python bench/run_all.py
 
 clean:
