@@ -1,0 +1,173 @@
+"""cove.pipeline: transformers' task pipelines on Cove's models and tokenizers.
+
+    from cove import pipeline
+
+    classifier = pipeline("sentiment-analysis", model="alice/tiny-bert", batch_size=32)
+    classifier(["I love this!", "Not for me."])   # [{"label": ..., "score": ...}, ...]
+
+Tasks, aliases, default models and output formats follow transformers 5. Inputs may be one
+item, a list, or any iterable (results are then yielded as they come).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from cove.pipelines.base import Pipeline, as_device
+from cove.pipelines.feature_extraction import FeatureExtractionPipeline
+from cove.pipelines.fill_mask import FillMaskPipeline
+from cove.pipelines.text_classification import TextClassificationPipeline
+
+# task -> (pipeline class, model head as cove.models.auto names it, default model id)
+SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
+    "text-classification": (TextClassificationPipeline, "sequence-classification",
+                            "distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+    "fill-mask": (FillMaskPipeline, "masked-lm", "distilbert/distilroberta-base"),
+    "feature-extraction": (FeatureExtractionPipeline, "base",
+                           "distilbert/distilbert-base-cased"),
+}
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+# Tasks of transformers (4.x or 5.x) that Cove does not run yet.
+NOT_YET = {"token-classification", "question-answering", "zero-shot-classification",
+           "text-generation", "summarization", "translation", "text2text-generation"}
+# Architecture name endings -> the task their head serves (to infer a missing task).
+_ARCHITECTURE_TASKS = [
+    ("ForSequenceClassification", "text-classification"),
+    ("ForMaskedLM", "fill-mask"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
+    ("Model", "feature-extraction"),
+]
+
+__all__ = ["FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "SUPPORTED_TASKS",
+           "TextClassificationPipeline", "pipeline"]
+
+
+def _check_task(task: str) -> str:
+    if not isinstance(task, str):
+        raise ValueError(f"task must be a string, got {type(task).__name__}.")
+    task = TASK_ALIASES.get(task, task)
+    if task in SUPPORTED_TASKS:
+        return task
+    if task in NOT_YET or re.fullmatch(r"translation(_\w+_to_\w+)?", task):
+        raise ValueError(f"The task {task!r} is not supported yet by cove.pipeline. Supported: "
+                         f"{', '.join(sorted([*SUPPORTED_TASKS, *TASK_ALIASES]))}.")
+    raise ValueError(f"Unknown task {task!r}. Available tasks: "
+                     f"{', '.join(sorted([*SUPPORTED_TASKS, *TASK_ALIASES]))}.")
+
+
+def _infer_task(architectures: list[str] | None, where: str) -> str:
+    for name in architectures or []:
+        for ending, task in _ARCHITECTURE_TASKS:
+            if name.endswith(ending):
+                return task
+    raise ValueError(f"Cannot infer the task of {where}: pass task= (e.g. "
+                     "'text-classification', 'fill-mask', 'feature-extraction').")
+
+
+def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
+             device: Any = None, dtype: Any = None, batch_size: int | None = None,
+             revision: str | None = None, token: str | bool | None = None,
+             device_map: Any = None, **task_kwargs: Any) -> Pipeline:
+    """Build a task pipeline, as transformers.pipeline.
+
+    `model` is a Hub repository id, a local folder, or a loaded Cove model (None: the
+    task's default model); `tokenizer` likewise (None: the model's own). `device` is "cpu",
+    "cuda", "cuda:1", an int or a torch.device; `dtype` a string or a torch dtype;
+    `device_map="auto"` puts the model on the first GPU when there is one, else the CPU.
+    Other keyword arguments are the task's (top_k, function_to_apply, targets, ...).
+    `model_kwargs` (a dict) goes to the model's from_pretrained.
+    """
+    from cove.models import AutoConfig, PreTrainedModel
+    from cove.models.auto import MODELS, _AutoModel
+    from cove.models.modeling import as_dtype
+    from cove.tokenizers import AutoTokenizer
+
+    if task is None and model is None:
+        raise ValueError("Impossible to instantiate a pipeline without either a task or a "
+                         "model being specified.")
+    hub: dict[str, Any] = {"revision": revision, "token": token}
+    model_kwargs = dict(task_kwargs.pop("model_kwargs", None) or {})
+    if "torch_dtype" in task_kwargs:  # transformers 4.x name
+        torch_dtype = task_kwargs.pop("torch_dtype")
+        dtype = torch_dtype if dtype is None else dtype
+    if task_kwargs.pop("trust_remote_code", False):
+        raise ValueError("trust_remote_code=True is refused: Cove never runs code from a "
+                         "repository.")
+    if device_map is not None:
+        if device_map != "auto":
+            raise ValueError("device_map: only 'auto' is supported yet.")
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is not None:
+        device = as_device(device)
+    if dtype is not None:
+        dtype = as_dtype(dtype)
+
+    if task is None:
+        if isinstance(model, PreTrainedModel):
+            task = _infer_task([type(model).__name__], type(model).__name__)
+        else:
+            config = AutoConfig.from_pretrained(model, **hub)
+            task = _infer_task(config.architectures, repr(str(model)))
+    task = _check_task(task)
+    cls, head, default_model = SUPPORTED_TASKS[task]
+    if model is None:
+        model = default_model
+
+    if isinstance(model, (str, os.PathLike)):
+        name = str(model)
+        config = AutoConfig.from_pretrained(name, **hub)
+        architectures = config.architectures or []
+        if head != "base" and architectures and not any(a.endswith(_endings(head))
+                                                        for a in architectures):
+            raise ValueError(f"The model {name!r} ({', '.join(architectures)}) has no "
+                             f"{head} head: it cannot run the {task!r} task.")
+        auto = type("_Auto", (_AutoModel,), {"task": head})
+        try:
+            load = {"dtype": dtype} if dtype is not None else {}
+            loaded, info = auto.from_pretrained(name, config=config, output_loading_info=True,
+                                                **hub, **load, **model_kwargs)
+        except ValueError as e:
+            raise ValueError(f"The model {name!r} cannot run the {task!r} task: {e}") from None
+        if head != "base" and info["missing_keys"]:
+            raise ValueError(f"The model {name!r} has no trained {head} head for the {task!r} "
+                             f"task (missing weights: {', '.join(info['missing_keys'][:5])}).")
+        model = loaded
+        if tokenizer is None:
+            tokenizer = name
+    elif isinstance(model, PreTrainedModel):
+        expected = MODELS.get((model.config.model_type, head))
+        if head != "base" and (expected is None or not isinstance(model, expected)):
+            raise ValueError(f"A {type(model).__name__} cannot run the {task!r} task: it needs "
+                             f"a model with a {head} head.")
+        if dtype is not None:
+            model = model.to(dtype)
+        if tokenizer is None:
+            tokenizer = getattr(model.config, "_name_or_path", None) or getattr(
+                model.config, "name_or_path", None)
+            if not tokenizer:
+                raise ValueError("Pass tokenizer= with a model object: Cove cannot tell which "
+                                 "tokenizer goes with it.")
+    else:
+        raise ValueError(f"model must be a Hub repository id, a folder or a Cove model, got "
+                         f"{type(model).__name__}.")
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **hub)
+    return cls(model, tokenizer, task=task, device=device, batch_size=batch_size,
+               **task_kwargs)
+
+
+def _endings(head: str) -> tuple[str, ...]:
+    return {"sequence-classification": ("ForSequenceClassification",),
+            "masked-lm": ("ForMaskedLM", "ForPreTraining"),
+            "token-classification": ("ForTokenClassification",),
+            "question-answering": ("ForQuestionAnswering",),
+            "causal-lm": ("ForCausalLM", "LMHeadModel")}.get(head, ("Model",))

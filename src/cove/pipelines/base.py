@@ -1,0 +1,160 @@
+"""The pipeline engine: loading, devices, and batched inference in input order.
+
+Inputs are tokenised together (one tokenizer call per chunk, no padding), sorted by length
+into batches of `batch_size`, padded per batch, run under `torch.inference_mode`, and the
+results are put back in input order. Generators are consumed chunk by chunk and their results
+are yielded as they come.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+_SINGLE = (str, dict)
+
+
+def as_device(device: Any) -> torch.device | None:
+    """"cpu", "cuda", "cuda:1", "mps", an int (-1 is the CPU) or a torch.device."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if isinstance(device, bool):
+        raise ValueError(f"Invalid device {device!r}.")
+    if isinstance(device, int):
+        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Invalid device {device!r}: use 'cpu', 'cuda', 'cuda:1', an int "
+                         "or a torch.device.") from None
+
+
+class Pipeline:
+    """A model and its tokenizer, callable on one input, a list, or an iterable."""
+
+    task: str = ""
+    default_batch_size: int = 1
+
+    def __init__(self, model: Any, tokenizer: Any, *, task: str | None = None,
+                 device: Any = None, batch_size: int | None = None, **kwargs: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        if task is not None:
+            self.task = task
+        self.device = as_device(device) if device is not None else model.device
+        if self.device != model.device:
+            self.model.to(self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        self._accepted = set(inspect.signature(model.forward).parameters)
+        self._init_kwargs = dict(kwargs)
+        self._params = self._sanitize(**kwargs)
+
+    # -- what a task defines --------------------------------------------------------------
+    def _sanitize(self, **kwargs: Any) -> dict[str, Any]:
+        """The task's parameters from keyword arguments (unknown ones are refused)."""
+        if kwargs:
+            raise TypeError(f"{self.task} pipeline got unexpected arguments: "
+                            f"{', '.join(sorted(kwargs))}.")
+        return {}
+
+    def _check(self, item: Any) -> None:
+        if not isinstance(item, str):
+            raise ValueError(f"{self.task} pipeline expects strings, got "
+                             f"{type(item).__name__}: {item!r:.80}")
+        if not item.strip():
+            raise ValueError(f"{self.task} pipeline got an empty string.")
+
+    def _tokenize(self, items: list[Any], params: dict[str, Any]) -> dict[str, list]:
+        """Token rows (lists, unpadded) for each item: {"input_ids": [...], ...}."""
+        return dict(self.tokenizer(items, **params.get("tokenizer_kwargs", {})))
+
+    def _postprocess(self, rows: list[int], enc: dict[str, list], batch: dict[str, torch.Tensor],
+                     outputs: Any, params: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _finish(self, inputs: Any, result: Any, single: bool, call_kwargs: dict) -> Any:
+        """The result returned to the caller (tasks reshape single/list results here)."""
+        return result
+
+    # -- calling ---------------------------------------------------------------------------
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        batch_size = kwargs.pop("batch_size", None) or self.batch_size or self.default_batch_size
+        params = {**self._params, **self._sanitize(**kwargs)} if kwargs else self._params
+        if isinstance(inputs, _SINGLE):
+            result = self._run([inputs], params, 1)[0]
+            return self._finish(inputs, result, True, kwargs)
+        if isinstance(inputs, (list, tuple)):
+            result = self._run(list(inputs), params, batch_size)
+            return self._finish(inputs, result, False, kwargs)
+        if isinstance(inputs, Iterable):
+            return self._iterate(inputs, params, batch_size)
+        raise ValueError(f"{self.task} pipeline expects a string, a list or an iterable, got "
+                         f"{type(inputs).__name__}.")
+
+    def _iterate(self, inputs: Iterable, params: dict, batch_size: int) -> Iterator[Any]:
+        """Results of an iterable's items, as they come (as transformers: no reshaping)."""
+        chunk_size = batch_size * 8 if batch_size > 1 else 1
+        chunk: list[Any] = []
+        for item in inputs:
+            chunk.append(item)
+            if len(chunk) >= chunk_size:
+                yield from self._run(chunk, params, batch_size)
+                chunk = []
+        if chunk:
+            yield from self._run(chunk, params, batch_size)
+
+    def _run(self, items: list[Any], params: dict[str, Any], batch_size: int) -> list[Any]:
+        if not items:
+            return []
+        for item in items:
+            self._check(item)
+        enc = self._tokenize(items, params)
+        ids = enc["input_ids"]
+        n = len(ids)
+        order = sorted(range(n), key=lambda i: len(ids[i])) if batch_size > 1 else range(n)
+        order = list(order)
+        results: list[Any] = [None] * n
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                rows = order[start:start + batch_size]
+                batch = self._collate(rows, enc)
+                outputs = self.model(**batch)
+                for i, r in zip(rows, self._postprocess(rows, enc, batch, outputs, params),
+                                strict=True):
+                    results[i] = r
+        return results
+
+    def _collate(self, rows: list[int], enc: dict[str, list]) -> dict[str, torch.Tensor]:
+        """Pad the rows to the longest one (on the tokenizer's padding side) as tensors."""
+        ids = enc["input_ids"]
+        length = max(len(ids[i]) for i in rows)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = 0
+        fills = {"input_ids": pad_id, "attention_mask": 0,
+                 "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
+        batch = {}
+        for key, fill in fills.items():
+            if key not in self._accepted:
+                continue
+            if key in enc:
+                column = [enc[key][i] for i in rows]
+            elif key == "attention_mask":
+                column = [[1] * len(ids[i]) for i in rows]
+            else:
+                continue
+            if left:
+                padded = [[fill] * (length - len(r)) + list(r) for r in column]
+            else:
+                padded = [list(r) + [fill] * (length - len(r)) for r in column]
+            batch[key] = torch.tensor(padded, dtype=torch.long, device=self.device)
+        return batch
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(task={self.task!r}, model={type(self.model).__name__}, "
+                f"device={self.device})")
