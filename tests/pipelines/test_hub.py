@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import transformers  # noqa: E402
+import transformers
 
 from tests.pipelines.conftest import TEXTS
 from tests.server.live import LiveServer, cove

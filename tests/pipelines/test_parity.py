@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-import cove  # noqa: E402
-from cove.pipelines import SUPPORTED_TASKS, as_device  # noqa: E402
+import cove
+from cove.pipelines import SUPPORTED_TASKS, as_device
 from tests.pipelines.conftest import MASKED, TEXTS
 
 SCORE_ATOL = 1e-4
