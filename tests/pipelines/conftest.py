@@ -89,3 +89,63 @@ def build(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory) -> dict[str, Path]:
     return build(tmp_path_factory.mktemp("pipelines"))
+
+
+# -- token classification (appended) -----------------------------------------------------------
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+NER_TEXTS = [
+    "hello world, the quick brown fox jumped over the lazy dog.",
+    "tokenizer splits text into pieces",
+    "i love xyzzy and qwerty in kjfd",
+    "the cat € sat on the mat",
+    "bob",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z",
+]
+
+
+@pytest.fixture(scope="session")
+def ner_folder(tmp_path_factory) -> Path:
+    """A tiny random BertForTokenClassification with B-/I- tags."""
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=len(dict.fromkeys(VOCAB)), **TINY, id2label=NER_LABELS,
+        label2id={v: k for k, v in NER_LABELS.items()})
+    model = randomize(transformers.BertForTokenClassification(config), seed=11)
+    # Standard LayerNorms, and a classifier centred on the test texts: every tag occurs.
+    tokenizer = transformers.BertTokenizerFast(vocab={w: i for i, w in
+                                                      enumerate(dict.fromkeys(VOCAB))})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+        hidden = torch.cat([model.bert(**tokenizer(t, return_tensors="pt")).last_hidden_state[0]
+                            for t in NER_TEXTS])
+        logits = model.classifier(hidden)
+        mean, std = logits.mean(0), logits.std(0)
+        model.classifier.bias.sub_(mean).div_(std)
+        model.classifier.weight.div_(std[:, None])
+    folder = tmp_path_factory.mktemp("ner") / "ner"
+    model.save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder
+
+
+# -- question answering (appended) -------------------------------------------------------------
+QA_CONTEXT = ("the quick brown fox jumped over the lazy dog. hello world, this is a tiny corpus: "
+              "the cat sat on the mat and it was very good. i love this film, but xyzzy was "
+              "terrible!")
+
+
+@pytest.fixture(scope="session")
+def qa_folder(tmp_path_factory) -> Path:
+    """A tiny random BertForQuestionAnswering."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=len(dict.fromkeys(VOCAB)), **TINY)
+    model = randomize(transformers.BertForQuestionAnswering(config), seed=21)
+    folder = tmp_path_factory.mktemp("qa") / "qa"
+    model.save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder

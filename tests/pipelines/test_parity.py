@@ -191,6 +191,9 @@ def test_default_models_are_the_reference_ones():
     from transformers.pipelines import SUPPORTED_TASKS as HF
 
     for task, (_, _, model_id) in SUPPORTED_TASKS.items():
+        if task == "question-answering":  # dropped in transformers 5: the 4.x default
+            assert model_id == "distilbert/distilbert-base-cased-distilled-squad"
+            continue
         assert HF[task]["default"]["model"][0] == model_id
 
 

@@ -18,19 +18,26 @@ from typing import Any
 from cove.pipelines.base import Pipeline, as_device
 from cove.pipelines.feature_extraction import FeatureExtractionPipeline
 from cove.pipelines.fill_mask import FillMaskPipeline
+from cove.pipelines.question_answering import QuestionAnsweringPipeline
 from cove.pipelines.text_classification import TextClassificationPipeline
+from cove.pipelines.token_classification import TokenClassificationPipeline
 
 # task -> (pipeline class, model head as cove.models.auto names it, default model id)
 SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
     "text-classification": (TextClassificationPipeline, "sequence-classification",
                             "distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+    "token-classification": (TokenClassificationPipeline, "token-classification",
+                             "dbmdz/bert-large-cased-finetuned-conll03-english"),
+    # transformers 5 dropped question-answering: its 4.x default model.
+    "question-answering": (QuestionAnsweringPipeline, "question-answering",
+                           "distilbert/distilbert-base-cased-distilled-squad"),
     "fill-mask": (FillMaskPipeline, "masked-lm", "distilbert/distilroberta-base"),
     "feature-extraction": (FeatureExtractionPipeline, "base",
                            "distilbert/distilbert-base-cased"),
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 # Tasks of transformers (4.x or 5.x) that Cove does not run yet.
-NOT_YET = {"token-classification", "question-answering", "zero-shot-classification",
+NOT_YET = {"zero-shot-classification",
            "text-generation", "summarization", "translation", "text2text-generation"}
 # Architecture name endings -> the task their head serves (to infer a missing task).
 _ARCHITECTURE_TASKS = [
@@ -43,8 +50,9 @@ _ARCHITECTURE_TASKS = [
     ("Model", "feature-extraction"),
 ]
 
-__all__ = ["FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "SUPPORTED_TASKS",
-           "TextClassificationPipeline", "pipeline"]
+__all__ = ["FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "QuestionAnsweringPipeline",
+           "SUPPORTED_TASKS",
+           "TextClassificationPipeline", "TokenClassificationPipeline", "pipeline"]
 
 
 def _check_task(task: str) -> str:

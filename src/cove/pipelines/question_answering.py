@@ -1,0 +1,211 @@
+"""question-answering: extractive answers (spans of the context), transformers 4.x semantics.
+
+transformers 5 dropped this pipeline; Cove keeps it and follows the 4.x algorithm: long
+contexts are cut into overlapping spans (`doc_stride`), each span's start and end logits are
+softmaxed over the context tokens (plus [CLS]), candidate answers are start x end products no
+longer than `max_answer_len` tokens, aligned to whole words, and the best `top_k` answers over
+all spans are returned; `handle_impossible_answer` adds the empty answer, scored by the lowest
+[CLS] x [CLS] product of the spans.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from cove.pipelines.base import Pipeline
+
+_UNSET = object()
+
+
+def decode_spans(start: np.ndarray, end: np.ndarray, top_k: int, max_answer_len: int,
+                 allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top_k (start, end) token pairs by start x end probability, as transformers 4.x."""
+    outer = np.matmul(start[:, None], end[None, :])
+    candidates = np.tril(np.triu(outer), max_answer_len - 1)
+    flat = candidates.flatten()
+    if top_k == 1:
+        order = np.array([np.argmax(flat)])
+    elif len(flat) < top_k:
+        order = np.argsort(-flat)
+    else:
+        index = np.argpartition(-flat, top_k)[0:top_k]
+        order = index[np.argsort(-flat[index])]
+    starts, ends = np.unravel_index(order, candidates.shape)
+    keep = np.isin(starts, allowed) & np.isin(ends, allowed)
+    starts, ends = starts[keep], ends[keep]
+    return starts, ends, candidates[starts, ends]
+
+
+class QuestionAnsweringPipeline(Pipeline):
+    """Inputs {"question": ..., "context": ...} (or question=, context=); `top_k` (1),
+    `doc_stride` (128), `max_answer_len` (15), `max_seq_len` (384), `max_question_len`,
+    `handle_impossible_answer` (False), `align_to_words` (True)."""
+
+    task = "question-answering"
+
+    def _sanitize(self, top_k: Any = None, topk: Any = None, doc_stride: Any = None,
+                  max_answer_len: Any = None, max_seq_len: Any = None,
+                  max_question_len: Any = None, handle_impossible_answer: Any = None,
+                  align_to_words: Any = None, **kwargs: Any) -> dict[str, Any]:
+        if kwargs:
+            raise TypeError(f"{self.task} pipeline got unexpected arguments: "
+                            f"{', '.join(sorted(kwargs))}.")
+        params: dict[str, Any] = {}
+        top_k = top_k if top_k is not None else topk
+        if top_k is not None:
+            if not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k parameter should be >= 1 (got {top_k!r}).")
+            params["top_k"] = top_k
+        if max_answer_len is not None:
+            if not isinstance(max_answer_len, int) or max_answer_len < 1:
+                raise ValueError(f"max_answer_len parameter should be >= 1 (got "
+                                 f"{max_answer_len!r}).")
+            params["max_answer_len"] = max_answer_len
+        for name, value in [("doc_stride", doc_stride), ("max_seq_len", max_seq_len),
+                            ("max_question_len", max_question_len)]:
+            if value is not None:
+                params[name] = int(value)
+        if handle_impossible_answer is not None:
+            params["handle_impossible_answer"] = bool(handle_impossible_answer)
+        if align_to_words is not None:
+            params["align_to_words"] = bool(align_to_words)
+        return params
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        question = kwargs.pop("question", _UNSET)
+        context = kwargs.pop("context", _UNSET)
+        if question is not _UNSET or context is not _UNSET:
+            if args:
+                raise ValueError("Pass either inputs or question=/context=, not both.")
+            if question is _UNSET or context is _UNSET:
+                raise ValueError("question-answering needs both a question and a context.")
+            if isinstance(question, list) or isinstance(context, list):
+                questions = question if isinstance(question, list) else [question] * len(context)
+                contexts = context if isinstance(context, list) else [context] * len(questions)
+                if len(questions) != len(contexts):
+                    raise ValueError("Questions and contexts don't have the same lengths.")
+                args = ([{"question": q, "context": c}
+                         for q, c in zip(questions, contexts, strict=True)],)
+            else:
+                args = ({"question": question, "context": context},)
+        if len(args) != 1:
+            raise ValueError("question-answering expects one input (a dict, a list or an "
+                             "iterable of dicts).")
+        return super().__call__(args[0], **kwargs)
+
+    def _check(self, item: Any) -> None:
+        if not isinstance(item, dict):
+            raise ValueError('question-answering expects {"question": ..., "context": ...} '
+                             f"dicts, got {type(item).__name__}: {item!r:.80}")
+        for key in ("question", "context"):
+            value = item.get(key)
+            if value is None:
+                raise ValueError(f"question-answering: the {key} is missing.")
+            if not isinstance(value, str):
+                raise ValueError(f"question-answering: the {key} must be a string, got "
+                                 f"{type(value).__name__}.")
+            if not value.strip():
+                raise ValueError(f"question-answering: the {key} is an empty string.")
+
+    def _finish(self, inputs: Any, result: Any, single: bool, call_kwargs: dict) -> Any:
+        return result
+
+    def _run(self, items: list[Any], params: dict[str, Any], batch_size: int) -> list[Any]:
+        if not items:
+            return []
+        for item in items:
+            self._check(item)
+        tok = self.tokenizer
+        max_seq_len = params.get("max_seq_len") or min(tok.model_max_length, 384)
+        doc_stride = params.get("doc_stride") or min(max_seq_len // 2, 128)
+        if doc_stride > max_seq_len:
+            raise ValueError(f"`doc_stride` ({doc_stride}) is larger than `max_seq_len` "
+                             f"({max_seq_len})")
+        question_first = getattr(tok, "padding_side", "right") == "right"
+        questions = [item["question"] for item in items]
+        contexts = [item["context"] for item in items]
+        enc = tok(questions if question_first else contexts,
+                  contexts if question_first else questions,
+                  truncation="only_second" if question_first else "only_first",
+                  max_length=max_seq_len, stride=doc_stride, return_token_type_ids=True,
+                  return_overflowing_tokens=True, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        n = len(ids)
+        owner = list(enc["overflow_to_sample_mapping"])
+        order = sorted(range(n), key=lambda i: len(ids[i])) if batch_size > 1 else range(n)
+        order = list(order)
+        starts: list[Any] = [None] * n
+        ends: list[Any] = [None] * n
+        with torch.inference_mode():
+            for first in range(0, n, batch_size):
+                rows = order[first:first + batch_size]
+                outputs = self.model(**self._collate(rows, dict(enc)))
+                start_logits = outputs["start_logits"].float().cpu().numpy()
+                end_logits = outputs["end_logits"].float().cpu().numpy()
+                for b, r in enumerate(rows):
+                    starts[r] = start_logits[b, :len(ids[r])]
+                    ends[r] = end_logits[b, :len(ids[r])]
+        spans: list[list[int]] = [[] for _ in items]
+        for r, i in enumerate(owner):
+            spans[i].append(r)
+        return [self._answers(items[i], spans[i], enc, starts, ends, question_first, params)
+                for i in range(len(items))]
+
+    def _answers(self, item, rows, enc, starts, ends, question_first, params) -> Any:
+        top_k = params.get("top_k", 1)
+        max_answer_len = params.get("max_answer_len", 15)
+        impossible = params.get("handle_impossible_answer", False)
+        align = params.get("align_to_words", True)
+        cls_id = self.tokenizer.cls_token_id
+        sequence_index = 1 if question_first else 0
+        context = item["context"]
+        min_null_score = 1000000.0
+        answers = []
+        for r in rows:
+            sequence_ids = enc.sequence_ids(r)
+            # 1 for the tokens an answer may use (the context's, and [CLS])
+            if question_first:
+                usable = np.array([s == sequence_index for s in sequence_ids], dtype=bool)
+            else:  # as transformers 4.x: nothing masked when the context comes first
+                usable = np.ones(len(sequence_ids), dtype=bool)
+            if cls_id is not None:
+                usable |= np.array(enc["input_ids"][r]) == cls_id
+            start = np.where(usable, starts[r], -10000.0)
+            end = np.where(usable, ends[r], -10000.0)
+            start = np.exp(start - start.max())
+            start = start / start.sum()
+            end = np.exp(end - end.max())
+            end = end / end.sum()
+            if impossible:
+                min_null_score = min(min_null_score, float(start[0] * end[0]))
+            start[0] = end[0] = 0.0
+            allowed = usable.nonzero()[0]
+            if len(allowed):  # as transformers 4.x, whose 2-D nonzero() also lets index 0 in
+                allowed = np.append(allowed, 0)
+            encoding = enc.encodings[r]
+            for s, e, score in zip(*decode_spans(start, end, top_k, max_answer_len, allowed),
+                                   strict=True):
+                first, last = self._indices(encoding, int(s), int(e), sequence_index, align)
+                answers.append({"score": float(score), "start": first, "end": last,
+                                "answer": context[first:last]})
+        if impossible:
+            answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
+        answers = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
+        if len(answers) == 1:
+            return answers[0]
+        return answers
+
+    @staticmethod
+    def _indices(encoding, s: int, e: int, sequence_index: int, align: bool) -> tuple[int, int]:
+        if align:
+            try:
+                start_word = encoding.token_to_word(s)
+                end_word = encoding.token_to_word(e)
+                return (encoding.word_to_chars(start_word, sequence_index)[0],
+                        encoding.word_to_chars(end_word, sequence_index)[1])
+            except Exception:  # noqa: BLE001 - as transformers: fall back to token offsets
+                pass
+        return encoding.offsets[s][0], encoding.offsets[e][1]
