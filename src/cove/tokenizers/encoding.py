@@ -149,10 +149,20 @@ class BatchEncoding(dict):
                              "after pad() or on a hand-built BatchEncoding): it needs the "
                              "tokenizers encodings of a tokenizer call.")
 
-    def _batch_and_index(self, batch_or_index: int, index: int | None) -> tuple[int, int, bool]:
-        if index is not None:
-            return batch_or_index, index, True
-        return 0, batch_or_index, False
+    def _locate(self, what: str, batch_or_index: int, index: int | None,
+                wrap: bool = False) -> tuple[Any, int]:
+        """(the row's encoding, the index) for the `f(i)` / `f(batch, i)` call forms.
+
+        With `wrap`, negative indices count from the end, as transformers does for the
+        token_to_* and word_to_tokens methods."""
+        self._need_encodings(what)
+        batch, index = (0, batch_or_index) if index is None else (batch_or_index, index)
+        if wrap and batch < 0:
+            batch += len(self._encodings)
+        encoding = self._encodings[batch]
+        if wrap and index < 0:
+            index += len(encoding.ids)
+        return encoding, index
 
     def tokens(self, batch_index: int = 0) -> list[str]:
         """The token strings of row `batch_index`."""
@@ -174,60 +184,44 @@ class BatchEncoding(dict):
         return self.word_ids(batch_index)
 
     def token_to_sequence(self, batch_or_token_index: int, token_index: int | None = None) -> int:
-        self._need_encodings("token_to_sequence")
-        batch_index, token_index, _ = self._batch_and_index(batch_or_token_index, token_index)
-        if batch_index < 0:
-            batch_index = len(self._encodings) + batch_index
-        if token_index < 0:
-            token_index = len(self._encodings[batch_index].ids) + token_index
-        return self._encodings[batch_index].token_to_sequence(token_index)
+        encoding, token_index = self._locate("token_to_sequence", batch_or_token_index,
+                                             token_index, wrap=True)
+        return encoding.token_to_sequence(token_index)
 
     def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int:
-        self._need_encodings("token_to_word")
-        batch_index, token_index, _ = self._batch_and_index(batch_or_token_index, token_index)
-        if batch_index < 0:
-            batch_index = len(self._encodings) + batch_index
-        if token_index < 0:
-            token_index = len(self._encodings[batch_index].ids) + token_index
-        return self._encodings[batch_index].token_to_word(token_index)
+        encoding, token_index = self._locate("token_to_word", batch_or_token_index,
+                                             token_index, wrap=True)
+        return encoding.token_to_word(token_index)
 
     def word_to_tokens(self, batch_or_word_index: int, word_index: int | None = None,
                        sequence_index: int = 0) -> TokenSpan | None:
-        self._need_encodings("word_to_tokens")
-        batch_index, word_index, _ = self._batch_and_index(batch_or_word_index, word_index)
-        if batch_index < 0:
-            batch_index = len(self._encodings) + batch_index
-        if word_index < 0:
-            word_index = len(self._encodings[batch_index].ids) + word_index
-        span = self._encodings[batch_index].word_to_tokens(word_index, sequence_index)
+        encoding, word_index = self._locate("word_to_tokens", batch_or_word_index, word_index,
+                                            wrap=True)
+        span = encoding.word_to_tokens(word_index, sequence_index)
         return TokenSpan(*span) if span is not None else None
 
     def token_to_chars(self, batch_or_token_index: int,
                        token_index: int | None = None) -> CharSpan | None:
-        self._need_encodings("token_to_chars")
-        batch_index, token_index, _ = self._batch_and_index(batch_or_token_index, token_index)
-        span = self._encodings[batch_index].token_to_chars(token_index)
+        encoding, token_index = self._locate("token_to_chars", batch_or_token_index, token_index)
+        span = encoding.token_to_chars(token_index)
         return CharSpan(*span) if span is not None else None
 
     def char_to_token(self, batch_or_char_index: int, char_index: int | None = None,
                       sequence_index: int = 0) -> int | None:
         """The index of the token holding character `char_index` (None for a space)."""
-        self._need_encodings("char_to_token")
-        batch_index, char_index, _ = self._batch_and_index(batch_or_char_index, char_index)
-        return self._encodings[batch_index].char_to_token(char_index, sequence_index)
+        encoding, char_index = self._locate("char_to_token", batch_or_char_index, char_index)
+        return encoding.char_to_token(char_index, sequence_index)
 
     def word_to_chars(self, batch_or_word_index: int, word_index: int | None = None,
                       sequence_index: int = 0) -> CharSpan | None:
-        self._need_encodings("word_to_chars")
-        batch_index, word_index, _ = self._batch_and_index(batch_or_word_index, word_index)
-        span = self._encodings[batch_index].word_to_chars(word_index, sequence_index)
+        encoding, word_index = self._locate("word_to_chars", batch_or_word_index, word_index)
+        span = encoding.word_to_chars(word_index, sequence_index)
         return CharSpan(*span) if span is not None else None
 
     def char_to_word(self, batch_or_char_index: int, char_index: int | None = None,
                      sequence_index: int = 0) -> int | None:
-        self._need_encodings("char_to_word")
-        batch_index, char_index, _ = self._batch_and_index(batch_or_char_index, char_index)
-        return self._encodings[batch_index].char_to_word(char_index, sequence_index)
+        encoding, char_index = self._locate("char_to_word", batch_or_char_index, char_index)
+        return encoding.char_to_word(char_index, sequence_index)
 
     # --- tensors --------------------------------------------------------------------------
 
