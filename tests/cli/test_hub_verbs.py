@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import seed_accounts
+from tests.server.conftest import seeded_server
 from tests.server.live import LiveServer
 
 
@@ -39,10 +39,8 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    data = tmp_path_factory.mktemp("hub")
-    accounts = seed_accounts(data)
-    live = LiveServer(data).start()
-    yield Hub(live, accounts)
+    live = seeded_server(tmp_path_factory.mktemp("hub"))
+    yield Hub(live, live.accounts)
     live.stop()
 
 

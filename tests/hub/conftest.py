@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import seed_accounts
-from tests.server.live import LiveServer
+from tests.server.conftest import seeded_server
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    data = tmp_path_factory.mktemp("hub-client")
-    accounts = seed_accounts(data)
-    live = LiveServer(data).start()
-    live.accounts = accounts
+    live = seeded_server(tmp_path_factory.mktemp("hub-client"))
     yield live
     live.stop()

@@ -17,8 +17,7 @@ from cove.hub import (
     snapshot_download,
 )
 from tests.hub.proxy import FaultyProxy
-from tests.server.conftest import seed_accounts
-from tests.server.live import LiveServer
+from tests.server.conftest import seeded_server
 
 REPO = "alice/dl"
 BIG = os.urandom(12 * 1024 * 1024 + 7)
@@ -28,17 +27,15 @@ SMALL = {"config.json": b'{"hidden_size": 8}', "sub/notes.txt": b"notes" * 100,
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    data = tmp_path_factory.mktemp("hubdl")
-    accounts = seed_accounts(data)
-    live = LiveServer(data).start()
-    api = hh.HfApi(endpoint=live.url, token=accounts.alice_write)
+    live = seeded_server(tmp_path_factory.mktemp("hubdl"))
+    api = hh.HfApi(endpoint=live.url, token=live.accounts.alice_write)
     api.create_repo(REPO)
     folder = tmp_path_factory.mktemp("src")
     for name, data_ in {**SMALL, "model.safetensors": BIG}.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data_)
     api.upload_folder(repo_id=REPO, folder_path=folder)
-    live.token = accounts.alice_write
+    live.token = live.accounts.alice_write
     yield live
     live.stop()
 

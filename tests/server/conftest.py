@@ -27,11 +27,16 @@ def seed_accounts(data) -> Accounts:
     )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("hub")
+def seeded_server(data) -> LiveServer:
+    """A started server on `data` with the accounts above (`.accounts`); stop() it after."""
     accounts = seed_accounts(data)
     live = LiveServer(data).start()
     live.accounts = accounts
+    return live
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = seeded_server(tmp_path_factory.mktemp("hub"))
     yield live
     live.stop()
