@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cove.hub import EntryNotFoundError, hf_hub_download
-
 
 def resolve_file(
     name_or_path: str | os.PathLike,
@@ -37,6 +35,9 @@ def resolve_file(
         raise FileNotFoundError(
             f"{name!r} is neither a folder nor a Hub repository id (namespace/name)."
         )
+    # Imported here: loading from a folder never pays for the HTTP client's import.
+    from cove.hub import EntryNotFoundError, hf_hub_download
+
     try:
         return Path(hf_hub_download(
             name, filename, subfolder=subfolder, revision=revision, token=token,

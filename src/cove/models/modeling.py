@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cove.hub import EntryNotFoundError
 from cove.models import checkpoint as ckpt
 from cove.models.configuration import HUB_KWARGS, PretrainedConfig
 from cove.models.files import resolve_file
@@ -342,7 +341,7 @@ def find_checkpoint(name_or_path: str | os.PathLike, use_safetensors: bool | Non
             for shard in shards:
                 try:
                     found.append(resolve_file(name_or_path, shard, required=True, **hub))
-                except (FileNotFoundError, EntryNotFoundError) as e:
+                except OSError as e:  # FileNotFoundError, or the Hub's EntryNotFoundError
                     raise ckpt.MissingShardError(
                         f"{path} names the shard {shard!r}, which is missing from "
                         f"{name_or_path}: {e}"

@@ -19,7 +19,6 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer
 
-from cove.tokenizers import chat as chat_templates
 from cove.tokenizers.encoding import BatchEncoding, _is_torch_tensor, to_py_obj
 
 logger = logging.getLogger("cove.tokenizers")
@@ -1170,6 +1169,9 @@ class TokenizersBackend:
             conversations, is_batched = list(conversation), True
         else:
             conversations, is_batched = [conversation], False
+        # Imported here: jinja2 is only needed once a chat template is rendered.
+        from cove.tokenizers import chat as chat_templates
+
         conversations = [chat_templates.normalize_messages(c) for c in conversations]
         if continue_final_message:
             if add_generation_prompt:
