@@ -17,6 +17,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
+from pathlib import Path
+
+# bench/datasets.py is named like the library it measures: keep this folder at the END of the
+# import path, so `import datasets` (ours, or transformers' own probe for it) finds the library.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 ROWS_MARKER = "BENCH_ROWS_JSON: "
 
