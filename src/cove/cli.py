@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def _settings(args):
@@ -354,6 +355,59 @@ def chat(args) -> int:
         history.append({"role": "assistant", "content": reply})
 
 
+def _run_inputs(args) -> Iterator[str | dict]:
+    """The INPUT arguments, else the lines of --file, else those of stdin (blank lines
+    skipped)."""
+    if args.inputs and args.file:
+        raise CliError("give INPUT arguments or --file, not both.")
+    if args.inputs:
+        yield from _parse_inputs(enumerate(args.inputs, 1), "input")
+    elif args.file:
+        with open(args.file, encoding="utf-8") as lines:
+            yield from _parse_inputs(_unblank(lines), f"{args.file}: line")
+    else:
+        yield from _parse_inputs(_unblank(sys.stdin), "stdin: line")
+
+
+def _unblank(lines: Iterator[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            yield number, line.rstrip("\r\n")
+
+
+def _parse_inputs(texts: Iterator[tuple[int, str]], where: str) -> Iterator[str | dict]:
+    """Texts as they are, except those that start with "{": JSON objects, the task's keyword
+    inputs (e.g. {"question": ..., "context": ...} for question-answering)."""
+    for number, text in texts:
+        if not text.lstrip().startswith("{"):
+            yield text
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CliError(f"{where} {number} starts with '{{' but is not a JSON object "
+                           f"({e.msg}, column {e.colno}).") from None
+        if not isinstance(value, dict):
+            raise CliError(f"{where} {number} starts with '{{' but is not a JSON object.")
+        yield value
+
+
+def run(args) -> int:
+    """Run a task pipeline on inputs: one JSON line of results per input, in input order."""
+    from cove.pipelines import pipeline
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1.")
+    if args.file and not os.path.isfile(args.file):
+        raise CliError(f"{args.file}: no such file.")
+    pipe = pipeline(args.task, model=args.model, revision=args.revision, device=args.device,
+                    dtype=args.dtype, batch_size=args.batch_size)
+    # A generator: results come as each chunk of inputs is done, not at the end.
+    for result in pipe(_run_inputs(args)):
+        print(json.dumps(result, ensure_ascii=False), flush=True)
+    return 0
+
+
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=os.environ.get("COVE_DATA", "./data"),
                    help="data folder (repositories, LFS objects, SQLite database)")
@@ -479,6 +533,19 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                        help="the weights' dtype (default: float32)"),
         p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR"),
+    )),
+    "run": (run, "run a task pipeline: one JSON line of results per input", lambda p: (
+        p.add_argument("task", metavar="TASK",
+                       help="e.g. text-classification, fill-mask, question-answering"),
+        p.add_argument("inputs", nargs="*", metavar="INPUT",
+                       help="texts, or JSON objects such as '{\"question\": \"...\", "
+                       "\"context\": \"...\"}' (default: the lines of --file or stdin)"),
+        p.add_argument("--model", help="a folder or a Hub id (default: the task's model)"),
+        p.add_argument("--file", help="read the inputs from this file, one per line"),
+        p.add_argument("--batch-size", type=int, help="inputs per forward pass"),
+        p.add_argument("--revision", help="branch, tag or commit (default: main)"),
+        p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cpu)"),
+        p.add_argument("--dtype", help="e.g. float32, bfloat16, float16, auto"),
     )),
     "chat": (chat, "chat with a causal LM: a user turn per line of stdin; /reset, /exit",
              lambda p: (

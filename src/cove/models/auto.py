@@ -132,7 +132,7 @@ class _AutoModel:
         return cls.model_class(config).from_pretrained(name_or_path, config=config, **kwargs)
 
 
-_LOAD_KWARGS = {"dtype", "torch_dtype", "device", "output_loading_info",
+_LOAD_KWARGS = {"dtype", "torch_dtype", "device", "device_map", "output_loading_info",
                 "ignore_mismatched_sizes", "use_safetensors"}
 
 

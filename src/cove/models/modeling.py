@@ -32,6 +32,9 @@ _DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 
 def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+        raise ValueError(f"Unsupported dtype {dtype}: model weights are float32, bfloat16 or "
+                         "float16.")
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     name = str(dtype).removeprefix("torch.")
@@ -137,6 +140,7 @@ class PreTrainedModel(nn.Module):
         config: PretrainedConfig | None = None,
         dtype: str | torch.dtype | None = "auto",
         device: str | torch.device | None = None,
+        device_map: str | dict[str, Any] | None = None,
         trust_remote_code: bool = False,
         output_loading_info: bool = False,
         ignore_mismatched_sizes: bool = False,
@@ -147,12 +151,15 @@ class PreTrainedModel(nn.Module):
         """Load a model from a folder or a Hub repository (revision=, token=, cache_dir=, ...).
 
         `gguf_file` names a llama.cpp GGUF file there: it is converted once into a cache folder
-        (see cove.models.gguf) and loaded from it."""
+        (see cove.models.gguf) and loaded from it. `device_map` ("auto", a device, or
+        {"module.name": device}) spreads the model over devices (see cove.models.placement)."""
         if trust_remote_code:
             raise ValueError(
                 "trust_remote_code=True is refused: Cove never runs code from a repository. "
                 "Use a model family Cove implements."
             )
+        if device is not None and device_map is not None:
+            raise ValueError("Pass device= or device_map=, not both.")
         if "torch_dtype" in kwargs:
             dtype = kwargs.pop("torch_dtype")
         hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
@@ -181,6 +188,10 @@ class PreTrainedModel(nn.Module):
             config.dtype = str(target).removeprefix("torch.")
         if device is not None:
             model.to(device)
+        if device_map is not None:
+            from cove.models.placement import dispatch
+
+            dispatch(model, device_map)
         model.eval()
         return (model, info) if output_loading_info else model
 

@@ -19,8 +19,11 @@ from cove.pipelines.base import Pipeline, as_device
 from cove.pipelines.feature_extraction import FeatureExtractionPipeline
 from cove.pipelines.fill_mask import FillMaskPipeline
 from cove.pipelines.question_answering import QuestionAnsweringPipeline
+from cove.pipelines.sentence_embeddings import SentenceEmbeddingsPipeline
 from cove.pipelines.text_classification import TextClassificationPipeline
+from cove.pipelines.text_generation import TextGenerationPipeline
 from cove.pipelines.token_classification import TokenClassificationPipeline
+from cove.pipelines.zero_shot_classification import ZeroShotClassificationPipeline
 
 # task -> (pipeline class, model head as cove.models.auto names it, default model id)
 SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
@@ -32,13 +35,21 @@ SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
     "question-answering": (QuestionAnsweringPipeline, "question-answering",
                            "distilbert/distilbert-base-cased-distilled-squad"),
     "fill-mask": (FillMaskPipeline, "masked-lm", "distilbert/distilroberta-base"),
+    # BART, which Cove cannot load yet: pass an NLI model Cove can load.
+    "zero-shot-classification": (ZeroShotClassificationPipeline, "sequence-classification",
+                                 "facebook/bart-large-mnli"),
+    "text-generation": (TextGenerationPipeline, "causal-lm", "HuggingFaceTB/SmolLM3-3B"),
     "feature-extraction": (FeatureExtractionPipeline, "base",
                            "distilbert/distilbert-base-cased"),
+    # Not a transformers task: the Hub's tag for sentence-transformers models (see
+    # sentence_embeddings.py); the model sentence-transformers' documentation starts with.
+    "sentence-similarity": (SentenceEmbeddingsPipeline, "base",
+                            "sentence-transformers/all-MiniLM-L6-v2"),
 }
-TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification",
+                "sentence-embeddings": "sentence-similarity"}
 # Tasks of transformers (4.x or 5.x) that Cove does not run yet.
-NOT_YET = {"zero-shot-classification",
-           "text-generation", "summarization", "translation", "text2text-generation"}
+NOT_YET = {"summarization", "translation", "text2text-generation"}
 # Architecture name endings -> the task their head serves (to infer a missing task).
 _ARCHITECTURE_TASKS = [
     ("ForSequenceClassification", "text-classification"),
@@ -51,8 +62,9 @@ _ARCHITECTURE_TASKS = [
 ]
 
 __all__ = ["FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "QuestionAnsweringPipeline",
-           "SUPPORTED_TASKS",
-           "TextClassificationPipeline", "TokenClassificationPipeline", "pipeline"]
+           "SUPPORTED_TASKS", "SentenceEmbeddingsPipeline",
+           "TextClassificationPipeline", "TextGenerationPipeline", "TokenClassificationPipeline",
+           "ZeroShotClassificationPipeline", "pipeline"]
 
 
 def _check_task(task: str) -> str:
@@ -86,7 +98,8 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
     `model` is a Hub repository id, a local folder, or a loaded Cove model (None: the
     task's default model); `tokenizer` likewise (None: the model's own). `device` is "cpu",
     "cuda", "cuda:1", an int or a torch.device; `dtype` a string or a torch dtype;
-    `device_map="auto"` puts the model on the first GPU when there is one, else the CPU.
+    `device_map` spreads the model over devices: "auto" (the GPUs' free memory in order,
+    then the CPU), or {"module.name": device} (see cove.models.placement).
     Other keyword arguments are the task's (top_k, function_to_apply, targets, ...).
     `model_kwargs` (a dict) goes to the model's from_pretrained.
     """
@@ -107,12 +120,9 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
         raise ValueError("trust_remote_code=True is refused: Cove never runs code from a "
                          "repository.")
     if device_map is not None:
-        if device_map != "auto":
-            raise ValueError("device_map: only 'auto' is supported yet.")
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device is not None:
+            raise ValueError("Pass device= or device_map=, not both.")
+        model_kwargs["device_map"] = device_map
     if device is not None:
         device = as_device(device)
     if dtype is not None:
@@ -129,8 +139,9 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
     if model is None:
         model = default_model
 
+    source = None
     if isinstance(model, (str, os.PathLike)):
-        name = str(model)
+        name = source = str(model)
         config = AutoConfig.from_pretrained(name, **hub)
         architectures = config.architectures or []
         if head != "base" and architectures and not any(a.endswith(_endings(head))
@@ -155,8 +166,12 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
         if head != "base" and (expected is None or not isinstance(model, expected)):
             raise ValueError(f"A {type(model).__name__} cannot run the {task!r} task: it needs "
                              f"a model with a {head} head.")
-        if dtype is not None:
+        if dtype is not None and dtype != "auto":
             model = model.to(dtype)
+        if device_map is not None:
+            from cove.models.placement import dispatch
+
+            dispatch(model, device_map)
         if tokenizer is None:
             tokenizer = getattr(model.config, "_name_or_path", None) or getattr(
                 model.config, "name_or_path", None)
@@ -169,6 +184,8 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
 
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **hub)
+    if source is not None:  # what the task reads from the repository besides the model
+        task_kwargs = {**cls._from_repository(source, hub), **task_kwargs}
     return cls(model, tokenizer, task=task, device=device, batch_size=batch_size,
                **task_kwargs)
 

@@ -14,22 +14,9 @@ from typing import Any
 
 import torch
 
+from cove.models.placement import as_device, check_device
+
 _SINGLE = (str, dict)
-
-
-def as_device(device: Any) -> torch.device | None:
-    """"cpu", "cuda", "cuda:1", "mps", an int (-1 is the CPU) or a torch.device."""
-    if device is None or isinstance(device, torch.device):
-        return device
-    if isinstance(device, bool):
-        raise ValueError(f"Invalid device {device!r}.")
-    if isinstance(device, int):
-        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"Invalid device {device!r}: use 'cpu', 'cuda', 'cuda:1', an int "
-                         "or a torch.device.") from None
 
 
 class Pipeline:
@@ -44,22 +31,39 @@ class Pipeline:
         self.tokenizer = tokenizer
         if task is not None:
             self.task = task
-        self.device = as_device(device) if device is not None else model.device
+        self.device = check_device(as_device(device)) if device is not None else model.device
         if self.device != model.device:
             self.model.to(self.device)
         self.model.eval()
         self.batch_size = batch_size
         self._accepted = set(inspect.signature(model.forward).parameters)
         self._init_kwargs = dict(kwargs)
-        self._params = self._sanitize(**kwargs)
+        self._params = self._sanitized(kwargs)
 
     # -- what a task defines --------------------------------------------------------------
+    @classmethod
+    def _from_repository(cls, name: str, hub: dict[str, Any]) -> dict[str, Any]:
+        """Task arguments read from the model's folder or repository (`hub`: revision=,
+        token=), for a model given by name."""
+        return {}
+
     def _sanitize(self, **kwargs: Any) -> dict[str, Any]:
         """The task's parameters from keyword arguments (unknown ones are refused)."""
         if kwargs:
             raise TypeError(f"{self.task} pipeline got unexpected arguments: "
                             f"{', '.join(sorted(kwargs))}.")
         return {}
+
+    def _sanitized(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """_sanitize's result, unknown arguments refused by name (not as a TypeError about a
+        private method)."""
+        accepted = inspect.signature(self._sanitize).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            unknown = sorted(set(kwargs) - set(accepted))
+            if unknown:
+                raise TypeError(f"{self.task} pipeline got unexpected arguments: "
+                                f"{', '.join(unknown)} (it accepts {', '.join(accepted)}).")
+        return self._sanitize(**kwargs)
 
     def _check(self, item: Any) -> None:
         if not isinstance(item, str):
@@ -83,10 +87,12 @@ class Pipeline:
     # -- calling ---------------------------------------------------------------------------
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
         batch_size = kwargs.pop("batch_size", None) or self.batch_size or self.default_batch_size
-        params = {**self._params, **self._sanitize(**kwargs)} if kwargs else self._params
+        params = {**self._params, **self._sanitized(kwargs)} if kwargs else self._params
         if isinstance(inputs, _SINGLE):
             result = self._run([inputs], params, 1)[0]
             return self._finish(inputs, result, True, kwargs)
+        if isinstance(inputs, (bytes, bytearray)):  # iterable, but never meant as items
+            raise ValueError(f"{self.task} pipeline got bytes: decode them to a str first.")
         if isinstance(inputs, (list, tuple)):
             result = self._run(list(inputs), params, batch_size)
             return self._finish(inputs, result, False, kwargs)
