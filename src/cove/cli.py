@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 
 def _settings(args):
@@ -369,6 +370,20 @@ def _run_inputs(args) -> Iterator[str | dict]:
         yield from _parse_inputs(_unblank(sys.stdin), "stdin: line")
 
 
+def _task_args(pairs: list[str]) -> dict[str, Any]:
+    """--arg KEY=VALUE options: VALUE as JSON when it parses (3, true, ["a","b"]), else text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise CliError(f"--arg {pair!r}: expected KEY=VALUE, e.g. top_k=3.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _unblank(lines: Iterator[str]) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(lines, 1):
         if line.strip():
@@ -400,8 +415,12 @@ def run(args) -> int:
         raise CliError("--batch-size must be at least 1.")
     if args.file and not os.path.isfile(args.file):
         raise CliError(f"{args.file}: no such file.")
-    pipe = pipeline(args.task, model=args.model, revision=args.revision, device=args.device,
-                    dtype=args.dtype, batch_size=args.batch_size)
+    try:
+        pipe = pipeline(args.task, model=args.model, revision=args.revision,
+                        device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                        **_task_args(args.arg or []))
+    except TypeError as e:  # an --arg the task does not take
+        raise CliError(str(e)) from None
     # A generator: results come as each chunk of inputs is done, not at the end.
     for result in pipe(_run_inputs(args)):
         print(json.dumps(result, ensure_ascii=False), flush=True)
@@ -546,6 +565,10 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--revision", help="branch, tag or commit (default: main)"),
         p.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cpu)"),
         p.add_argument("--dtype", help="e.g. float32, bfloat16, float16, auto"),
+        p.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                       help="a task argument (repeatable), VALUE as JSON when it parses: "
+                       "top_k=3, candidate_labels='[\"sport\", \"politics\"]', "
+                       "max_new_tokens=20"),
     )),
     "chat": (chat, "chat with a causal LM: a user turn per line of stdin; /reset, /exit",
              lambda p: (

@@ -101,6 +101,22 @@ def test_fill_mask_and_embeddings(models):
     assert torch.allclose(torch.tensor(got[0]), torch.tensor(want), atol=1e-5)
 
 
+def test_task_arguments(models):
+    model = models["classifier"]
+    want = cove.pipeline("text-classification", model=str(model))(TEXTS[:2], top_k=2)
+    close([r for line in lines(cove_run("text-classification", *TEXTS[:2], "--model", model,
+                                        "--arg", "top_k=2")) for r in line],
+          [r for result in want for r in result])
+    want = cove.pipeline("text-classification", model=str(model),
+                         function_to_apply="none")(TEXTS[0])
+    close(lines(cove_run("text-classification", TEXTS[0], "--model", model,
+                         "--arg", "function_to_apply=none")), want)
+    assert "expected KEY=VALUE" in error(cove_run("text-classification", "hi", "--model", model,
+                                                  "--arg", "top_k"))
+    assert "unexpected arguments: topk" in error(
+        cove_run("text-classification", "hi", "--model", model, "--arg", "topk=2"))
+
+
 def test_errors(models, tmp_path):
     model = models["classifier"]
     assert "Unknown task 'text-clasification'" in error(
