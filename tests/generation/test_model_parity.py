@@ -1,10 +1,10 @@
 """generate() on Cove's decoder models against transformers' generate on the same checkpoint.
 
-Tiny random Llama, Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms) and GPT-2
-checkpoints saved by transformers (weights scaled up so next-token distributions are peaked:
-float32 noise between the two implementations cannot flip a choice). Greedy decoding gives the
-same 32 tokens alone and in a left-padded batch, beam search the same sequences and scores;
-sampling is reproducible and stays in the vocabulary.
+Tiny random Llama, Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms), SmolLM3
+(a NoPE layer with a sliding window) and GPT-2 checkpoints saved by transformers (weights scaled
+up so next-token distributions are peaked: float32 noise between the two implementations cannot
+flip a choice). Greedy decoding gives the same 32 tokens alone and in a left-padded batch, beam
+search the same sequences and scores; sampling is reproducible and stays in the vocabulary.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ FAMILIES = {  # name -> (model_type, config)
     "mistral-window": ("mistral", {**LLAMA, "sliding_window": 4}),
     "qwen2": ("qwen2", LLAMA),  # q/k/v biases
     "qwen3": ("qwen3", {**LLAMA, "head_dim": 24}),  # q/k norms, head_dim != hidden / heads
+    # layer 1 without rotary embeddings (NoPE) and windowed; untied like GPT-2 below
+    "smollm3": ("smollm3", {**LLAMA, "no_rope_layer_interval": 2, "use_sliding_window": True,
+                            "sliding_window": 4, "tie_word_embeddings": False}),
     "gpt2": ("gpt2", {"vocab_size": VOCAB, "n_embd": 64, "n_layer": 2, "n_head": 4,
                       "n_positions": 128, "bos_token_id": 1, "eos_token_id": 2,
                       "pad_token_id": 0,

@@ -1,7 +1,8 @@
 """Parity with transformers (the test oracle) for the decoder families, both ways.
 
 Tiny random GPT-2, Llama (also with scaled rotary embeddings), Mistral (a sliding window that
-cuts), Qwen2 (q/k/v biases, a sliding layer) and Qwen3 (q/k norms, tied embeddings): logits,
+cuts), Qwen2 (q/k/v biases, a sliding layer), Qwen3 (q/k norms, tied embeddings) and SmolLM3 (a
+NoPE layer without rotary embeddings that is also the sliding one, tied embeddings): logits,
 hidden states, attention weights and losses equal in float32 on a left-padded batch; decoding
 token by token through the KV cache equals a full forward; Cove's checkpoints load in
 transformers; sequence-classification heads; tied embeddings share storage.
@@ -35,6 +36,9 @@ CASES: dict[str, tuple[str, dict]] = {  # name -> (model_type, config)
     "qwen2": ("qwen2", {**LLAMA_LIKE, "use_sliding_window": True, "sliding_window": 4,
                         "max_window_layers": 1}),
     "qwen3": ("qwen3", {**LLAMA_LIKE, "head_dim": 16, "tie_word_embeddings": True}),
+    # layer 1 is NoPE (every 2nd layer) and, with use_sliding_window, the windowed one
+    "smollm3": ("smollm3", {**LLAMA_LIKE, "no_rope_layer_interval": 2,
+                            "use_sliding_window": True, "sliding_window": 4}),
 }
 ROPES = {  # rope_parameters variants, on Llama
     "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
@@ -181,7 +185,7 @@ def test_cove_checkpoint_loads_in_transformers(name, tmp_path):
                          inputs["attention_mask"]) <= ATOL
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3"])
 def test_sequence_classification_matches(name, tmp_path):
     model_type, config = CASES[name]
     hf = hf_model(model_type, config, "AutoModelForSequenceClassification", num_labels=3)
@@ -245,7 +249,8 @@ def test_sliding_window_matters(saved):
     assert (a[0, 4:] - b[0, 4:]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("name,tied", [("gpt2", True), ("qwen3", True), ("llama", False)])
+@pytest.mark.parametrize("name,tied", [("gpt2", True), ("qwen3", True), ("smollm3", True),
+                                       ("llama", False)])
 def test_tied_embeddings_share_storage(name, tied, saved, tmp_path):
     model = cm.AutoModelForCausalLM.from_pretrained(saved[name])
     embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
@@ -279,7 +284,7 @@ def test_gpt2_base_checkpoint_with_legacy_buffers(tmp_path):
 
 
 def test_configs_match_transformers_defaults():
-    for model_type in ("gpt2", "llama", "mistral", "qwen2", "qwen3"):
+    for model_type in ("gpt2", "llama", "mistral", "qwen2", "qwen3", "smollm3"):
         ours = cm.AutoConfig.for_model(model_type).to_dict()
         theirs = json.loads(transformers.AutoConfig.for_model(model_type).to_json_string(
             use_diff=False))
@@ -290,6 +295,49 @@ def test_configs_match_transformers_defaults():
             "_name_or_path", "chunk_size_feed_forward", "is_encoder_decoder",
             "transformers_version", "output_attentions", "output_hidden_states", "return_dict"}
         assert not missing, (model_type, missing)
+
+
+@pytest.mark.parametrize("values", [
+    {},  # 36 layers: every 4th is NoPE, no window
+    {"num_hidden_layers": 6, "no_rope_layer_interval": 3, "use_sliding_window": True,
+     "sliding_window": 8},
+    {"num_hidden_layers": 3, "use_sliding_window": True},  # no window size: no sliding layer
+    {"num_hidden_layers": 3, "sliding_window": 8},  # a size but use_sliding_window off
+    {"num_hidden_layers": 3, "no_rope_layers": [0, 1, 0, 1], "rope_theta": 5e6},
+    # the shape of SmolLM3-3B's config.json (transformers 4.x spelling, a stray
+    # max_window_layers that SmolLM3 ignores)
+    {"num_hidden_layers": 8, "max_window_layers": 2, "rope_scaling": None, "rope_theta": 5e6,
+     "use_sliding_window": False, "sliding_window": None, "pretraining_tp": 2},
+    {"num_hidden_layers": 2, "layer_types": ["sliding_attention", "full_attention"],
+     "sliding_window": 3, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+])
+def test_smollm3_layer_plan_matches_transformers(values):
+    """Which layers are NoPE, which slide, and the rotary base, as transformers derives them."""
+    ours = cm.AutoConfig.for_model("smollm3", **values)
+    theirs = transformers.AutoConfig.for_model("smollm3", **values)
+    for key in ("no_rope_layers", "layer_types", "sliding_window", "rope_parameters"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+    flags = [bool(f) for f in theirs.no_rope_layers[:theirs.num_hidden_layers]]
+    assert ours.rotary_layers() == flags
+    assert cm.AutoConfig.for_model("llama").rotary_layers() == [True] * 32
+
+
+def test_smollm3_short_no_rope_layers_refused():
+    with pytest.raises(ValueError, match="no_rope_layers has 2 entries but the model has 3"):
+        cm.SmolLM3Config(num_hidden_layers=3, no_rope_layers=[1, 0])
+
+
+def test_nope_layer_matters(saved):
+    """Rotary embeddings on the NoPE layer too must change the outputs, or the parity tests
+    prove nothing about it."""
+    model = cm.AutoModelForCausalLM.from_pretrained(saved["smollm3"])
+    assert model.config.rotary_layers() == [True, False]
+    config = cm.SmolLM3Config(**{**CASES["smollm3"][1], "no_rope_layers": [1, 1]})
+    all_rope = cm.SmolLM3ForCausalLM(config)
+    all_rope.load_state_dict(model.state_dict())
+    ids = batch()["input_ids"][:1]
+    with torch.no_grad():
+        assert (model(ids).logits - all_rope.eval()(ids).logits).abs().max() > 1e-2
 
 
 def test_new_cache_shape():

@@ -71,26 +71,31 @@ def train_tokenizer() -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def decoders_(tmp_path_factory) -> dict[str, Path]:
-    """Folders "llama" and "gpt2": model, tokenizer.json, tokenizer_config.json."""
+    """Folders "llama", "smollm3" and "gpt2": model, tokenizer.json, tokenizer_config.json."""
     root = tmp_path_factory.mktemp("text-generation")
     trained = train_tokenizer().to_str()
     ids = {s: Tokenizer.from_str(trained).token_to_id(s) for s in SPECIAL}
     out = {}
-    for kind in ("llama", "gpt2"):
+    for kind in ("llama", "smollm3", "gpt2"):
         folder = root / kind
         folder.mkdir()
         tok = Tokenizer.from_str(trained)
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML,
                   "eos_token": "<|endoftext|>", "model_max_length": 128}
-        if kind == "llama":
+        if kind in ("llama", "smollm3"):
             tok.post_processor = processors.TemplateProcessing(
                 single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", ids["<s>"])])
             config.update(bos_token="<s>", pad_token="<pad>")
-            model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-                vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                bos_token_id=ids["<s>"], eos_token_id=ids["<|endoftext|>"],
-                pad_token_id=ids["<pad>"]))
+            values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=128, bos_token_id=ids["<s>"],
+                          eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<pad>"])
+            if kind == "llama":
+                model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**values))
+            else:  # layer 1 NoPE and windowed; untied, or random weights only repeat
+                model = transformers.SmolLM3ForCausalLM(transformers.SmolLM3Config(
+                    **values, no_rope_layer_interval=2, use_sliding_window=True,
+                    sliding_window=4, tie_word_embeddings=False))
         else:
             config.update(bos_token="<|endoftext|>")
             model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
@@ -339,6 +344,16 @@ def _classifier(decoders_) -> str:
                                           num_labels=2)
         transformers.LlamaForSequenceClassification(config).save_pretrained(folder)
     return str(folder)
+
+
+def test_smollm3_folder(decoders_):
+    """transformers 5's default text-generation family: a tiny SmolLM3 folder through the
+    pipeline, greedy, alone and in left-padded batches, prompts and chats."""
+    ours, theirs = pair(decoders_["smollm3"])
+    assert type(ours.model).__name__ == type(theirs.model).__name__ == "SmolLM3ForCausalLM"
+    assert ours(PROMPTS[2], **GREEDY) == theirs(PROMPTS[2], **GREEDY)
+    assert ours(PROMPTS, **GREEDY, batch_size=3) == theirs(PROMPTS, **GREEDY, batch_size=3)
+    assert ours(CHATS, **GREEDY, batch_size=2) == theirs(CHATS, **GREEDY, batch_size=2)
 
 
 def test_wrong_inputs(llama):

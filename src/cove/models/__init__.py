@@ -50,6 +50,10 @@ from cove.models.llama import (
     Qwen3ForCausalLM,
     Qwen3ForSequenceClassification,
     Qwen3Model,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
+    SmolLM3ForSequenceClassification,
+    SmolLM3Model,
 )
 from cove.models.modeling import PreTrainedModel
 from cove.models.mpnet import (
@@ -91,6 +95,7 @@ __all__ = [
     "Qwen3Config", "Qwen3ForCausalLM", "Qwen3ForSequenceClassification", "Qwen3Model",
     "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",
     "RobertaForSequenceClassification", "RobertaForTokenClassification", "RobertaModel",
+    "SmolLM3Config", "SmolLM3ForCausalLM", "SmolLM3ForSequenceClassification", "SmolLM3Model",
     "XLMRobertaConfig", "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering",
     "XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification", "XLMRobertaModel",
 ]

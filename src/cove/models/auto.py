@@ -21,6 +21,7 @@ CONFIGS: dict[str, type[PretrainedConfig]] = {
     "mistral": llama.MistralConfig,
     "qwen2": llama.Qwen2Config,
     "qwen3": llama.Qwen3Config,
+    "smollm3": llama.SmolLM3Config,
 }
 MODELS: dict[tuple[str, str], type] = {
     ("bert", "base"): bert.BertModel,
@@ -63,6 +64,9 @@ MODELS: dict[tuple[str, str], type] = {
     ("qwen3", "base"): llama.Qwen3Model,
     ("qwen3", "causal-lm"): llama.Qwen3ForCausalLM,
     ("qwen3", "sequence-classification"): llama.Qwen3ForSequenceClassification,
+    ("smollm3", "base"): llama.SmolLM3Model,
+    ("smollm3", "causal-lm"): llama.SmolLM3ForCausalLM,
+    ("smollm3", "sequence-classification"): llama.SmolLM3ForSequenceClassification,
 }
 
 

@@ -1,9 +1,11 @@
-"""One decoder for Llama, Mistral, Qwen2 and Qwen3, with transformers' module and parameter names.
+"""One decoder for Llama, Mistral, Qwen2, Qwen3 and SmolLM3, with transformers' module and
+parameter names.
 
 The families differ only in what their configs say: grouped-query attention
 (num_key_value_heads), head_dim, biases on the projections, RMSNorm on each head's queries and
-keys (Qwen3), sliding-window attention (Mistral, Qwen2/3 with use_sliding_window) and the rotary
-embedding's scaling (rope_parameters, or rope_theta + rope_scaling in transformers 4.x configs).
+keys (Qwen3), sliding-window attention (Mistral, Qwen2/3 with use_sliding_window), layers without
+rotary embeddings (SmolLM3's no_rope_layers: "NoPE" layers) and the rotary embedding's scaling
+(rope_parameters, or rope_theta + rope_scaling in transformers 4.x configs).
 Each family has its own config class (its defaults and model_type) and named subclasses, so a
 saved config.json names the right architecture.
 """
@@ -30,7 +32,7 @@ from cove.models.layers import (
     sequence_classifier_output,
 )
 from cove.models.modeling import PreTrainedModel
-from cove.models.rotary import RotaryEmbedding, apply_rotary, standardize_rope
+from cove.models.rotary import DEFAULT_THETA, RotaryEmbedding, apply_rotary, standardize_rope
 
 # -- configurations -------------------------------------------------------------------------
 
@@ -53,6 +55,7 @@ class DecoderConfig(PretrainedConfig):
     # Traits a family fixes in code rather than in config.json:
     qk_norm: ClassVar[bool] = False  # Qwen3: RMSNorm over each head's queries and keys
     qkv_bias: ClassVar[bool] = False  # Qwen2: q/k/v biases (but none on o_proj)
+    default_theta: ClassVar[float] = DEFAULT_THETA  # the rotary base when config.json has none
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -60,7 +63,7 @@ class DecoderConfig(PretrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if "use_sliding_window" in self.defaults:
+        if "max_window_layers" in self.defaults:
             # Qwen: the window is off unless asked for, and then only from max_window_layers on.
             if not self.use_sliding_window:
                 self.sliding_window = None
@@ -69,7 +72,32 @@ class DecoderConfig(PretrainedConfig):
                     "sliding_attention" if self.sliding_window is not None
                     and i >= self.max_window_layers else "full_attention"
                     for i in range(self.num_hidden_layers)]
+        if "no_rope_layers" in self.defaults:
+            self._set_nope_layers()
+        if getattr(self, "rope_theta", None) is None:
+            self.rope_theta = self.default_theta  # a theta in rope_parameters still wins
         standardize_rope(self)
+
+    def _set_nope_layers(self) -> None:
+        # SmolLM3: no_rope_layers[i] == 0 makes layer i a NoPE layer (no rotary embedding); by
+        # default every no_rope_layer_interval-th one. With use_sliding_window, only NoPE
+        # layers get the window.
+        n = self.num_hidden_layers
+        if self.no_rope_layers is None:
+            self.no_rope_layers = [int((i + 1) % self.no_rope_layer_interval != 0)
+                                   for i in range(n)]
+        if len(self.no_rope_layers) < n:
+            raise ValueError(f"no_rope_layers has {len(self.no_rope_layers)} entries but the "
+                             f"model has {n} layers (num_hidden_layers): give one per layer.")
+        if self.layer_types is None:
+            windowed = self.use_sliding_window and self.sliding_window is not None
+            self.layer_types = ["sliding_attention" if windowed and not self.no_rope_layers[i]
+                                else "full_attention" for i in range(n)]
+
+    def rotary_layers(self) -> list[bool]:
+        """Whether each layer applies the rotary embedding (False for SmolLM3's NoPE layers)."""
+        flags = self.no_rope_layers if "no_rope_layers" in self.defaults else None
+        return [True if flags is None else bool(flags[i]) for i in range(self.num_hidden_layers)]
 
     def sliding_windows(self) -> list[int | None]:
         """Each layer's attention window; None for full attention."""
@@ -115,6 +143,19 @@ class Qwen3Config(DecoderConfig):
     qk_norm = True
 
 
+class SmolLM3Config(DecoderConfig):
+    model_type = "smollm3"
+    defaults = {
+        **_COMMON, "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 11008,
+        "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 4,
+        "max_position_embeddings": 32768, "pad_token_id": 128004, "bos_token_id": 128000,
+        "eos_token_id": 128001, "use_sliding_window": False, "sliding_window": None,
+        "no_rope_layers": None, "no_rope_layer_interval": 4, "layer_types": None,
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True,
+    }
+    default_theta = 2_000_000.0
+
+
 def head_dim(config: DecoderConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -125,6 +166,7 @@ class LlamaAttention(nn.Module):
     def __init__(self, config: DecoderConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.use_rope = config.rotary_layers()[layer_idx]
         self.head_dim = head_dim(config)
         self.dropout_p = config.attention_dropout
         bias = getattr(config, "attention_bias", False)
@@ -147,7 +189,9 @@ class LlamaAttention(nn.Module):
         v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), *rope)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        if self.use_rope:
+            q, k = apply_rotary(q, k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
@@ -299,3 +343,15 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
 
 class Qwen3ForSequenceClassification(LlamaForSequenceClassification):
     config_class = Qwen3Config
+
+
+class SmolLM3Model(LlamaModel):
+    config_class = SmolLM3Config
+
+
+class SmolLM3ForCausalLM(LlamaForCausalLM):
+    config_class = SmolLM3Config
+
+
+class SmolLM3ForSequenceClassification(LlamaForSequenceClassification):
+    config_class = SmolLM3Config
