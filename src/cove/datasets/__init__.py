@@ -33,6 +33,7 @@ _EXPORTS = {
     "get_dataset_split_names": "load", "get_dataset_config_names": "load",
     # iterable_dataset.py
     "IterableDataset": "iterable_dataset", "IterableDatasetDict": "iterable_dataset",
+    "split_dataset_by_node": "distributed",
     # errors.py
     "DatasetsError": "errors", "DatasetNotFoundError": "errors",
     "DataFilesNotFoundError": "errors",
