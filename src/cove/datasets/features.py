@@ -251,6 +251,17 @@ class Array2D:
     def __repr__(self) -> str:
         return f"Array2D(shape={self.shape}, dtype={self.dtype!r})"
 
+    def field_metadata(self) -> dict[bytes, bytes]:
+        """Arrow field metadata marking the column as datasets' Array2D extension type.
+
+        With it, `datasets` reads our files with its Array2D type (it requires it); without
+        `datasets` imported, Arrow just reads the nested lists (the extension's storage).
+        """
+        return {
+            b"ARROW:extension:name": b"datasets.features.features.Array2DExtensionType",
+            b"ARROW:extension:metadata": json.dumps([list(self.shape), self.dtype]).encode(),
+        }
+
 
 FeatureType = Value | ClassLabel | List | LargeList | Array2D | dict | list
 
@@ -305,7 +316,7 @@ def _feature_to_dict(feature: FeatureType) -> Any:
     if isinstance(feature, LargeList):
         return {"feature": _feature_to_dict(feature.feature), "_type": "LargeList"}
     if isinstance(feature, Array2D):
-        return {"shape": list(feature.shape), "dtype": feature.dtype, "_type": "Array2D"}
+        return {"shape": tuple(feature.shape), "dtype": feature.dtype, "_type": "Array2D"}
     raise TypeError(f"Not a feature type: {feature!r}")
 
 
@@ -382,7 +393,12 @@ class Features(dict):
     def arrow_schema(self) -> pa.Schema:
         """Arrow schema with the features in the "huggingface" metadata, as datasets writes it."""
         metadata = {"huggingface": json.dumps({"info": {"features": self.to_dict()}})}
-        return pa.schema(self.type, metadata=metadata)
+        fields = [
+            pa.field(name, get_nested_type(feature),
+                     metadata=feature.field_metadata() if isinstance(feature, Array2D) else None)
+            for name, feature in self.items()
+        ]
+        return pa.schema(fields, metadata=metadata)
 
     @classmethod
     def from_arrow_schema(cls, schema: pa.Schema) -> Features:

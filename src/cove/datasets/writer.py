@@ -169,11 +169,7 @@ class ArrowWriter:
                     if old is not None and get_nested_type(old) == f.type:
                         features[f.name] = old
         self._current_features = features
-        self._schema = schema_with_features(
-            pa.schema([pa.field(n, get_nested_type(features[n])) for n in table.column_names]),
-            features,
-            self.extra_metadata,
-        )
+        self._schema = schema_with_features(features.arrow_schema, features, self.extra_metadata)
         if self.path is not None:
             folder = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(folder, exist_ok=True)
@@ -250,13 +246,30 @@ def read_arrow_file(path: str, in_memory: bool = False) -> pa.Table:
     source = pa.OSFile(path, "rb") if in_memory else pa.memory_map(path, "r")
     try:
         try:
-            return pa.ipc.open_stream(source).read_all()
+            table = pa.ipc.open_stream(source).read_all()
         except pa.ArrowInvalid:
             source.seek(0)
-            return pa.ipc.open_file(source).read_all()
+            table = pa.ipc.open_file(source).read_all()
     finally:
         if in_memory:
             source.close()
+    return _extension_storage(table)
+
+
+def _extension_storage(table: pa.Table) -> pa.Table:
+    """Columns of a registered extension type (e.g. datasets' Array2D when `datasets` is
+    imported) as their storage arrays, zero-copy: cove works on the plain types."""
+    if not any(isinstance(f.type, pa.ExtensionType) for f in table.schema):
+        return table
+    columns, fields = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if isinstance(field.type, pa.ExtensionType):
+            column = pa.chunked_array([c.storage for c in column.chunks],
+                                      type=field.type.storage_type)
+            field = pa.field(field.name, field.type.storage_type, field.nullable, field.metadata)
+        columns.append(column)
+        fields.append(field)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
 def write_arrow(
