@@ -236,6 +236,42 @@ def test_unchanged_column_detection_handles_in_place_edits(on_disk):
     assert two.features == on_disk.features
 
 
+def test_batches_read_columns_lazily_with_the_same_results(on_disk):
+    """Batched functions get columns converted on first read; the results must not show it."""
+    theirs = hf.Dataset.from_dict(data())
+
+    def overwrite_unread(batch):  # writes a column it never read
+        batch["text"] = ["x"] * len(batch["id"])
+        return batch
+
+    def delete_and_add(batch):
+        del batch["tags"]
+        batch["n"] = [i + 1 for i in batch["id"]]
+        return batch
+
+    def later_batches_change(batch):  # returns "text" untouched at first, rewritten later
+        if batch["id"][0] >= 200:
+            batch["text"] = [t.upper() for t in batch["text"]]
+        return batch
+
+    def spread(batch):
+        return {**batch, "m": [len(t) for t in batch["text"]]}
+
+    def pop_row(ex):
+        ex.pop("tags")
+        ex["n"] = 1
+        return ex
+
+    assert on_disk.map(pop_row)[:] == theirs.map(pop_row)[:]
+    for fn in (overwrite_unread, delete_and_add, later_batches_change, spread):
+        ours = on_disk.map(fn, batched=True, batch_size=100)
+        want = theirs.map(fn, batched=True, batch_size=100)
+        assert ours.column_names == want.column_names, fn.__name__
+        assert ours[:] == want[:], fn.__name__
+    kept = on_disk.filter(lambda b: [i % 3 == 0 for i in b["id"]], batched=True)
+    assert kept[:] == theirs.filter(lambda b: [i % 3 == 0 for i in b["id"]], batched=True)[:]
+
+
 @pytest.mark.parametrize("backing", ["file", "memory"])
 def test_num_proc_matches_a_single_process(tmp_path, backing):
     if backing == "file":

@@ -39,7 +39,7 @@ from .fingerprint import (
     temp_cache_dir,
     update_fingerprint,
 )
-from .formatting import format_table, normalize_format_type
+from .formatting import LazyBatch, format_table, normalize_format_type, to_pylist
 from .info import DatasetInfo, write_json_atomic
 from .writer import COVE_METADATA_KEY, ArrowWriter, read_arrow_file
 
@@ -1789,20 +1789,27 @@ def _map_shard_once(ds: Dataset, spec: _MapSpec, rank: int, start: int, stop: in
         for offset in range(start, stop, step):
             end = min(offset + step, stop)
             table = ds._query(slice(offset, end))
-            if python_format:
-                batch = table.to_pydict()
-            else:
+            passthrough: set[str] = set()  # input columns returned without being read
+            if not python_format:
                 batch = format_table(table, "batch", ds._format_type, None, False,
                                      ds._format_kwargs, ds._transform)
-            # element references before the call: in-place edits of the batch lists show up
-            snapshot = {c: list(v) for c, v in batch.items()} if spec.batched else batch
+                snapshot = {c: list(v) for c, v in batch.items()} if spec.batched else batch
+            elif spec.batched:  # columns become Python lists only when the function reads them
+                batch = LazyBatch(table)
+                snapshot = batch.snapshot
+            else:
+                batch = {c: to_pylist(table.column(c)) for c in table.column_names}
+                snapshot = batch
             if spec.batched:
-                out, replaces = _call_batched(spec, batch, offset, end, rank)
+                out, replaces, passthrough = _call_batched(spec, batch, offset, end, rank)
                 n_out = _batch_length(out, end - offset)
                 if replaces:  # an Arrow table / DataFrame is the whole new batch (as datasets)
                     removed = set(input_names)
+                elif out and isinstance(batch, LazyBatch):  # `del batch[c]`: c goes (as datasets)
+                    removed = removed | batch.deleted
             else:
-                out, n_out = _call_rows(spec, batch, table.num_rows, offset, rank)
+                out, n_out, deleted = _call_rows(spec, batch, table.num_rows, offset, rank)
+                removed = removed | deleted
             n_in = end - offset
             kept = [c for c in input_names if c not in removed and c not in out]
             if kept and n_out != n_in:
@@ -1813,8 +1820,9 @@ def _map_shard_once(ds: Dataset, spec: _MapSpec, rank: int, start: int, stop: in
                 )
             unchanged = set()
             if not store_all and n_out == n_in:
-                unchanged = {c for c in out if c in snapshot and c not in removed and c not in forced
-                             and _same_values(out[c], batch[c], snapshot[c], table.column(c))}
+                unchanged = {c for c in out if c not in removed and c not in forced and (
+                    c in passthrough or c in snapshot and _same_values(
+                        out[c], batch[c], snapshot[c], table.column(c)))}
             if plan is None:
                 order = [c for c in input_names if c not in removed]
                 order += [c for c in out if c not in order]
@@ -1888,9 +1896,10 @@ def _map_shard_once(ds: Dataset, spec: _MapSpec, rank: int, start: int, stop: in
     }
 
 
-def _call_batched(spec: _MapSpec, batch: dict, offset: int, end: int,
-                  rank: int) -> tuple[dict, bool]:
-    """The function's output for a batch, and whether it replaces the batch entirely."""
+def _call_batched(spec: _MapSpec, batch: Mapping, offset: int, end: int,
+                  rank: int) -> tuple[dict, bool, set[str]]:
+    """The function's output for a batch, whether it replaces the batch entirely, and the
+    input columns it returned without reading them (their Arrow columns stand in)."""
     args: list = [batch] if spec.input_columns is None else [batch[c] for c in spec.input_columns]
     if spec.with_indices:
         args.append(list(range(offset, end)))
@@ -1898,17 +1907,21 @@ def _call_batched(spec: _MapSpec, batch: dict, offset: int, end: int,
         args.append(rank)
     out = spec.function(*args, **spec.fn_kwargs)
     if out is None:
-        return {}, False
+        return {}, False, set()
     if isinstance(out, (pa.Table, pa.RecordBatch)):
-        return {name: out.column(name) for name in out.column_names}, True
+        return {name: out.column(name) for name in out.column_names}, True, set()
     if type(out).__module__.startswith("pandas") and hasattr(out, "columns"):  # a DataFrame
-        return {str(name): out[name].tolist() for name in out.columns}, True
+        return {str(name): out[name].tolist() for name in out.columns}, True, set()
+    if out is batch and isinstance(out, LazyBatch):  # the batch itself, perhaps edited
+        passthrough = {c for c in out if out.pending(c)}
+        return ({c: out.table.column(c) if c in passthrough else out[c] for c in out}, False,
+                passthrough)
     if not isinstance(out, Mapping):
         raise TypeError(
             "A batched map function must return a dict of lists, an Arrow table, a pandas "
             f"DataFrame or None, got {type(out).__name__}"
         )
-    return dict(out), False
+    return dict(out), False, set()
 
 
 def _batch_length(out: dict, n_in: int) -> int:
@@ -1928,10 +1941,14 @@ def _batch_length(out: dict, n_in: int) -> int:
     return next(iter(lengths.values()), n_in)
 
 
-def _call_rows(spec: _MapSpec, batch: dict, n: int, offset: int, rank: int) -> tuple[dict, int]:
+def _call_rows(spec: _MapSpec, batch: dict, n: int, offset: int,
+               rank: int) -> tuple[dict, int, set[str]]:
+    """The output columns, their length, and the input columns the function deleted from the
+    row it returned (which the map removes, as datasets does)."""
     names = list(batch)
     columns: dict[str, list] = {}
     seen_keys: list[str] | None = None
+    deleted: set[str] = set()
     for i in range(n):
         row = {name: batch[name][i] for name in names}
         args: list = [row] if spec.input_columns is None else [row[c] for c in spec.input_columns]
@@ -1947,6 +1964,8 @@ def _call_rows(spec: _MapSpec, batch: dict, n: int, offset: int, rank: int) -> t
                 f"A map function must return a dict or None, got {type(out).__name__} for row "
                 f"{offset + i}"
             )
+        if out is args[0] and spec.input_columns is None:  # the row itself, edited
+            deleted.update(name for name in names if name not in out)
         keys = list(out)
         if seen_keys is None:
             seen_keys = keys
@@ -1964,7 +1983,7 @@ def _call_rows(spec: _MapSpec, batch: dict, n: int, offset: int, rank: int) -> t
             a is b for a, b in zip(values, batch[key], strict=True)
         ):
             columns[key] = batch[key]
-    return columns, n
+    return columns, n, deleted
 
 
 def _same_values(out_values: Any, in_values: Any, snapshot: list,
@@ -1992,8 +2011,13 @@ def _filter_shard(ds: Dataset, spec: _MapSpec, rank: int, start: int, stop: int,
         for offset in range(start, stop, step):
             end = min(offset + step, stop)
             table = ds._query(slice(offset, end))
-            batch = table.to_pydict() if python_format else format_table(
-                table, "batch", ds._format_type, None, False, ds._format_kwargs, ds._transform)
+            if not python_format:
+                batch = format_table(table, "batch", ds._format_type, None, False,
+                                     ds._format_kwargs, ds._transform)
+            elif spec.batched:  # only the columns the predicate reads become Python lists
+                batch = LazyBatch(table)
+            else:
+                batch = {c: to_pylist(table.column(c)) for c in table.column_names}
             if spec.batched:
                 mask = _call_predicate_batched(spec, batch, offset, end, rank)
             else:

@@ -8,7 +8,7 @@ torch and pandas are imported only when their format is used.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -186,3 +186,71 @@ def _tensor_or_list(array: np.ndarray, to_tensor: Callable) -> Any:
     if array.dtype.kind in "US":
         return array.tolist()
     return to_tensor(array)
+
+
+def to_pylist(column: pa.ChunkedArray | pa.Array) -> list:
+    """A column's values as Python objects; numbers without nulls go through numpy, which
+    builds the list several times faster than Arrow's per-value conversion."""
+    t = column.type
+    if column.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_floating(t)
+                                   or pa.types.is_boolean(t)) and not pa.types.is_float16(t):
+        return column.to_numpy().tolist()
+    return column.to_pylist()
+
+
+class LazyBatch(MutableMapping):
+    """A batch (dict of column lists) over an Arrow table that converts a column to Python
+    only when the function reads it: a filter on `label` never pays for the `text` column.
+
+    Reading a column records a shallow copy of its list (`snapshot`), so the map can tell a
+    returned column that is the input unchanged from one edited in place. Columns the
+    function never read are `pending`: when returned as they are, their Arrow data is reused.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.values: dict[str, Any] = {}
+        self.snapshot: dict[str, list] = {}
+        self.deleted: set[str] = set()
+
+    def pending(self, key: str) -> bool:
+        """An input column the function has neither read nor replaced."""
+        return key not in self.values and key not in self.deleted and \
+            key in self.table.column_names
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.values:
+            return self.values[key]
+        if key in self.deleted or key not in self.table.column_names:
+            raise KeyError(key)
+        values = to_pylist(self.table.column(key))
+        self.values[key] = values
+        self.snapshot[key] = list(values)
+        return values
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        self.deleted.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.values.pop(key, None)
+        self.deleted.add(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self.table.column_names:
+            if key not in self.deleted:
+                yield key
+        for key in self.values:
+            if key not in self.table.column_names:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.values or (key not in self.deleted and key in self.table.column_names)
+
+    def __repr__(self) -> str:
+        return f"LazyBatch({list(self)})"

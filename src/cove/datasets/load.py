@@ -435,6 +435,8 @@ class DatasetBuilder:
             workers = max(1, min(self.num_proc or 1, len(splits)))
             with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(prepare, splits))
+            # Arrow's allocator keeps the freed read buffers; the data now lives in the files.
+            pa.default_memory_pool().release_unused()
             expected = self._plan.expected_rows
             if expected and verify != "no_checks":
                 got = {s: r for s, r, _, _ in results if s in expected}
