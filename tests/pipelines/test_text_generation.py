@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 import cove
 from cove.generation import GenerationConfig
 from cove.pipelines import SUPPORTED_TASKS, TextGenerationPipeline
+from tests.generation.test_model_parity import randomize
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
           "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
@@ -44,19 +45,6 @@ NEW = 8
 @pytest.fixture(scope="module", autouse=True)
 def _quiet():
     transformers.logging.set_verbosity_error()
-
-
-def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:  # norms near 1, biases small
-                base = 1.0 if "weight" in name and "ln" in name or "norm" in name else 0.0
-                p.copy_(base + torch.randn(p.shape, generator=gen) * 0.1)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
-        model.get_output_embeddings().weight.mul_(4.0)
-    return model.eval()
 
 
 def train_tokenizer() -> Tokenizer:
