@@ -22,7 +22,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -337,6 +339,46 @@ def _split_batches(plan: _Plan, split: str, features: Features | None) -> Iterat
                                     **plan.reader_kwargs)
 
 
+def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int = 4) -> Iterator[pa.RecordBatch]:
+    """The same batches, parsed by a thread up to `depth` ahead: parsing the next block and
+    writing this one overlap (both release the GIL), memory stays `depth` blocks."""
+    slots: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=produce, name="cove-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _first_features(plan: _Plan) -> Features:
     """The features of the first batch of the first file (the card's when it has them)."""
     if plan.features is not None:
@@ -426,7 +468,7 @@ class DatasetBuilder:
             self._plan.source.download([f for fs in self._plan.files.values() for f in fs])
 
             def prepare(split: str) -> tuple[str, int, int, Features]:
-                rows, nbytes = write_arrow(_split_batches(self._plan, split, features),
+                rows, nbytes = write_arrow(_read_ahead(_split_batches(self._plan, split, features)),
                                            self._arrow_path(split), features)
                 with pa.memory_map(self._arrow_path(split)) as source:
                     schema = pa.ipc.open_stream(source).schema
