@@ -9,7 +9,7 @@ DATA ?= ./data
 
 BIN := $(VENV)/bin
 
-.PHONY: serve test bench lint clean .venv-hf036
+.PHONY: serve test bench lint clean .venv-hf036 .venv-tf4
 
 $(BIN)/cove: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ $(HF036)/.installed:
 
 $(HF036): $(HF036)/.installed
 
+# transformers 4.57 (the last line with the question-answering pipeline, dropped in 5.x), the
+# oracle for Cove's 4.x-semantics pipelines: a venv of its own, since 4.57 needs
+# huggingface_hub<1.0. About 30 s to build from the wheels on this disk.
+TF4 := .venv-tf4
+
+$(TF4)/.installed:
+	$(PYTHON) -m venv $(TF4)
+	$(TF4)/bin/pip install -q $(TORCH)
+	$(TF4)/bin/pip install -q 'transformers>=4.57,<4.58'
+	touch $@
+
+$(TF4): $(TF4)/.installed
+
 serve: $(BIN)/cove
 	$(BIN)/cove serve --host $(HOST) --port $(PORT) --data $(DATA)
 
@@ -44,7 +57,7 @@ tests/.data/.fetched: tests/fetch_data.py | $(VENV)/.dev
 	rm -f $@
 	$(BIN)/python tests/fetch_data.py
 
-test: $(VENV)/.dev $(HF036)/.installed tests/.data/.fetched
+test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.installed tests/.data/.fetched
 	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q tests
 
 lint: $(VENV)/.dev
@@ -54,4 +67,4 @@ bench: $(VENV)/.dev tests/.data/.fetched
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(HF036) build src/*.egg-info
+	rm -rf $(VENV) $(HF036) $(TF4) build src/*.egg-info

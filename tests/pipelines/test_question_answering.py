@@ -53,11 +53,18 @@ def expected(reference, question, context, top_k=1, max_answer_len=15, max_seq_l
         p_end = dict(zip(keep, torch.softmax(out.end_logits[0, keep], 0).tolist(), strict=True))
         null = min(null, p_start[0] * p_end[0])
         offsets = enc["offset_mapping"][r]
-        for a in usable:
-            for b in usable:
-                if a <= b < a + max_answer_len:
-                    candidates.append({"score": p_start[a] * p_end[b], "start": offsets[a][0],
-                                       "end": offsets[b][1]})
+        span = [{"score": p_start[a] * p_end[b], "start": offsets[a][0], "end": offsets[b][1]}
+                for a in usable for b in usable if a <= b < a + max_answer_len]
+        # as 4.x (align_to_words=False): each span's best top_k, and candidates with the same
+        # text (ignoring case) are one answer, the first found, with the scores summed
+        for c in sorted(span, key=lambda c: c["score"], reverse=True)[:top_k]:
+            text = context[c["start"]:c["end"]].lower()
+            same = next((d for d in candidates
+                         if context[d["start"]:d["end"]].lower() == text), None)
+            if same is None:
+                candidates.append(c)
+            else:
+                same["score"] += c["score"]
     if impossible:
         candidates.append({"score": null, "start": 0, "end": 0})
     candidates.sort(key=lambda c: c["score"], reverse=True)
