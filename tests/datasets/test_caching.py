@@ -325,3 +325,26 @@ def test_map_after_filter_and_cleanup(on_disk):
     assert on_disk.cleanup_cache_files() == 2
     assert cache_usage(on_disk)["files"] == []
     assert Dataset.from_dict({"a": [1]}).cleanup_cache_files() == 0
+
+
+def _plus_one(batch):
+    return {"b": [x + 1 for x in batch["id"]]}
+
+
+def _times(factor):
+    return lambda batch: {"id": [x * factor for x in batch["id"]]}
+
+
+def test_the_formatting_transform_is_part_of_the_fingerprint(on_disk, tmp_path):
+    # map/filter see the transformed batches (as datasets), so another transform on the same
+    # data must not reuse the first one's cache file
+    hf_ds = hf.Dataset.from_dict(data()).select(range(3))
+    for factor in (10, 100):
+        want_map = hf_ds.with_transform(_times(factor)).map(_plus_one, batched=True)
+        want_filter = hf_ds.with_transform(_times(factor)).filter(
+            lambda b: [x > 15 for x in b["id"]], batched=True)
+        ds = on_disk.select(range(3)).with_transform(_times(factor))
+        got_map = ds.map(_plus_one, batched=True)
+        got_filter = ds.filter(lambda b: [x > 15 for x in b["id"]], batched=True)
+        assert got_map.with_format(None)["b"] == want_map.with_format(None)["b"]
+        assert len(got_filter) == len(want_filter)

@@ -304,6 +304,26 @@ def test_export(pair, tmp_path):
     assert back.to_list() == theirs.to_list()
 
 
+def test_exports_are_atomic(pair, tmp_path, monkeypatch):
+    ours, _ = pair
+    ours.to_parquet(tmp_path / "keep.parquet")
+    before = (tmp_path / "keep.parquet").read_bytes()
+
+    tables = Dataset._iter_tables
+
+    def fail_after_first(self, batch_size):  # the data source fails half-way through
+        for i, table in enumerate(tables(self, 5)):
+            if i == 1:
+                raise OSError("disk went away")
+            yield table
+
+    monkeypatch.setattr(Dataset, "_iter_tables", fail_after_first)
+    with pytest.raises(OSError, match="disk went away"):
+        ours.to_parquet(tmp_path / "keep.parquet")
+    assert (tmp_path / "keep.parquet").read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.parquet"]  # no temp files left
+
+
 def test_save_to_disk_interoperates(pair, tmp_path):
     ours, theirs = pair
     view = ours.shuffle(seed=0).select(range(9)).with_format("numpy", columns=["id"])
@@ -428,3 +448,17 @@ def test_from_files(pair, tmp_path):
     splits = DatasetDict.from_csv({"train": str(tmp_path / "d.csv"),
                                    "test": str(tmp_path / "d.csv")})
     assert splits.num_rows == {"train": 12, "test": 12}
+
+
+def test_combining_keeps_a_common_format():
+    import cove.datasets as cds
+
+    def formats(lib):
+        a = lib.Dataset.from_dict({"x": [1, 2]}).with_format("numpy")
+        b = lib.Dataset.from_dict({"x": [3]}).with_format("numpy")
+        return [lib.concatenate_datasets([a, b]).format["type"],
+                lib.concatenate_datasets([a, b.with_format(None)]).format["type"],
+                lib.interleave_datasets([a, b]).format["type"],
+                a.add_item({"x": 5}).format["type"], type(a.add_item({"x": 5})[2]["x"]).__name__]
+
+    assert formats(cds) == formats(hf)

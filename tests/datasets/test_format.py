@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+import cove.datasets as cds
 import datasets as hf
 from cove.datasets import Dataset
 
@@ -174,3 +175,36 @@ def test_importing_cove_datasets_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_format_columns_take_in_the_columns_a_map_adds():
+    # set_format(columns=...) then map: the new columns are formatted too, as in datasets
+    def add(batch):
+        return {"c": [2 * x for x in batch["a"]]}
+
+    outputs = []
+    for lib in (hf, cds):
+        ds = lib.Dataset.from_dict({"a": [1, 2], "b": ["x", "y"]}).with_format(
+            "numpy", columns=["a"])
+        kept = ds.map(add, batched=True)
+        removed = ds.map(add, batched=True, remove_columns=["a"])
+        outputs.append((set(kept.format["columns"]), sorted(kept[0]),
+                        set(removed.format["columns"]), sorted(removed[0]),
+                        sorted(ds.select_columns(["a", "b"])[0])))
+    assert outputs[0] == outputs[1]
+
+
+def test_transform_gets_only_the_format_columns():
+    def results(lib):
+        seen = []
+
+        def transform(batch):
+            seen.append(sorted(batch))
+            return {k: [str(v) for v in values] for k, values in batch.items()}
+
+        ds = lib.Dataset.from_dict({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+        only = ds.with_transform(transform, columns=["a"])
+        every = ds.with_transform(transform, columns=["a"], output_all_columns=True)
+        return only[0], only[:2], every[0], every[1:3], seen
+
+    assert results(cds) == results(hf)

@@ -392,3 +392,27 @@ def test_constructors_and_exports_match_datasets(tmp_path):
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
     assert list(IterableDataset.from_file(str(tmp_path / "x.arrow"))) == table.to_pylist()
+
+
+def _kinds(value):
+    if isinstance(value, dict):
+        return {k: _kinds(v) for k, v in value.items()}
+    return type(value).__name__, str(getattr(value, "dtype", ""))
+
+
+@pytest.mark.parametrize("fmt", ["numpy", "torch"])
+def test_formats_of_an_arrow_stream_match_datasets(fmt):
+    # datasets formats an Arrow-backed stream as a map-style Dataset (numpy scalars, float32
+    # arrays, unicode string arrays) and Python examples (after filter, rename, ...) otherwise
+    from cove.datasets import Dataset
+
+    data = {"f": [0.5, 1.5, 2.5], "v": [[0.5, 1.0], [2.0, 3.0], [4.0, 5.0]], "i": [1, 2, 3],
+            "s": ["a", "b", "c"]}
+    steps = {"plain": lambda d: d, "take": lambda d: d.take(2),
+             "select": lambda d: d.select_columns(["f", "s"]),
+             "filter": lambda d: d.filter(lambda e: True)}
+    for name, step in steps.items():
+        got, want = (step(lib.from_dict(data).to_iterable_dataset()).with_format(fmt)
+                     for lib in (Dataset, hf.Dataset))
+        assert _kinds(next(iter(got))) == _kinds(next(iter(want))), name
+        assert _kinds(next(got.iter(batch_size=2))) == _kinds(next(want.iter(batch_size=2))), name

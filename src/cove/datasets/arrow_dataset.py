@@ -41,7 +41,7 @@ from .fingerprint import (
 )
 from .formatting import LazyBatch, format_table, normalize_format_type, to_pylist
 from .info import DatasetInfo, write_json_atomic
-from .writer import COVE_METADATA_KEY, ArrowWriter, read_arrow_file
+from .writer import COVE_METADATA_KEY, ArrowWriter, atomic_file, read_arrow_file
 
 if TYPE_CHECKING:
     from .dataset_dict import DatasetDict
@@ -106,14 +106,14 @@ class Column(SequenceABC):
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             raise TypeError(f"Column {self.column_name!r} is indexed by row numbers, not names")
-        table = self.source._query(key)
+        table = self.source._query(key, [self.column_name])
         if isinstance(key, (int, np.integer)):
             return self.source._format(table, "row", [self.column_name])[self.column_name]
         return self.source._format(table, "column", [self.column_name])
 
     def __iter__(self) -> Iterator[Any]:
         for start in range(0, len(self.source), _ITER_BATCH):
-            table = self.source._query(slice(start, start + _ITER_BATCH))
+            table = self.source._query(slice(start, start + _ITER_BATCH), [self.column_name])
             yield from self.source._format(table, "column", [self.column_name])
 
     def __eq__(self, other: object) -> bool:
@@ -375,8 +375,10 @@ class Dataset:
         new._data_files = list(self._data_files if data_files is None else data_files)
         new._format_type = self._format_type
         new._format_kwargs = dict(self._format_kwargs)
+        # as datasets: columns a transform adds are formatted too, only the ones left out stay out
         new._format_columns = (
-            [c for c in self._format_columns if c in new.column_names]
+            [c for c in new.column_names
+             if c in self._format_columns or c not in self.column_names]
             if self._format_columns is not None else None
         )
         new._output_all_columns = self._output_all_columns
@@ -523,12 +525,14 @@ class Dataset:
         low, high = int(positions.min()), int(positions.max()) + 1
         return column.slice(low, high - low).to_numpy()[positions - low]
 
-    def _query(self, key: Any) -> pa.Table:
-        """The Arrow rows of a key (int, slice, list of ints)."""
+    def _query(self, key: Any, columns: list[str] | None = None) -> pa.Table:
+        """The Arrow rows of a key (int, slice, list of ints), of `columns` only if given
+        (so that reading one column of a shuffled dataset does not gather the others)."""
+        data = self._data if columns is None else self._data.select(columns)
         rows = self._physical(self._positions(key))
         if isinstance(rows, slice):
-            return self._data.slice(rows.start, rows.stop - rows.start)
-        return _take(self._data, rows)
+            return data.slice(rows.start, rows.stop - rows.start)
+        return _take(data, rows)
 
     def _format(self, table: pa.Table, kind: str, columns: list[str] | None = None) -> Any:
         if columns is not None:
@@ -544,7 +548,7 @@ class Dataset:
                 raise KeyError(f"Column {key!r} not in the dataset; its columns are "
                                f"{self.column_names}")
             if self._format_type in ("arrow", "pandas", "custom"):
-                return self._format(self._query(slice(None)), "column", [key])
+                return self._format(self._query(slice(None), [key]), "column", [key])
             return Column(self, key)
         if isinstance(key, (int, np.integer)):
             return self._format(self._query(key), "row")
@@ -560,7 +564,11 @@ class Dataset:
     def __iter__(self) -> Iterator[Any]:
         for start in range(0, self.num_rows, _ITER_BATCH):
             table = self._query(slice(start, start + _ITER_BATCH))
-            if self._format_type is None and self._format_columns is None:
+            if self._format_type is None and (self._format_columns is None
+                                              or not self._output_all_columns):
+                # Python rows: one Arrow conversion for the whole slice, not one per row
+                if self._format_columns is not None:
+                    table = table.select(self._format_columns)
                 yield from table.to_pylist()
             else:
                 for i in range(table.num_rows):
@@ -715,6 +723,7 @@ class Dataset:
                 "drop_last_batch": drop_last_batch, "remove_columns": remove_columns,
                 "features": None if features is None else features.to_dict(),
                 "fn_kwargs": fn_kwargs or {}, "format": self.format,
+                "transform": self._transform,  # the function sees the transformed batches
             },
         )
         spec = _MapSpec(
@@ -880,7 +889,7 @@ class Dataset:
             "filter",
             {"function": function, "with_indices": with_indices, "with_rank": with_rank,
              "input_columns": input_columns, "batched": batched, "batch_size": batch_size,
-             "fn_kwargs": fn_kwargs or {}, "format": self.format},
+             "fn_kwargs": fn_kwargs or {}, "format": self.format, "transform": self._transform},
         )
         spec = _MapSpec(
             function=function, with_indices=with_indices, with_rank=with_rank,
@@ -1278,8 +1287,12 @@ class Dataset:
     def add_item(self, item: dict, new_fingerprint: str | None = None) -> Dataset:
         from .combine import concatenate_datasets
 
-        row = Dataset.from_list([item], features=self._info.features)
-        return concatenate_datasets([self, row])
+        row = self._new(Dataset.from_list([item], features=self._info.features).data,
+                        indices=None, features=self._info.features, data_files=[])
+        out = concatenate_datasets([self, row])  # the same format on both: the result keeps it
+        if new_fingerprint is not None:
+            out._fingerprint = new_fingerprint
+        return out
 
     # -- export ---------------------------------------------------------------------------
 
@@ -1344,15 +1357,18 @@ class Dataset:
         import pyarrow.parquet as pq
 
         schema = self._data.schema
-        target = os.fspath(path_or_buf) if isinstance(path_or_buf, (str, os.PathLike)) else None
-        tmp = target + ".tmp" if target else None
-        with pq.ParquetWriter(tmp or path_or_buf, schema, **parquet_writer_kwargs) as writer:
-            for table in self._iter_tables(batch_size or 100_000):
-                writer.write_table(table)
-        if target:
-            os.replace(tmp, target)
-            return os.path.getsize(target)
-        return 0
+        def write(sink: Any) -> None:
+            with pq.ParquetWriter(sink, schema, **parquet_writer_kwargs) as writer:
+                for table in self._iter_tables(batch_size or 100_000):
+                    writer.write_table(table)
+
+        if not isinstance(path_or_buf, (str, os.PathLike)):
+            write(path_or_buf)
+            return 0
+        target = os.fspath(path_or_buf)
+        with atomic_file(target) as tmp:
+            write(tmp)
+        return os.path.getsize(target)
 
     # -- save / load ----------------------------------------------------------------------
 
@@ -1375,6 +1391,8 @@ class Dataset:
                 "save to another folder"
             )
         if num_shards is None:
+            from .hub import _parse_size
+
             limit = _parse_size(max_shard_size if max_shard_size is not None else "500MB")
             num_shards = max(1, math.ceil(self._estimated_nbytes() / limit))
         num_shards = max(1, min(num_shards, max(self.num_rows, 1)))
@@ -1439,6 +1457,8 @@ class Dataset:
         return ds
 
     def _estimated_nbytes(self) -> int:
+        """The Arrow bytes of the visible rows (a share of the table's under an indices
+        mapping), as datasets counts a split's num_bytes; used to size shards."""
         if self._indices is None or self._data.num_rows == 0:
             return self._data.nbytes
         return int(self._data.nbytes * self.num_rows / self._data.num_rows)
@@ -1684,27 +1704,14 @@ def _apportion(available: np.ndarray, total: int, generator: np.random.Generator
     return counts
 
 
-def _parse_size(size: str | int) -> int:
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*", size.upper().replace("IB", "iB"))
-    if not match:
-        raise ValueError(f"Invalid size {size!r}; use e.g. '500MB' or an int of bytes")
-    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-    return int(float(match.group(1)) * units[match.group(2)])
-
-
 def _write_text(path_or_buf: Any, chunks: Iterable[str]) -> int:
     written = 0
     if isinstance(path_or_buf, (str, os.PathLike)):
-        target = os.fspath(path_or_buf)
-        tmp = target + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic_file(os.fspath(path_or_buf)) as tmp, \
+                open(tmp, "w", encoding="utf-8", newline="") as f:
             for chunk in chunks:
                 written += len(chunk.encode("utf-8"))
                 f.write(chunk)
-        os.replace(tmp, target)
         return written
     for chunk in chunks:
         data = chunk.encode("utf-8") if _is_binary(path_or_buf) else chunk

@@ -88,7 +88,7 @@ def concatenate_datasets(
     out = Dataset(table, info=info, split=split if split is not None else first.split,
                   indices_table=indices, fingerprint=fingerprint)
     out._data_files = [f for d in dsets for f in d._data_files]
-    return out
+    return _with_common_format(out, dsets)
 
 
 def _concatenate_columns(dsets: list[Dataset], info: DatasetInfo | None,
@@ -120,6 +120,16 @@ def _concatenate_columns(dsets: list[Dataset], info: DatasetInfo | None,
     out = Dataset(table, info=info, split=split if split is not None else dsets[0].split,
                   fingerprint=fingerprint)
     out._data_files = [f for d in flat for f in d._data_files]
+    return _with_common_format(out, dsets)
+
+
+def _with_common_format(out: Dataset, dsets: list[Dataset]) -> Dataset:
+    """The datasets' format on the result when they all have the same one (as datasets)."""
+    first = dsets[0]
+    if all(d.format == first.format and d._transform is first._transform for d in dsets[1:]):
+        out.set_format(first._format_type, first._format_columns, first._output_all_columns,
+                       **first._format_kwargs)
+        out._transform = first._transform
     return out
 
 

@@ -38,18 +38,20 @@ def format_table(
 ) -> Any:
     """Format a slice of a dataset; `kind` is "row", "batch" or "column"."""
     format_kwargs = format_kwargs or {}
-    if format_type == "custom":
-        batch = transform(table.to_pydict())
-        if kind == "row":
-            return {key: values[0] for key, values in batch.items()}
-        if kind == "column":
-            return next(iter(batch.values()))
-        return batch
     if columns is not None and kind != "column":
         formatted_part = table.select(columns)
         rest = [c for c in table.column_names if c not in columns] if output_all_columns else []
     else:
         formatted_part, rest = table, []
+    if format_type == "custom":  # the transform sees only the format columns, as in datasets
+        batch = transform(formatted_part.to_pydict())
+        if kind == "column":
+            return next(iter(batch.values()))
+        out = {key: values[0] for key, values in batch.items()} if kind == "row" else batch
+        if rest:
+            extra = table.select(rest)
+            out.update(extra.slice(0, 1).to_pylist()[0] if kind == "row" else extra.to_pydict())
+        return out
     if format_type == "arrow":
         out = formatted_part if kind != "column" else formatted_part.column(0)
         return out

@@ -151,16 +151,6 @@ def _table(dataset: Dataset, start: int, stop: int) -> pa.Table:
     return dataset.with_format("arrow")[start:stop]
 
 
-def _nbytes(dataset: Dataset) -> int:
-    """The Arrow bytes of the dataset's rows (a share of the table's under an indices mapping),
-    as datasets counts a split's num_bytes."""
-    table = dataset.data
-    if table.num_rows == 0:
-        return 0
-    return table.nbytes if len(dataset) == table.num_rows else int(
-        table.nbytes * len(dataset) / table.num_rows)
-
-
 def _card_yaml(metadata: dict) -> str:
     return yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
 
@@ -292,7 +282,7 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="cove-push-") as tmp:
         for split, ds in to_push.items():
             n = len(ds)
-            nbytes = _nbytes(ds)
+            nbytes = ds._estimated_nbytes()
             wanted = num_shards.get(split) if isinstance(num_shards, dict) else num_shards
             count = wanted or math.ceil(nbytes / shard_bytes)
             count = max(1, min(count, n))
@@ -316,9 +306,10 @@ def push_to_hub(
         old_card = None
         if "README.md" in existing:
             try:
-                old_card = open(hf_hub_download(repo_id, "README.md", repo_type="dataset",
-                                                revision=revision, token=token),
-                                encoding="utf-8").read()
+                card_path = hf_hub_download(repo_id, "README.md", repo_type="dataset",
+                                            revision=revision, token=token)
+                with open(card_path, encoding="utf-8") as f:
+                    old_card = f.read()
             except EntryNotFoundError:
                 old_card = None
         # the Parquet bytes of this config: the new shards plus the other splits' shards kept

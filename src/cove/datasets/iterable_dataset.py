@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cove.datasets.features import Features, List
+from cove.datasets.features import Features, List, get_nested_type
+from cove.datasets.formatting import _default_dtype, format_table
 from cove.datasets.info import DatasetInfo
+from cove.datasets.writer import to_arrow_array
 
 ARROW_SLICE = 1000  # rows turned into Python dicts at a time
 FORMATS = {None: None, "python": None, "numpy": "numpy", "np": "numpy", "torch": "torch",
@@ -690,11 +692,21 @@ def _format_example(example: dict, fmt: str | None, features: Features | None) -
     return _format_batch(_rows_to_batch([example]), fmt, features)
 
 
+def _numpy_column(value: Any) -> Any:
+    """A batch column as datasets gives it: numbers as int64 / float32 arrays, ragged rows as
+    an object array."""
+    if isinstance(value, list):
+        out = np.empty(len(value), dtype=object)
+        out[:] = value
+        return out
+    return _default_dtype(value) if isinstance(value, np.ndarray) else value
+
+
 def _format_batch(batch: dict[str, list], fmt: str | None, features: Features | None) -> Any:
     if fmt is None:
         return batch
     if fmt == "numpy":
-        return {k: _to_numpy(v) for k, v in batch.items()}
+        return {k: _numpy_column(_to_numpy(v)) for k, v in batch.items()}
     if fmt == "torch":
         return {k: _to_torch(_to_numpy(v)) for k, v in batch.items()}
     schema = None
@@ -702,6 +714,32 @@ def _format_batch(batch: dict[str, list], fmt: str | None, features: Features | 
         schema = features.arrow_schema
     table = pa.Table.from_pydict(batch, schema=schema)
     return table.to_pandas() if fmt == "pandas" else table
+
+
+def _rows_table(batch: dict[str, list], features: Features | None) -> pa.Table:
+    """A batch of Python values as Arrow (typed by `features` when they match its columns)."""
+    if features is not None and list(features) == list(batch):
+        types = [get_nested_type(features[k]) for k in batch]
+    else:  # columns a map added: their types are inferred
+        types = [None] * len(batch)
+    arrays = [to_arrow_array(values, t) for values, t in zip(batch.values(), types, strict=True)]
+    return pa.Table.from_arrays(arrays, names=list(batch))
+
+
+def _arrow_backed(ex: _ExIterable) -> bool:
+    """Whether datasets formats this stream from its Arrow batches, as a map-style Dataset does
+    (numpy scalars, float32 arrays), rather than from Python examples (0-d arrays): Arrow
+    sources through the steps that keep Arrow there (checked against datasets 5.2)."""
+    if isinstance(ex, _Source):
+        return not (isinstance(ex.read, functools.partial) and ex.read.func is _read_generator)
+    if isinstance(ex, (_Take, _Shuffle, _Repeat)):  # _Skip is a _Take
+        return _arrow_backed(ex.inner)
+    if isinstance(ex, _RowFn):
+        return (isinstance(ex.fn, functools.partial) and ex.fn.func in (_select, _cast)
+                and _arrow_backed(ex.inner))
+    if isinstance(ex, _Concatenated):  # and _Interleaved
+        return all(_arrow_backed(child) for child in ex.children)
+    return False
 
 
 # -- the datasets -----------------------------------------------------------------------------
@@ -990,6 +1028,9 @@ class IterableDataset(_TorchCompatible):
         fmt, features = self._formatting, self.features
         if fmt is None:
             return examples
+        if _arrow_backed(self._ex_iterable):
+            return (format_table(_rows_table(_rows_to_batch([example]), features), "row", fmt)
+                    for example in examples)
         return (_format_example(example, fmt, features) for example in examples)
 
     def iter(self, batch_size: int, drop_last_batch: bool = False) -> Iterator[Any]:
@@ -1000,10 +1041,14 @@ class IterableDataset(_TorchCompatible):
 
     def _iter_batches(self, it: Iterator[dict], batch_size: int, drop_last_batch: bool
                       ) -> Iterator[Any]:
+        fmt, features = self._formatting, self.features
+        arrow = fmt is not None and _arrow_backed(self._ex_iterable)
         while rows := list(itertools.islice(it, batch_size)):
             if drop_last_batch and len(rows) < batch_size:
                 return
-            yield _format_batch(_rows_to_batch(rows), self._formatting, self.features)
+            batch = _rows_to_batch(rows)
+            yield (format_table(_rows_table(batch, features), "batch", fmt) if arrow
+                   else _format_batch(batch, fmt, features))
 
     def _head(self, n: int = 5) -> dict[str, list]:
         rows = list(self._with(formatting=None).take(n))

@@ -10,12 +10,35 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
 
 from .features import Features, get_nested_type
+
+
+@contextmanager
+def atomic_file(target: str) -> Iterator[str]:
+    """A temporary path next to `target` to write to; fsynced and renamed onto `target` when
+    the block succeeds, removed when it fails (a reader never sees half a file)."""
+    folder = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(target)[1])
+    os.close(fd)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
 
 # extra metadata key of cove's own cache files (the output column order of a map)
 COVE_METADATA_KEY = b"cove"
