@@ -359,8 +359,6 @@ def chat(args) -> int:
 def _run_inputs(args) -> Iterator[str | dict]:
     """The INPUT arguments, else the lines of --file, else those of stdin (blank lines
     skipped)."""
-    if args.inputs and args.file:
-        raise CliError("give INPUT arguments or --file, not both.")
     if args.inputs:
         yield from _parse_inputs(enumerate(args.inputs, 1), "input")
     elif args.file:
@@ -413,6 +411,8 @@ def run(args) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CliError("--batch-size must be at least 1.")
+    if args.inputs and args.file:  # (before the model loads, not at the first input)
+        raise CliError("give INPUT arguments or --file, not both.")
     if args.file and not os.path.isfile(args.file):
         raise CliError(f"{args.file}: no such file.")
     try:
@@ -423,8 +423,15 @@ def run(args) -> int:
         raise CliError(str(e)) from None
     # A generator: results come as each chunk of inputs is done, not at the end.
     for result in pipe(_run_inputs(args)):
-        print(json.dumps(result, ensure_ascii=False), flush=True)
+        print(json.dumps(result, ensure_ascii=False, default=_as_list), flush=True)
     return 0
+
+
+def _as_list(value: Any) -> Any:
+    """JSON for what json cannot write: tensors and numpy values (return_tensors=True)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:

@@ -99,6 +99,15 @@ def test_fill_mask_and_embeddings(models):
     got = lines(cove_run("feature-extraction", "hello world", "--model", models["base"]))
     want = cove.pipeline("feature-extraction", model=str(models["base"]))("hello world")
     assert torch.allclose(torch.tensor(got[0]), torch.tensor(want), atol=1e-5)
+    # return_tensors=true: tensors are written as JSON lists (they were a TypeError traceback)
+    got = lines(cove_run("feature-extraction", "hello world", "--model", models["base"],
+                         "--arg", "return_tensors=true"))
+    assert torch.allclose(torch.tensor(got[0]), torch.tensor(want), atol=1e-5)
+    got = lines(cove_run("sentence-similarity", "hello world", "--model", models["base"],
+                         "--arg", "pooling=mean", "--arg", "return_tensors=true"))
+    want = cove.pipeline("sentence-similarity", model=str(models["base"]),
+                         pooling="mean")("hello world")
+    assert torch.allclose(torch.tensor(got[0]), torch.tensor(want), atol=1e-5)
 
 
 def test_task_arguments(models):

@@ -7,6 +7,8 @@ unhooked model); `move` is checked on the meta device.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import pytest
 import torch
 import transformers
@@ -149,3 +151,44 @@ def test_move_nested_values():
     assert out[0].is_meta and out[1]["a"][0].is_meta and out[1]["a"][1] == 3
     assert isinstance(out[2], BaseModelOutput) and out[2].last_hidden_state.is_meta
     assert out[3] == "text"
+
+
+def test_cache_follows_each_layer_device():
+    """generate allocates the KV cache on the inputs' device; with a device_map, a layer on
+    another device must get its keys and values there (they used to stay on the first device,
+    and attention then mixed devices). The meta device stands in for a second GPU."""
+    from cove.models.cache import KVCache
+
+    cache = KVCache(2, batch_size=2, num_kv_heads=1, head_dim=4, max_length=6)
+    k = torch.ones(2, 1, 3, 4, device="meta")
+    keys, values = cache.update(1, k, k)
+    assert keys.is_meta and values.is_meta and keys.shape == (2, 1, 3, 4)
+    x = torch.arange(24.0).reshape(2, 1, 3, 4)
+    keys, _ = cache.update(0, x, x)
+    assert keys.device.type == "cpu" and torch.equal(keys, x)
+    cache.reorder(torch.tensor([1, 0]))  # beam search: each layer's rows, on its own device
+    assert cache.keys[1].is_meta and torch.equal(cache.keys[0][:, :, :3], x.flip(0))
+
+
+def test_pipeline_device_keeps_a_dispatched_model_in_place(tiny_bert):
+    """A model spread by device_map is not moved whole by a pipeline's device= (its hooks
+    would then send inputs to devices its weights left), as transformers. The meta device
+    stands in for a second GPU."""
+    from cove.pipelines import TextClassificationPipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    dispatch(model, {"bert": "meta", "classifier": "cpu"})
+    pipe = TextClassificationPipeline(model, None, device="cpu")  # (no tokenizer needed here)
+    assert model.bert.pooler.dense.weight.is_meta and model.classifier.weight.device.type == "cpu"
+    assert pipe.device.type == "cpu"
+
+
+def test_move_keeps_named_tuples():
+    """A block may return a named tuple (torch.return_types, ...): it stays one, fields
+    moved."""
+    pair = torch.ones(3).max(0)  # torch.return_types.max(values, indices)
+    out = move(pair, torch.device("meta"))
+    assert type(out) is type(pair) and out.values.is_meta and out.indices.is_meta
+    Named = namedtuple("Named", "hidden extra")
+    out = move(Named(torch.ones(2), 3), torch.device("meta"))
+    assert type(out) is Named and out.hidden.is_meta and out.extra == 3

@@ -120,6 +120,8 @@ def test_unknown_arguments(pipes):
         pipes["fill-mask"]("the [MASK] sat", topk=2)
     with pytest.raises(TypeError, match="unexpected arguments: pooling"):
         pipes["feature-extraction"]("the cat", pooling="mean")
+    with pytest.raises(TypeError, match=r"unexpected arguments: top_n \(it accepts top_k, "):
+        pipes["question-answering"](question="what?", context="the cat", top_n=2)
 
 
 def test_devices_and_dtypes(folders):
@@ -153,3 +155,19 @@ def test_devices_and_dtypes_that_work(folders):
     if not torch.cuda.is_available():
         assert set(p.model.hf_device_map.values()) == {"cpu"}
     assert len(p("the cat sat on the [MASK]")) == 5
+
+
+@pytest.mark.parametrize("task", [*TEXT_TASKS, "question-answering"])
+def test_batch_size_must_be_a_positive_int(pipes, folders, task):
+    """A batch size below 1 used to give [None, None] (or a TypeError from inside), silently
+    wrong; it is refused, at construction and per call."""
+    p = pipes[task]
+    inputs = ([{"question": "what sat?", "context": "the cat sat on the mat"}] * 2
+              if task == "question-answering" else ["the [MASK] sat", "a [MASK] cat"])
+    for bad in (-2, 0, "2", 2.0, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got "
+                                             f"{bad!r}"):
+            p(inputs, batch_size=bad)
+    assert len(p(inputs, batch_size=2)) == 2
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
+        cove.pipeline("text-classification", model=str(folders["classifier"]), batch_size=-1)

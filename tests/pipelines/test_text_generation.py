@@ -362,6 +362,11 @@ def test_wrong_inputs(llama):
         ours(PROMPTS[0], handle_long_generation="middle")
     with pytest.raises(ValueError, match="not used by the model"):
         ours(PROMPTS[0], max_new_token=3)
+    for stop in (3, ["ok", 3]):  # (an int was a bare TypeError: not iterable)
+        with pytest.raises(ValueError, match="stop_sequence must be a string or a list of "):
+            ours(PROMPTS[0], stop_sequence=stop, **GREEDY)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
+        ours(PROMPTS, batch_size=-1, **GREEDY)  # (gave a list of None)
     assert ours([], **GREEDY) == []
 
 
@@ -392,3 +397,20 @@ def test_real_smollm2_chat(tmp_path_factory, monkeypatch):
     both = chat([other, question], do_sample=False, max_new_tokens=8, batch_size=2)
     assert both[1] == alone
     assert both[0] == chat(other, do_sample=False, max_new_tokens=8)
+
+
+def test_generator_read_one_batch_at_a_time(llama):
+    """A stream of prompts is generated for a batch at a time: the first results come after
+    `batch_size` prompts were read, not a longer chunk."""
+    ours, _ = llama
+    pulled = []
+
+    def prompts():
+        for p in PROMPTS:
+            pulled.append(p)
+            yield p
+
+    results = ours(prompts(), batch_size=2, **GREEDY)
+    first = next(results)
+    assert pulled == PROMPTS[:2] and first == ours(PROMPTS[0], **GREEDY)
+    assert len(list(results)) == len(PROMPTS) - 1

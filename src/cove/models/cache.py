@@ -41,6 +41,10 @@ class KVCache:
         if end > self.max_length:
             raise ValueError(f"The KV cache holds {self.max_length} positions; "
                              f"{end} were asked for. Allocate a larger cache.")
+        if self.keys[layer].device != k.device:
+            # a layer placed on another device (device_map): its slots move there, once
+            self.keys[layer] = self.keys[layer].to(k.device)
+            self.values[layer] = self.values[layer].to(k.device)
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         self.lengths[layer] = end
@@ -49,5 +53,6 @@ class KVCache:
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows `index` names, in that order (beam search)."""
         for i in range(len(self.keys)):
-            self.keys[i] = self.keys[i].index_select(0, index)
-            self.values[i] = self.values[i].index_select(0, index)
+            rows = index.to(self.keys[i].device)  # layers may live on different devices
+            self.keys[i] = self.keys[i].index_select(0, rows)
+            self.values[i] = self.values[i].index_select(0, rows)

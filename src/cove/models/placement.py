@@ -196,7 +196,10 @@ def move(value: Any, device: torch.device) -> Any:
     if isinstance(value, ModelOutput):
         return type(value)(**{k: move(v, device) for k, v in value.items()})
     if isinstance(value, tuple):
-        return tuple(move(v, device) for v in value)
+        moved = [move(v, device) for v in value]
+        if hasattr(value, "_fields"):  # a named tuple keeps its type
+            return type(value)(*moved)
+        return type(value)(moved)  # a tuple, or a struct sequence (torch.return_types)
     if isinstance(value, list):
         return [move(v, device) for v in value]
     if type(value) is dict:

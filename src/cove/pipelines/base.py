@@ -24,6 +24,8 @@ class Pipeline:
 
     task: str = ""
     default_batch_size: int = 1
+    # An iterable is read this many batches at a time (sorted by length within), when batching.
+    chunk_batches: int = 8
 
     def __init__(self, model: Any, tokenizer: Any, *, task: str | None = None,
                  device: Any = None, batch_size: int | None = None, **kwargs: Any) -> None:
@@ -32,12 +34,13 @@ class Pipeline:
         if task is not None:
             self.task = task
         self.device = check_device(as_device(device)) if device is not None else model.device
-        if self.device != model.device:
+        # A model spread over devices (device_map) stays where it is: its hooks move the inputs.
+        spread = len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1
+        if self.device != model.device and not spread:
             self.model.to(self.device)
         self.model.eval()
-        self.batch_size = batch_size
+        self.batch_size = _check_batch_size(batch_size)
         self._accepted = set(inspect.signature(model.forward).parameters)
-        self._init_kwargs = dict(kwargs)
         self._params = self._sanitized(kwargs)
 
     # -- what a task defines --------------------------------------------------------------
@@ -85,8 +88,14 @@ class Pipeline:
         return result
 
     # -- calling ---------------------------------------------------------------------------
+    def _batch_size(self, kwargs: dict[str, Any]) -> int:
+        """This call's batch size (popped from its kwargs), else the pipeline's, else the
+        task's default."""
+        batch_size = _check_batch_size(kwargs.pop("batch_size", None))
+        return batch_size or self.batch_size or self.default_batch_size
+
     def __call__(self, inputs: Any, **kwargs: Any) -> Any:
-        batch_size = kwargs.pop("batch_size", None) or self.batch_size or self.default_batch_size
+        batch_size = self._batch_size(kwargs)
         params = {**self._params, **self._sanitized(kwargs)} if kwargs else self._params
         if isinstance(inputs, _SINGLE):
             result = self._run([inputs], params, 1)[0]
@@ -103,7 +112,7 @@ class Pipeline:
 
     def _iterate(self, inputs: Iterable, params: dict, batch_size: int) -> Iterator[Any]:
         """Results of an iterable's items, as they come (as transformers: no reshaping)."""
-        chunk_size = batch_size * 8 if batch_size > 1 else 1
+        chunk_size = batch_size * self.chunk_batches if batch_size > 1 else 1
         chunk: list[Any] = []
         for item in inputs:
             chunk.append(item)
@@ -120,13 +129,9 @@ class Pipeline:
             self._check(item)
         enc = self._tokenize(items, params)
         ids = enc["input_ids"]
-        n = len(ids)
-        order = sorted(range(n), key=lambda i: len(ids[i])) if batch_size > 1 else range(n)
-        order = list(order)
-        results: list[Any] = [None] * n
+        results: list[Any] = [None] * len(ids)
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                rows = order[start:start + batch_size]
+            for rows in batches([len(row) for row in ids], batch_size):
                 batch = self._collate(rows, enc)
                 outputs = self.model(**batch)
                 for i, r in zip(rows, self._postprocess(rows, enc, batch, outputs, params),
@@ -164,3 +169,21 @@ class Pipeline:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(task={self.task!r}, model={type(self.model).__name__}, "
                 f"device={self.device})")
+
+
+def batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Row indices in batches of `batch_size`: sorted by length when batching (less padding;
+    callers put results back in input order), else in input order."""
+    order = list(range(len(lengths)))
+    if batch_size > 1:
+        order.sort(key=lengths.__getitem__)
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    """None or a positive int (anything else would give no results or an opaque error)."""
+    if batch_size is not None and (isinstance(batch_size, bool)
+                                   or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    return batch_size

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cove.pipelines.base import Pipeline
+from cove.pipelines.base import Pipeline, batches
 
 _UNSET = object()
 
@@ -52,11 +52,7 @@ class QuestionAnsweringPipeline(Pipeline):
     def _sanitize(self, top_k: Any = None, topk: Any = None, doc_stride: Any = None,
                   max_answer_len: Any = None, max_seq_len: Any = None,
                   max_question_len: Any = None, handle_impossible_answer: Any = None,
-                  align_to_words: Any = None, padding: Any = None,
-                  **kwargs: Any) -> dict[str, Any]:
-        if kwargs:
-            raise TypeError(f"{self.task} pipeline got unexpected arguments: "
-                            f"{', '.join(sorted(kwargs))}.")
+                  align_to_words: Any = None, padding: Any = None) -> dict[str, Any]:
         params: dict[str, Any] = {}
         top_k = top_k if top_k is not None else topk
         if top_k is not None:
@@ -129,9 +125,6 @@ class QuestionAnsweringPipeline(Pipeline):
             if not value.strip():
                 raise ValueError(f"question-answering: the {key} is an empty string.")
 
-    def _finish(self, inputs: Any, result: Any, single: bool, call_kwargs: dict) -> Any:
-        return result
-
     def _run(self, items: list[Any], params: dict[str, Any], batch_size: int) -> list[Any]:
         if not items:
             return []
@@ -160,14 +153,12 @@ class QuestionAnsweringPipeline(Pipeline):
         ids = enc["input_ids"]
         n = len(ids)
         owner = list(enc["overflow_to_sample_mapping"])
-        order = sorted(range(n), key=lambda i: len(ids[i])) if batch_size > 1 else range(n)
-        order = list(order)
         starts: list[Any] = [None] * n
         ends: list[Any] = [None] * n
+        columns = dict(enc)
         with torch.inference_mode():
-            for first in range(0, n, batch_size):
-                rows = order[first:first + batch_size]
-                outputs = self.model(**self._collate(rows, dict(enc)))
+            for rows in batches([len(row) for row in ids], batch_size):
+                outputs = self.model(**self._collate(rows, columns))
                 start_logits = outputs["start_logits"].float().cpu().numpy()
                 end_logits = outputs["end_logits"].float().cpu().numpy()
                 for b, r in enumerate(rows):

@@ -23,14 +23,14 @@ tokenizer's padding side becomes "left", and a tokenizer without a pad token can
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
 import torch
 
 from cove.generation.configuration import FIELDS
-from cove.pipelines.base import Pipeline
+from cove.pipelines.base import Pipeline, batches
 
 # The defaults the pipeline adds (transformers' TextGenerationPipeline._default_generation_config).
 GENERATION_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
@@ -68,6 +68,7 @@ class TextGenerationPipeline(Pipeline):
     `generate`."""
 
     task = "text-generation"
+    chunk_batches = 1  # generation is slow: each batch's results as soon as it is done
 
     def __init__(self, model: Any, tokenizer: Any, **kwargs: Any) -> None:
         if not callable(getattr(model, "generate", None)):
@@ -132,8 +133,12 @@ class TextGenerationPipeline(Pipeline):
                 raise ValueError("tokenizer_encode_kwargs must be a dict.")
             pre["tokenizer_encode_kwargs"] = tokenizer_encode_kwargs
         if stop_sequence is not None:
-            generate_kwargs["stop_strings"] = [stop_sequence] if isinstance(
-                stop_sequence, str) else list(stop_sequence)
+            stops = [stop_sequence] if isinstance(stop_sequence, str) else stop_sequence
+            if not isinstance(stops, (list, tuple)) or not all(isinstance(x, str)
+                                                               for x in stops):
+                raise ValueError("stop_sequence must be a string or a list of strings, got "
+                                 f"{stop_sequence!r:.80}.")
+            generate_kwargs["stop_strings"] = list(stops)
 
         if return_full_text is not None:
             if return_text is not None:
@@ -191,7 +196,7 @@ class TextGenerationPipeline(Pipeline):
     def __call__(self, text_inputs: Any, **kwargs: Any) -> Any:
         """Generate for one prompt or chat (a list of results back), a list of them (a list
         of lists) or an iterable (results yielded as they come)."""
-        batch_size = kwargs.pop("batch_size", None) or self.batch_size or self.default_batch_size
+        batch_size = self._batch_size(kwargs)
         params = _merge(self._params, self._sanitize(**kwargs)) if kwargs else self._params
         inputs = text_inputs
         if isinstance(inputs, str):
@@ -234,16 +239,6 @@ class TextGenerationPipeline(Pipeline):
         if batch_size > 1 and self.tokenizer.pad_token_id is None:
             raise ValueError(_NO_PAD)
 
-    def _iterate(self, inputs: Iterable, params: dict, batch_size: int) -> Iterator[Any]:
-        chunk: list[Any] = []
-        for item in inputs:
-            chunk.append(item)
-            if len(chunk) >= batch_size:
-                yield from self._run(chunk, params, batch_size)
-                chunk = []
-        if chunk:
-            yield from self._run(chunk, params, batch_size)
-
     def _check(self, item: Any) -> None:
         if not isinstance(item, (str, Chat)):
             raise ValueError(f"{self.task} pipeline expects strings or chats (lists of "
@@ -254,14 +249,9 @@ class TextGenerationPipeline(Pipeline):
             self._check(item)
         generate_kwargs = self._generate_kwargs(params["gen"])
         rows = [self._encode(item, params["pre"], generate_kwargs) for item in items]
-        n = len(rows)
-        order = sorted(range(n), key=lambda i: len(rows[i][0])) if batch_size > 1 \
-            else range(n)
-        order = list(order)
-        results: list[Any] = [None] * n
+        results: list[Any] = [None] * len(rows)
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                batch = order[start:start + batch_size]
+            for batch in batches([len(ids) for ids, _ in rows], batch_size):
                 for i, result in zip(batch, self._generate([rows[i] for i in batch],
                                                            [items[i] for i in batch],
                                                            generate_kwargs, params["post"]),

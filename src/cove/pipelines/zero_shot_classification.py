@@ -58,10 +58,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         return -1
 
     def _sanitize(self, candidate_labels: Any = None, hypothesis_template: Any = None,
-                  multi_label: Any = None, **kwargs: Any) -> dict[str, Any]:
-        if kwargs:
-            raise TypeError(f"{self.task} pipeline got unexpected arguments: "
-                            f"{', '.join(sorted(kwargs))}.")
+                  multi_label: Any = None) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if candidate_labels is not None:
             params["candidate_labels"] = parse_labels(candidate_labels)
