@@ -9,47 +9,76 @@ Names, arguments and file formats follow Hugging Face `datasets`. Importing this
 imports pyarrow only (never torch): the names below load their module on first use.
 """
 
+# ruff: noqa: F401  (the TYPE_CHECKING imports at the end are re-exports)
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-# public name -> the module that defines it
+from cove._lazy import lazy_exports
+
+# module -> the public names it defines
 _EXPORTS = {
-    # features.py
-    "Features": "features", "Value": "features", "ClassLabel": "features",
-    "Sequence": "features", "List": "features", "LargeList": "features",
-    "Array2D": "features",
-    # info.py
-    "DatasetInfo": "info", "SplitInfo": "info",
-    # arrow_dataset.py, dataset_dict.py, combine.py
-    "Dataset": "arrow_dataset", "DatasetDict": "dataset_dict",
-    "concatenate_datasets": "combine", "interleave_datasets": "combine",
-    # fingerprint.py (caching switches)
-    "disable_caching": "fingerprint", "enable_caching": "fingerprint",
-    "is_caching_enabled": "fingerprint",
-    # load.py
-    "load_dataset": "load", "load_dataset_builder": "load", "load_from_disk": "load",
-    "get_dataset_split_names": "load", "get_dataset_config_names": "load",
-    # iterable_dataset.py
-    "IterableDataset": "iterable_dataset", "IterableDatasetDict": "iterable_dataset",
-    "split_dataset_by_node": "distributed",
-    # errors.py
-    "DatasetsError": "errors", "DatasetNotFoundError": "errors",
-    "DataFilesNotFoundError": "errors",
+    "cove.datasets.features": ("Features", "Value", "ClassLabel", "Sequence", "List", "LargeList",
+                               "Array2D"),
+    "cove.datasets.info": ("DatasetInfo", "SplitInfo"),
+    "cove.datasets.arrow_dataset": ("Dataset",),
+    "cove.datasets.dataset_dict": ("DatasetDict",),
+    "cove.datasets.combine": ("concatenate_datasets", "interleave_datasets"),
+    "cove.datasets.fingerprint": ("disable_caching", "enable_caching", "is_caching_enabled"),
+    "cove.datasets.load": ("load_dataset", "load_dataset_builder", "load_from_disk",
+                           "get_dataset_split_names", "get_dataset_config_names"),
+    "cove.datasets.iterable_dataset": ("IterableDataset", "IterableDatasetDict"),
+    "cove.datasets.distributed": ("split_dataset_by_node",),
+    "cove.datasets.errors": ("DatasetsError", "DatasetNotFoundError", "DataFilesNotFoundError"),
 }
 
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, reference="datasets")
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cove.datasets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"cove.datasets.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names resolve lazily
+    from cove.datasets.arrow_dataset import (
+        Dataset,
+    )
+    from cove.datasets.combine import (
+        concatenate_datasets,
+        interleave_datasets,
+    )
+    from cove.datasets.dataset_dict import (
+        DatasetDict,
+    )
+    from cove.datasets.distributed import (
+        split_dataset_by_node,
+    )
+    from cove.datasets.errors import (
+        DataFilesNotFoundError,
+        DatasetNotFoundError,
+        DatasetsError,
+    )
+    from cove.datasets.features import (
+        Array2D,
+        ClassLabel,
+        Features,
+        LargeList,
+        List,
+        Sequence,
+        Value,
+    )
+    from cove.datasets.fingerprint import (
+        disable_caching,
+        enable_caching,
+        is_caching_enabled,
+    )
+    from cove.datasets.info import (
+        DatasetInfo,
+        SplitInfo,
+    )
+    from cove.datasets.iterable_dataset import (
+        IterableDataset,
+        IterableDatasetDict,
+    )
+    from cove.datasets.load import (
+        get_dataset_config_names,
+        get_dataset_split_names,
+        load_dataset,
+        load_dataset_builder,
+        load_from_disk,
+    )

@@ -18,7 +18,7 @@ from cove.models.bert import (
     BertModel,
 )
 from cove.models.checkpoint import CheckpointError
-from cove.models.configuration import PretrainedConfig
+from cove.models.configuration import PreTrainedConfig, PretrainedConfig
 from cove.models.distilbert import (
     DistilBertConfig,
     DistilBertForMaskedLM,
@@ -90,7 +90,7 @@ __all__ = [
     "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaModel", "MPNetConfig",
     "MPNetForMaskedLM", "MPNetForQuestionAnswering", "MPNetForSequenceClassification",
     "MPNetForTokenClassification", "MPNetModel", "MistralConfig", "MistralForCausalLM",
-    "MistralForSequenceClassification", "MistralModel", "PreTrainedModel", "PretrainedConfig",
+    "MistralForSequenceClassification", "MistralModel", "PreTrainedConfig", "PreTrainedModel", "PretrainedConfig",
     "Qwen2Config", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification", "Qwen2Model",
     "Qwen3Config", "Qwen3ForCausalLM", "Qwen3ForSequenceClassification", "Qwen3Model",
     "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",

@@ -127,6 +127,10 @@ class PretrainedConfig:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
+# transformers 5's name for the same class (PretrainedConfig stays as its alias there too).
+PreTrainedConfig = PretrainedConfig
+
+
 HUB_KWARGS = {"revision", "token", "cache_dir", "local_files_only", "force_download",
               "subfolder", "endpoint"}
 
