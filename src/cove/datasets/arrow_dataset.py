@@ -29,7 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .features import ClassLabel, Features, LargeList, List, Value, get_nested_type
+from .features import (
+    ClassLabel,
+    Features,
+    LargeList,
+    List,
+    Value,
+    cast_table_to_features,
+    get_nested_type,
+)
 from .fingerprint import (
     Hasher,
     cache_root,
@@ -41,7 +49,13 @@ from .fingerprint import (
 )
 from .formatting import LazyBatch, format_table, normalize_format_type, to_pylist
 from .info import DatasetInfo, write_json_atomic
-from .writer import COVE_METADATA_KEY, ArrowWriter, atomic_file, read_arrow_file
+from .writer import (
+    COVE_METADATA_KEY,
+    ArrowWriter,
+    atomic_file,
+    read_arrow_file,
+    sweep_orphan_temp_files,
+)
 
 if TYPE_CHECKING:
     from .dataset_dict import DatasetDict
@@ -185,6 +199,7 @@ class Dataset:
         """A dataset on an Arrow stream file, memory-mapped unless in_memory=True."""
         filename = os.fspath(filename)
         table = read_arrow_file(filename, in_memory=in_memory)
+        sweep_orphan_temp_files(os.path.dirname(os.path.abspath(filename)))
         indices = read_arrow_file(indices_filename, in_memory) if indices_filename else None
         files = [filename] + ([indices_filename] if indices_filename else [])
         ds = cls(table, info=info, split=split, indices_table=indices,
@@ -1201,7 +1216,7 @@ class Dataset:
                 f"{sorted(self.column_names)}"
             )
         features = Features({c: features[c] for c in self.column_names})
-        table = _cast_table(self._data, features)
+        table = cast_table_to_features(self._data, features)
         return self._new(table, fingerprint=new_fingerprint or _derived(
             self._fingerprint, "cast", features.to_dict()), features=features)
 
@@ -1444,6 +1459,7 @@ class Dataset:
         with open(state_path, encoding="utf-8") as f:
             state = json.load(f)
         info = DatasetInfo.from_directory(path)
+        sweep_orphan_temp_files(path)  # shards of a save that was killed
         files = [os.path.join(path, entry["filename"]) for entry in state["_data_files"]]
         in_memory = bool(keep_in_memory)
         tables = [read_arrow_file(f, in_memory=in_memory) for f in files]
@@ -1605,23 +1621,6 @@ def _rows_to_columns(rows: list[dict]) -> dict[str, list]:
     for row in rows:
         keys.update(dict.fromkeys(row))
     return {k: [row.get(k) for row in rows] for k in keys}
-
-
-def _cast_table(table: pa.Table, features: Features) -> pa.Table:
-    arrays = []
-    for name in features:
-        column = table.column(name)
-        target = get_nested_type(features[name])
-        if column.type != target:
-            try:
-                column = column.cast(target)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-                raise ValueError(
-                    f"cast: couldn't cast column {name!r} from {column.type} to "
-                    f"{features[name]!r}: {err}"
-                ) from None
-        arrays.append(column)
-    return pa.Table.from_arrays(arrays, schema=features.arrow_schema)
 
 
 def _split_sizes(n: int, test_size: float | int | None,

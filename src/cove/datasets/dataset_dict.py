@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -202,11 +203,23 @@ class DatasetDict(dict):
             if not _SPLIT_NAME.match(name):
                 raise ValueError(f"Split name {name!r} must match {_SPLIT_NAME.pattern}")
         os.makedirs(path, exist_ok=True)
+        old_splits = _saved_splits(path)
         num_shards = num_shards or {}
         for name, ds in self.items():
             ds.save_to_disk(os.path.join(path, name), max_shard_size=max_shard_size,
                             num_shards=num_shards.get(name), storage_options=storage_options)
         write_json_atomic(os.path.join(path, "dataset_dict.json"), {"splits": list(self)})
+        # Only now, with the new splits listed, the folders of splits the earlier save had
+        # and this one lacks go (datasets leaves them); a kill before this leaves a valid
+        # folder. Other files and folders are the user's and stay.
+        in_use = {os.path.abspath(f["filename"]) for ds in self.values() for f in ds.cache_files}
+        for name in old_splits:
+            folder = os.path.join(path, name)
+            if name in self or os.path.islink(folder) or not os.path.isdir(folder):
+                continue
+            if any(f.startswith(os.path.abspath(folder) + os.sep) for f in in_use):
+                continue  # a split saved now is still read from there: leave it
+            shutil.rmtree(folder)
 
     @staticmethod
     def load_from_disk(dataset_dict_path: str | os.PathLike, keep_in_memory: bool | None = None,
@@ -273,3 +286,16 @@ class DatasetDict(dict):
         from .hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+
+def _saved_splits(path: str) -> list[str]:
+    """The splits an earlier save_to_disk listed in `path`'s dataset_dict.json (none when
+    there is no readable one); names that aren't split names are never trusted as folders."""
+    try:
+        with open(os.path.join(path, "dataset_dict.json"), encoding="utf-8") as f:
+            splits = json.load(f).get("splits")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(splits, list):
+        return []
+    return [s for s in splits if isinstance(s, str) and _SPLIT_NAME.fullmatch(s)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # dtype strings whose Arrow name differs from `datasets`' name
 _DTYPE_TO_PA = {
@@ -380,6 +381,155 @@ def _needs_encoding(feature: FeatureType) -> bool:
     if isinstance(feature, (list, tuple)):
         return _needs_encoding(feature[0])
     return False
+
+
+def contains_class_label(feature: FeatureType) -> bool:
+    """Whether a (possibly nested) feature holds a ClassLabel anywhere."""
+    if isinstance(feature, ClassLabel):
+        return True
+    if isinstance(feature, dict):
+        return any(contains_class_label(f) for f in feature.values())
+    if isinstance(feature, (List, LargeList)):
+        return contains_class_label(feature.feature)
+    if isinstance(feature, (list, tuple)):
+        return contains_class_label(feature[0])
+    return False
+
+
+def cast_array_to_feature(array: pa.Array | pa.ChunkedArray, feature: FeatureType, column: str,
+                          source: str | None = None) -> pa.Array | pa.ChunkedArray:
+    """`array` as the Arrow type of `feature`, with ClassLabels encoded as datasets does.
+
+    A ClassLabel takes its names (exact, then with surrounding spaces stripped, then as
+    integer ids written as text), or ids checked against its range; this also applies inside
+    lists and structs. All of it is vectorised Arrow compute. `column` (and the file `source`)
+    name the data in errors, which are ValueErrors naming the bad value.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        target = get_nested_type(feature)
+        if array.type == target and not contains_class_label(feature):
+            return array
+        chunks = [_cast_array(chunk, feature, column, source) for chunk in array.chunks]
+        return pa.chunked_array(chunks, type=target)
+    return _cast_array(array, feature, column, source)
+
+
+def _where(column: str, source: str | None) -> str:
+    return f"column {column!r}" + (f" of {source}" if source else "")
+
+
+def _cast_array(array: pa.Array, feature: FeatureType, column: str,
+                source: str | None) -> pa.Array:
+    target = get_nested_type(feature)
+    if isinstance(feature, (list, tuple)):
+        feature = List(feature[0])
+    if isinstance(feature, ClassLabel):
+        return _class_label_ids(array, feature, column, source)
+    if contains_class_label(feature):  # rebuild the nesting around the encoded labels
+        if isinstance(feature, dict) and pa.types.is_struct(array.type) \
+                and {f.name for f in array.type} == set(feature):
+            children = dict(zip([f.name for f in array.type], array.flatten(), strict=True))
+            arrays = [_cast_array(children[key], sub, f"{column}.{key}", source)
+                      for key, sub in feature.items()]
+            mask = array.is_null() if array.null_count else None
+            return pa.StructArray.from_arrays(arrays, fields=list(target), mask=mask)
+        if isinstance(feature, (List, LargeList)) and (
+                pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+                or pa.types.is_fixed_size_list(array.type)):
+            return _cast_list(array, feature, target, column, source)
+    if array.type == target:
+        return array
+    try:
+        return array.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+        raise ValueError(f"Couldn't cast {_where(column, source)} from {array.type} to "
+                         f"{feature!r}: {err}") from None
+
+
+def _cast_list(array: pa.Array, feature: List | LargeList, target: pa.DataType, column: str,
+               source: str | None) -> pa.Array:
+    # the items are cast flat, then put back into lists of the same lengths
+    items = _cast_array(pc.list_flatten(array), feature.feature, f"{column}[]", source)
+    large = isinstance(feature, LargeList)
+    offset_type = pa.int64() if large else pa.int32()
+    lengths = pc.fill_null(pc.list_value_length(array), 0).cast(offset_type)
+    offsets = pa.concat_arrays([pa.array([0], offset_type),
+                                pc.cumulative_sum(lengths).cast(offset_type)])
+    mask = array.is_null() if array.null_count else None
+    lists = (pa.LargeListArray if large else pa.ListArray).from_arrays(offsets, items, mask=mask)
+    if lists.type == target:
+        return lists
+    try:  # List(..., length=n): a fixed-size list
+        return lists.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise ValueError(f"Couldn't cast {_where(column, source)} from {array.type} to "
+                         f"{feature!r}: {err}") from None
+
+
+def _class_label_ids(array: pa.Array, label: ClassLabel, column: str,
+                     source: str | None) -> pa.Array:
+    """Class ids of names (or of ids as text) or of integers, checked against the names."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) \
+            or pa.types.is_string_view(array.type):
+        return _class_ids_of_names(array, label, column, source)
+    try:
+        ids = array.cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+        raise ValueError(f"Couldn't cast {_where(column, source)} from {array.type} to "
+                         f"{label!r}: {err}") from None
+    bounds = pc.min_max(ids).as_py()
+    for bad in (bounds["min"], bounds["max"]):
+        if bad is not None and not -1 <= bad < label.num_classes:
+            raise ValueError(
+                f"Class label {bad} in {_where(column, source)} is out of range for "
+                f"{label!r}: ids are 0..{label.num_classes - 1}, or -1 for no label"
+            )
+    return ids
+
+
+def _class_ids_of_names(array: pa.Array, label: ClassLabel, column: str,
+                        source: str | None) -> pa.Array:
+    if pa.types.is_string_view(array.type):  # index_in has no string_view kernel
+        array = array.cast(pa.large_string())
+    names = pa.array(label.names, type=array.type)
+    ids = pc.index_in(array, value_set=names)
+    unknown = pc.and_(pc.is_null(ids), pc.is_valid(array))
+    if pc.any(unknown).as_py():  # as datasets: then the name without surrounding spaces
+        stripped = pc.utf8_trim_whitespace(array)
+        ids = pc.coalesce(ids, pc.index_in(stripped, value_set=names))
+        unknown = pc.and_(pc.is_null(ids), pc.is_valid(array))
+        if pc.any(unknown).as_py():  # then an id written as text, e.g. "1" in a CSV
+            digits = pc.match_substring_regex(stripped, r"^[+-]?[0-9]{1,18}$")
+            as_int = pc.if_else(digits, stripped, pa.scalar(None, array.type)).cast(pa.int64())
+            in_range = pc.and_(pc.greater_equal(as_int, -1),
+                               pc.less(as_int, label.num_classes))
+            ids = pc.coalesce(ids.cast(pa.int64()),
+                              pc.if_else(in_range, as_int, pa.scalar(None, pa.int64())))
+            unknown = pc.and_(pc.is_null(ids), pc.is_valid(array))
+            if pc.any(unknown).as_py():
+                bad = pc.unique(pc.filter(array, unknown)).to_pylist()
+                others = f" (and {len(bad) - 1} other unknown labels)" if len(bad) > 1 else ""
+                shown = label.names if len(label.names) <= 20 else [*label.names[:20], "..."]
+                raise ValueError(
+                    f"Invalid string class label {bad[0]!r} in {_where(column, source)}"
+                    f"{others}: the ClassLabel names are {shown}"
+                )
+    return ids.cast(pa.int64())
+
+
+def cast_table_to_features(table: pa.Table, features: Features,
+                           source: str | None = None) -> pa.Table:
+    """`table`'s columns in the order and types of `features` (see cast_array_to_feature);
+    columns whose type is already right are not copied."""
+    missing = [name for name in features if name not in table.column_names]
+    if missing:
+        raise ValueError(f"Columns {missing} of the features are missing from "
+                         f"{source or 'the data'} (its columns are {table.column_names})")
+    arrays = [cast_array_to_feature(table.column(name), features[name], name, source)
+              for name in features]
+    return pa.Table.from_arrays(arrays, schema=features.arrow_schema)
 
 
 class Features(dict):

@@ -136,10 +136,14 @@ class DatasetInfo:
         return DatasetInfo.from_dict(json.loads(json.dumps(self.to_dict())))
 
 
-def _is_serialised(features: dict) -> bool:
-    return all(isinstance(v, (dict, list)) for v in features.values()) and any(
-        isinstance(v, dict) and "_type" in v for v in features.values()
-    )
+def _is_serialised(features: Any) -> bool:
+    """Whether `features` is to_dict() output (plain JSON all the way down) rather than a dict
+    of feature objects; a struct's JSON has "_type" only at its leaves, so look at them all."""
+    if isinstance(features, dict):
+        return all(_is_serialised(v) for v in features.values())
+    if isinstance(features, (list, tuple)):
+        return all(_is_serialised(v) for v in features)
+    return features is None or isinstance(features, (str, int, float, bool))
 
 
 def write_json_atomic(path: str, obj: Any, indent: int | None = None) -> None:

@@ -16,15 +16,14 @@ import json
 import lzma
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from cove.datasets.features import Features
+from cove.datasets.features import Features, cast_array_to_feature, contains_class_label
 
 KINDS = ("csv", "json", "parquet", "text", "arrow")
 
@@ -110,7 +109,7 @@ def _text(file: BinaryIO, encoding: str, **kwargs: Any) -> Iterator[io.TextIOWra
 
 
 def cast_batch(batch: pa.RecordBatch, features: Features, name: str) -> pa.RecordBatch:
-    """`batch` with the columns, order and types of `features` (ClassLabel strings to ids)."""
+    """`batch` with the columns, order and types of `features` (ClassLabel names to ids)."""
     schema = features.arrow_schema
     have = set(batch.schema.names)
     if have != set(schema.names):
@@ -118,19 +117,8 @@ def cast_batch(batch: pa.RecordBatch, features: Features, name: str) -> pa.Recor
             f"Couldn't cast the data of {name} to the given features: the file has columns "
             f"{sorted(have)} but the features have {sorted(schema.names)}."
         )
-    arrays = []
-    for field in schema:
-        array = batch.column(field.name)
-        feature = features[field.name]
-        if hasattr(feature, "str2int") and (pa.types.is_string(array.type)
-                                            or pa.types.is_large_string(array.type)):
-            array = pa.array([None if v is None else feature.str2int(v)
-                              for v in array.to_pylist()], type=field.type)
-        try:
-            arrays.append(array.cast(field.type) if array.type != field.type else array)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise ValueError(f"Couldn't cast column {field.name!r} of {name} from {array.type} "
-                             f"to {field.type}: {e}") from None
+    arrays = [cast_array_to_feature(batch.column(field.name), features[field.name], field.name,
+                                    name) for field in schema]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -194,7 +182,7 @@ def _read_csv(file: BinaryIO, name: str, features: Features | None,
         convert_kwargs["include_columns"] = list(usecols)
     if features is not None:  # the features decide the types; ClassLabel columns stay text
         convert_kwargs["column_types"] = {
-            f.name: pa.string() if hasattr(features[f.name], "str2int") else f.type
+            f.name: pa.string() if contains_class_label(features[f.name]) else f.type
             for f in features.arrow_schema
         }
     start = file.tell()
@@ -292,10 +280,12 @@ def _read_json(file: BinaryIO, name: str, features: Features | None,
         blocks = _array_as_lines(file, name, encoding)
     else:
         blocks = _line_blocks(file, encoding, chunksize)
-    schema = None
-    if features is not None:  # ClassLabel columns are read as text, then encoded
-        schema = pa.schema([pa.field(f.name, pa.string()) if hasattr(features[f.name], "str2int")
-                            else f for f in features.arrow_schema])
+    schema = labels = None
+    if features is not None:
+        # columns holding ClassLabels are parsed as whatever they hold (names or ids) and
+        # encoded by cast_batch; the others are parsed straight to their type
+        labels = [name for name, feature in features.items() if contains_class_label(feature)]
+        schema = pa.schema([f for f in features.arrow_schema if f.name not in labels])
     line = 1
     for block in blocks:
         try:
@@ -308,7 +298,11 @@ def _read_json(file: BinaryIO, name: str, features: Features | None,
                     yield from _columns_table(whole, name).to_batches()
                     return
             raise _json_line_error(block, line, name, e) from None
-        if schema is None:
+        if labels is not None:  # a field no line has is null, as with the explicit schema
+            for column in labels:
+                if column not in table.column_names:
+                    table = table.append_column(column, pa.nulls(table.num_rows))
+        elif schema is None:
             schema = table.schema
         elif table.schema != schema:
             new = sorted(set(table.schema.names) - set(schema.names))

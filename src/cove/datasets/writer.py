@@ -1,15 +1,21 @@
 """Writing Arrow IPC stream files (the format of datasets' `*.arrow` cache and data files).
 
 Files are written to a temporary name in the target folder, fsynced and renamed, so a reader
-never sees a half-written file. The features go into the schema metadata under "huggingface"
-(as datasets does), so `Features.from_arrow_schema` restores ClassLabel names and the like.
+never sees a half-written file. A writer holds a lock on its temporary file, so the ones left
+by a killed process can be told apart and are swept the next time the folder is used. The
+features go into the schema metadata under "huggingface" (as datasets does), so
+`Features.from_arrow_schema` restores ClassLabel names and the like.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,14 +24,82 @@ import pyarrow as pa
 
 from .features import Features, get_nested_type
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so nothing is swept (see sweep_orphan_temp_files)
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+# the names mkstemp(prefix=".tmp-", suffix=".arrow") makes, and nothing else
+_TEMP_ARROW = re.compile(r"\.tmp-[a-z0-9_]{8}\.arrow")
+# a temp file this recent is never swept: it covers the instant between mkstemp and flock
+ORPHAN_MIN_AGE = 60.0
+
+
+def _locked_temp(folder: str, suffix: str) -> tuple[int, str]:
+    """A new temporary file in `folder` and a descriptor holding an exclusive flock on it,
+    to keep open until the file is renamed or removed (the lock marks its writer alive)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a filesystem without flock: the sweeper can't lock the file either, keeps it
+    return fd, tmp
+
+
+def sweep_orphan_temp_files(folder: str) -> list[str]:
+    """Remove the `.tmp-*.arrow` files in `folder` whose writer died; returns their paths.
+
+    A writer holds an exclusive flock on its temp file until the rename (`_locked_temp`), and
+    the kernel drops it when the process ends, even on SIGKILL: a temp file whose lock can be
+    taken belongs to nobody. flock, not fcntl/POSIX record locks: those don't conflict within
+    one process (a thread's load would sweep another thread's file) and are dropped when any
+    descriptor of the file closes. Without flock (Windows) a dead writer can't be told from a
+    live one, so nothing is removed. Errors (a read-only folder) leave files in place.
+    """
+    if fcntl is None:
+        return []
+    try:
+        names = [n for n in os.listdir(folder) if _TEMP_ARROW.fullmatch(n)]
+    except OSError:
+        return []
+    removed = []
+    now = time.time()
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # renamed into place meanwhile, or a link: not ours
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < ORPHAN_MIN_AGE:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            current = os.lstat(path)
+            # the name may have been renamed away and reused between our open and the lock
+            if (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(path)
+                removed.append(path)
+                logger.info("Removed %s, left by a writer that was killed", path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
 
 @contextmanager
 def atomic_file(target: str) -> Iterator[str]:
     """A temporary path next to `target` to write to; fsynced and renamed onto `target` when
     the block succeeds, removed when it fails (a reader never sees half a file)."""
     folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(target)[1])
-    os.close(fd)
+    lock_fd, tmp = _locked_temp(folder, os.path.splitext(target)[1])
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -38,6 +112,8 @@ def atomic_file(target: str) -> Iterator[str]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(lock_fd)
 
 
 # extra metadata key of cove's own cache files (the output column order of a map)
@@ -118,6 +194,7 @@ class ArrowWriter:
         self._writer: pa.RecordBatchStreamWriter | None = None
         self._sink = None
         self._tmp: str | None = None
+        self._lock_fd: int | None = None  # holds the temp file's flock while it is written
         self._batches: list[pa.RecordBatch] = []  # in-memory mode only
         self._current_features: Features | None = None
 
@@ -196,9 +273,9 @@ class ArrowWriter:
         if self.path is not None:
             folder = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(folder, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".arrow")
+            sweep_orphan_temp_files(folder)
+            self._lock_fd, self._tmp = _locked_temp(folder, ".arrow")
             self._sink = pa.OSFile(self._tmp, "wb")
-            os.close(fd)
             self._writer = pa.ipc.new_stream(self._sink, self._schema)
 
     def _conform(self, table: pa.Table) -> pa.Table:
@@ -249,6 +326,7 @@ class ArrowWriter:
             os.close(fd)
         os.replace(self._tmp, self.path)
         self._tmp = None
+        self._release_lock()
         return read_arrow_file(self.path)
 
     def abort(self) -> None:
@@ -262,6 +340,12 @@ class ArrowWriter:
         if self._tmp is not None and os.path.exists(self._tmp):
             os.unlink(self._tmp)
         self._tmp = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def read_arrow_file(path: str, in_memory: bool = False) -> pa.Table:
