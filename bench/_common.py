@@ -4,6 +4,10 @@ The rules (../shared/benchmarking.md): Cove and the reference alternate in the s
 at least 5 times; report min / median / max and the ratio of medians; print a 2048x2048 fp32
 matmul probe before and after, the thread count and library versions.
 
+Threads: the cores this process may run on (2 on the bench machines), or COVE_BENCH_THREADS;
+set here, before any benchmark imports torch, numpy or pyarrow, and inherited by the processes
+a benchmark starts. Every script imports this module first.
+
 A benchmark script exposes `main() -> list[Row]` and ends with `finish(main())`, which prints
 its table and one machine-readable line (ROWS_MARKER + JSON) that bench/run_all.py collects.
 """
@@ -11,6 +15,7 @@ its table and one machine-readable line (ROWS_MARKER + JSON) that bench/run_all.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -25,6 +30,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 ROWS_MARKER = "BENCH_ROWS_JSON: "
+
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+THREADS = int(os.environ.get("COVE_BENCH_THREADS") or _CORES or 1)
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
 
 
 def probe_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -59,14 +68,10 @@ def versions(*packages: str) -> str:
 
 
 def threads() -> int:
-    try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:
-        import os
-
-        return os.cpu_count() or 1
+    """The compute threads in use: torch's count where torch is loaded (it should be THREADS;
+    a difference shows a library that ignored the setting)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else THREADS
 
 
 def environment(*packages: str) -> str:

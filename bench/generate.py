@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Row, Stats, environment, finish, probe_gflops  # noqa: E402
+from _common import THREADS, Row, Stats, environment, finish, probe_gflops  # noqa: E402
 
 REPEATS = max(5, int(os.environ.get("COVE_BENCH_REPEATS", "5")))
 PROMPT = 256
@@ -66,6 +66,37 @@ def runs(models: dict, ids, mask) -> dict[str, tuple[list[float], list[float]]]:
     return out
 
 
+def reorder_row() -> Row:
+    """Beam search's per-step cache reorder, SmolLM2-135M's shapes (30 layers, 3 kv heads of
+    64), 4 beams, PROMPT positions filled of PROMPT + 256: ours in place over the filled
+    positions, against transformers' DynamicCache (which holds only the filled positions)."""
+    import torch
+    from transformers import DynamicCache
+
+    from cove.models.cache import KVCache
+
+    layers, beams, heads, dim, calls = 30, 4, 3, 64, 20
+    ours = KVCache(layers, beams, heads, dim, PROMPT + 256)
+    theirs = DynamicCache()
+    for layer in range(layers):
+        k = torch.randn(beams, heads, PROMPT, dim)
+        ours.update(layer, k, k)
+        theirs.update(k.clone(), k.clone(), layer)
+    index = torch.tensor([0, 0, 1, 2])  # a typical step: beam 0 continued twice, one dropped
+    reorders = {"cove": ours.reorder, "transformers": theirs.reorder_cache}
+    times: dict[str, list[float]] = {name: [] for name in reorders}
+    for _ in range(REPEATS):
+        for name, reorder in reorders.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                reorder(index)
+            times[name].append(calls / (time.perf_counter() - t))
+    return Row("generate", f"beam-search KV cache reorder, {beams} beams, {PROMPT} positions",
+               "reorders/s", Stats.of(times["cove"]), Stats.of(times["transformers"]),
+               "DynamicCache.reorder_cache", "",
+               "ours rewrites the moved rows in place; theirs copies every row anew")
+
+
 def llama_cpp_rows(batch_prompt: list[int]) -> list[Row]:
     try:
         from llama_cpp import Llama
@@ -73,8 +104,8 @@ def llama_cpp_rows(batch_prompt: list[int]) -> list[Row]:
         print("generate: llama-cpp-python is not installed: its rows are skipped "
               "(pip install llama-cpp-python builds llama.cpp from source).")
         return []
-    llm = Llama(model_path=str(GGUF), n_ctx=PROMPT + NEW + 8, n_threads=os.cpu_count() or 2,
-                verbose=False)
+    llm = Llama(model_path=str(GGUF), n_ctx=PROMPT + NEW + 8, n_threads=THREADS,
+                n_threads_batch=THREADS, verbose=False)
     times = []
     for _ in range(REPEATS):
         llm.reset()
@@ -137,6 +168,7 @@ def main() -> list[Row]:
                                 "tokens/s", prefill["cove"], prefill["transformers"],
                                 "transformers.generate", ">= 1.0" if batch == 1 else ""))
             del models
+        rows.append(reorder_row())
         rows += llama_cpp_rows(list(range(100, 100 + PROMPT)))
     print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
     return rows

@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROWS_MARKER, Row, table  # noqa: E402
+from _common import ROWS_MARKER, THREADS, Row, table  # noqa: E402
 
 
 def scripts(names: list[str]) -> list[Path]:
@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
         if status or not rows:
             failed.append(script.name)
     print()
-    print("Ratio table: medians [min..max] over the repeats, ratio of medians ours/theirs")
+    print("Ratio table: medians [min..max] over the repeats, ratio of medians ours/theirs, "
+          f"{THREADS} threads")
     print(table(all_rows) if all_rows else "(no rows)")
     if failed:
         print(f"failed: {', '.join(failed)}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -324,13 +326,18 @@ def chat(args) -> int:
         import readline  # noqa: F401  (line editing and history for input())
 
         print(f"cove chat: {args.model} on {device}. /reset clears the conversation, "
-              "/exit (or Ctrl-D) ends.", file=sys.stderr)
+              "/exit (or Ctrl-D) ends; Ctrl-C stops a reply.", file=sys.stderr)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    ctrl_c = _StopOnCtrlC()
     while True:
         try:
             line = input(">>> ") + "\n" if interactive else sys.stdin.readline()
         except EOFError:
             line = ""
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
+            if interactive:
+                print()
+            return 130
         if not line or line.strip() == "/exit":
             if interactive and not line:
                 print()
@@ -350,10 +357,61 @@ def chat(args) -> int:
             if limit is None or ids.shape[1] + args.max_new_tokens <= limit or len(history) < 3:
                 break
             history = history[2:]  # the oldest exchange goes, to fit the context
-        out = model.generate(ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                             streamer=streamer, **settings)
+        try:
+            with ctrl_c.armed():
+                out = model.generate(ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                                     streamer=streamer, stopping_criteria=[ctrl_c], **settings)
+        except KeyboardInterrupt:  # a second Ctrl-C before the reply stopped
+            print(flush=True)  # end the reply's line
+            return 130
         reply = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        if ctrl_c.pressed:
+            if interactive:
+                print("(reply stopped; Ctrl-C at the prompt ends the chat)", file=sys.stderr)
+            if not reply:  # stopped before its first word: the question goes too
+                history.pop()
+                continue
+        # A stopped reply stays as it was shown: the conversation is what the user saw.
         history.append({"role": "assistant", "content": reply})
+
+
+_CHAT_DESCRIPTION = (
+    "Chat with a causal LM: one user turn per line of stdin, each reply streamed to stdout (a "
+    "terminal gets a prompt and line editing). /reset clears the conversation; /exit or Ctrl-D "
+    "ends it. Ctrl-C during a reply stops it and returns to the prompt: the words shown so far "
+    "stay in the conversation as the assistant's answer (a reply stopped before its first word "
+    "is dropped, with its question). Ctrl-C at the prompt, or a second one before the reply "
+    "has stopped, ends the chat (exit status 130).")
+
+
+class _StopOnCtrlC:
+    """Ctrl-C during a reply: the first ends the reply at its next token (generate checks this
+    stopping criterion every step, so the reply and the model are left whole); a second one
+    before that raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.pressed, dtype=torch.bool,
+                          device=input_ids.device)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """Ctrl-C handled as above inside the block; as before it outside."""
+        self.pressed = False
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run_inputs(args) -> Iterator[str | dict]:
@@ -579,6 +637,7 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
     )),
     "chat": (chat, "chat with a causal LM: a user turn per line of stdin; /reset, /exit",
              lambda p: (
+        setattr(p, "description", _CHAT_DESCRIPTION),
         p.add_argument("model", metavar="MODEL", help="a folder, a Hub id, or a .gguf file"),
         p.add_argument("--gguf-file", help="the GGUF file to load in the MODEL folder or repo"),
         p.add_argument("--revision", help="branch, tag or commit (default: main)"),

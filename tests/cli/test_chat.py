@@ -2,15 +2,20 @@
 
 A tiny random Llama saved by transformers, with a word-level tokenizer built from a fixed
 vocabulary (so every reply is words on one line) and a ChatML chat template; then the real
-SmolLM2-135M-Instruct GGUF answering the France question.
+SmolLM2-135M-Instruct GGUF answering the France question. Ctrl-C is SIGINT sent to the process
+while it streams an endless reply (the same model, its special tokens suppressed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,131 @@ def test_smollm2_gguf_answers_paris(tmp_path):
     lines = ok(result)
     assert "Paris" in result.stdout, result.stdout
     assert lines[0].startswith("The capital of France is Paris"), lines
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def endless_chat(tiny_chat, tmp_path_factory) -> Path:
+    """tiny_chat whose replies never end (no special token can be generated) and may be long."""
+    folder = tmp_path_factory.mktemp("endless-chat") / "model"
+    shutil.copytree(tiny_chat, folder)
+    for name, changes in (("config.json", {"max_position_embeddings": 8192}),
+                          ("generation_config.json", {"suppress_tokens": list(range(len(SPECIAL)))})):
+        path = folder / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder
+
+
+class Output:
+    """A process's stdout, read by a thread as it comes."""
+
+    def __init__(self, stream) -> None:
+        self.text = ""
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        while chunk := os.read(stream.fileno(), 4096):
+            with self._changed:
+                self.text += chunk.decode()
+                self._changed.notify_all()
+
+    def wait(self, done, timeout: float = 120) -> str:
+        """Wait until done(text) holds; the text."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: done(self.text), timeout), self.text
+            return self.text
+
+
+def start_chat(*args) -> tuple[subprocess.Popen, Output]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "cove", "chat", *map(str, args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    return proc, Output(proc.stdout)
+
+
+def say(proc: subprocess.Popen, text: str) -> None:
+    proc.stdin.write(text.encode() + b"\n")
+    proc.stdin.flush()
+
+
+def words_after(lines: int, count: int):
+    """A condition on stdout: `count` words past its first `lines` lines."""
+    return lambda text: text.count("\n") >= lines and \
+        len(text.split("\n", lines)[-1].split()) >= count
+
+
+def greedy_reply(folder: Path, history: list[dict], new: int) -> list[str]:
+    from cove.models import AutoModelForCausalLM
+    from cove.tokenizers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template(history, add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=new, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split()
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(endless_chat):
+    proc, out = start_chat(endless_chat, "--max-new-tokens", 4000)
+    try:
+        say(proc, "hello")
+        out.wait(words_after(0, 3))  # the reply is streaming
+        proc.send_signal(signal.SIGINT)
+        first = out.wait(lambda text: text.count("\n") >= 1).split("\n")[0].split()
+        say(proc, "what is the capital of france")  # back at the prompt
+        out.wait(words_after(1, 3))
+        proc.send_signal(signal.SIGINT)
+        second = out.wait(lambda text: text.count("\n") >= 2).split("\n")[1].split()
+        time.sleep(0.5)  # (the process is back at the prompt, waiting on stdin)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C at the prompt ends the chat
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read().decode()
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert 3 <= len(first) < 4000 and 3 <= len(second) < 4000
+    # The stopped reply stayed in the conversation, as shown: the second reply is the one to
+    # the whole exchange (and not the one without it).
+    question = {"role": "user", "content": "what is the capital of france"}
+    history = [{"role": "user", "content": "hello"},
+               {"role": "assistant", "content": " ".join(first)}, question]
+    assert second == greedy_reply(endless_chat, history, len(second))
+    assert second != greedy_reply(endless_chat, [question], len(second))
+
+
+def test_two_quick_ctrl_c_end_the_chat(endless_chat):
+    proc, out = start_chat(endless_chat, "--max-new-tokens", 4000)
+    try:
+        say(proc, "hello")
+        out.wait(words_after(0, 3))
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)  # (two signals at once would be delivered as one)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert out.wait(lambda text: text.endswith("\n"), 10)  # the reply's line was ended
+
+
+def test_the_second_ctrl_c_during_a_reply_interrupts():
+    """In process: the first SIGINT only marks the reply stopped (generate then ends it at the
+    next token); a second one raises KeyboardInterrupt; outside, the handler is as it was."""
+    import torch
+
+    from cove.cli import _StopOnCtrlC
+
+    stop = _StopOnCtrlC()
+    before = signal.getsignal(signal.SIGINT)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(KeyboardInterrupt), stop.armed():
+        assert not stop(ids, None).any()
+        signal.raise_signal(signal.SIGINT)
+        assert stop.pressed and stop(ids, None).all()
+        signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    with stop.armed():
+        assert not stop.pressed  # each reply starts afresh

@@ -1,12 +1,17 @@
 """The key/value cache of decoder models: preallocated once, filled in place.
 
-Keys and values of every layer live in tensors of shape [batch, kv_heads, max_length, head_dim]
-allocated before generation starts, so decoding appends without reallocating or copying.
+Each layer's keys and values live in one tensor of shape [2, batch, kv_heads, max_length,
+head_dim] allocated before generation starts, so decoding appends without reallocating or
+copying.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
+
+_SPARE = -1  # in a row move: the copy set aside to break a cycle of rows
 
 
 class KVCache:
@@ -20,11 +25,22 @@ class KVCache:
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int,
                  max_length: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
-        shape = (batch_size, num_kv_heads, max_length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # A layer's keys and values share one tensor [2, batch, ...]: a beam-search reorder
+        # then moves a row of both with one copy.
+        shape = (2, batch_size, num_kv_heads, max_length, head_dim)
+        self._kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.lengths = [0] * num_layers
         self.max_length = max_length
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Each layer's key slots, [batch, kv_heads, max_length, head_dim] (views)."""
+        return [kv[0] for kv in self._kv]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Each layer's value slots, [batch, kv_heads, max_length, head_dim] (views)."""
+        return [kv[1] for kv in self._kv]
 
     @property
     def length(self) -> int:
@@ -41,18 +57,72 @@ class KVCache:
         if end > self.max_length:
             raise ValueError(f"The KV cache holds {self.max_length} positions; "
                              f"{end} were asked for. Allocate a larger cache.")
-        if self.keys[layer].device != k.device:
+        kv = self._kv[layer]
+        if kv.device != k.device:
             # a layer placed on another device (device_map): its slots move there, once
-            self.keys[layer] = self.keys[layer].to(k.device)
-            self.values[layer] = self.values[layer].to(k.device)
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
+            kv = self._kv[layer] = kv.to(k.device)
+        kv[0, :, :, start:end] = k
+        kv[1, :, :, start:end] = v
         self.lengths[layer] = end
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        return kv[0, :, :, :end], kv[1, :, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows `index` names, in that order (beam search)."""
-        for i in range(len(self.keys)):
-            rows = index.to(self.keys[i].device)  # layers may live on different devices
-            self.keys[i] = self.keys[i].index_select(0, rows)
-            self.values[i] = self.values[i].index_select(0, rows)
+        """Keep the batch rows `index` names, in that order (beam search).
+
+        With the row count unchanged (beam search), only the rows that change are rewritten,
+        in place, over the filled positions: beam search calls this every step, and copying
+        every allocated position of every layer then cost as much as the step's own work.
+        Another row count allocates slots for that many rows.
+        """
+        index = index.reshape(-1).long()
+        if index.numel() != self._kv[0].shape[1]:
+            self._resize(index)
+            return
+        rows = index.tolist()  # (beam search reads its scores on the host every step anyway)
+        if rows and not 0 <= min(rows) <= max(rows) < len(rows):
+            raise IndexError(f"reorder: row indices must lie in [0, {len(rows)}), got {rows}.")
+        moves = _row_moves(rows)
+        for kv, end in zip(self._kv, self.lengths, strict=True):
+            filled = kv[:, :, :, :end]
+            spare = None
+            for to, frm in moves:
+                if to == _SPARE:
+                    spare = filled[:, frm].clone()
+                else:
+                    filled[:, to].copy_(spare if frm == _SPARE else filled[:, frm])
+
+    def _resize(self, index: torch.Tensor) -> None:
+        for layer, (kv, end) in enumerate(zip(self._kv, self.lengths, strict=True)):
+            new = kv.new_zeros((2, index.numel(), *kv.shape[2:]))
+            # layers may live on different devices (device_map)
+            new[:, :, :, :end] = kv[:, :, :, :end].index_select(1, index.to(kv.device))
+            self._kv[layer] = new
+
+
+def _row_moves(index: list[int]) -> list[tuple[int, int]]:
+    """Row copies (to, from) that make row i hold what row index[i] held, in place.
+
+    Each row that changes is written once, after every copy that reads its old content; rows
+    that only read one another in a cycle (two beams swapping) go through one spare copy:
+    (_SPARE, row) sets it aside, (to, _SPARE) reads it back.
+    """
+    todo = {to: frm for to, frm in enumerate(index) if to != frm}
+    readers = Counter(todo.values())
+    ready = [to for to in todo if not readers[to]]
+    moves: list[tuple[int, int]] = []
+    while todo:
+        if not ready:  # only cycles are left: set one row aside, its readers read the copy
+            row = next(iter(todo))
+            moves.append((_SPARE, row))
+            for to, frm in todo.items():
+                if frm == row:
+                    todo[to] = _SPARE
+            readers[row] = 0
+            ready.append(row)
+        to = ready.pop()
+        frm = todo.pop(to)
+        moves.append((to, frm))
+        readers[frm] -= 1
+        if frm in todo and not readers[frm]:
+            ready.append(frm)
+    return moves
