@@ -462,3 +462,20 @@ def test_combining_keeps_a_common_format():
                 a.add_item({"x": 5}).format["type"], type(a.add_item({"x": 5})[2]["x"]).__name__]
 
     assert formats(cds) == formats(hf)
+
+
+def test_tokenizer_columns_stored_in_small_ints():
+    """input_ids as int32 and the masks as int8 when their type is inferred and they fit, as
+    `datasets` stores them; nested lists, kept features and values out of range stay int64."""
+    rows = {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]], "labels": [1, 2],
+            "token_type_ids": [[0, 300], [0]]}
+
+    def add(b):
+        return {"special_tokens_mask": [[0] * len(x) for x in b["input_ids"]],
+                "input_ids": [[[1]] for _ in b["input_ids"]]}
+
+    ours, theirs = Dataset.from_dict(rows), hf.Dataset.from_dict(rows)
+    assert repr(ours.features) == repr(theirs.features)
+    assert repr(ours.map(add, batched=True).features) == repr(theirs.map(add, batched=True).features)
+    assert ours.features["input_ids"] == List(Value("int32"))
+    assert ours.features["token_type_ids"] == List(Value("int64"))  # 300 does not fit int8

@@ -134,6 +134,29 @@ def to_arrow_array(values: Any, pa_type: pa.DataType | None = None) -> pa.Array:
     return pa.array(values, type=pa_type)
 
 
+# Tokenizer outputs take far less room in small integers (input ids fit 32 bits, masks 8), as
+# `datasets` stores them: a column of these names whose type is inferred (no feature given or
+# kept) becomes this type when its values are int64 or a list of int64 and fit.
+SMALL_INT_COLUMNS = {"input_ids": pa.int32(), "attention_mask": pa.int8(),
+                     "special_tokens_mask": pa.int8(), "token_type_ids": pa.int8()}
+
+
+def _small_ints(name: str, array: pa.Array) -> pa.Array:
+    small = SMALL_INT_COLUMNS.get(name)
+    if small is None:
+        return array
+    if pa.types.is_int64(array.type):
+        target = small
+    elif pa.types.is_list(array.type) and pa.types.is_int64(array.type.value_type):
+        target = pa.list_(small)
+    else:
+        return array
+    try:
+        return array.cast(target)  # a safe cast: values out of range keep int64
+    except pa.ArrowInvalid:
+        return array
+
+
 def _plain(value: Any) -> Any:
     # torch tensors (and anything with .numpy()) -> numpy, without importing torch
     if hasattr(value, "detach") and hasattr(value, "numpy"):
@@ -244,7 +267,9 @@ class ArrowWriter:
             if wanted is not None and pa.types.is_null(wanted) and self._schema is not None:
                 wanted = None  # checked in _conform, with an explanation
             try:
-                arrays.append(to_arrow_array(values, wanted))
+                array = to_arrow_array(values, wanted)
+                arrays.append(array if wanted is not None or self._schema is not None
+                              else _small_ints(name, array))
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as err:
                 raise TypeError(
                     f"Couldn't convert column {name!r} to Arrow"

@@ -1221,8 +1221,10 @@ class TokenizersBackend:
     def save_pretrained(self, save_directory: str | os.PathLike, legacy_format: bool | None = None,
                         filename_prefix: str | None = None, push_to_hub: bool = False,
                         **kwargs: Any) -> tuple[str, ...] | None:
-        """Write tokenizer_config.json, special_tokens_map.json, tokenizer.json (and the chat
-        templates as .jinja files) into `save_directory`; transformers loads the result."""
+        """Write tokenizer_config.json (special tokens included), tokenizer.json and the chat
+        templates as .jinja files into `save_directory`, as transformers 5 does (no
+        special_tokens_map.json); transformers loads the result. Returns the files' paths,
+        joined to `save_directory` as given."""
         if os.path.isfile(save_directory):
             logger.error(f"Provided path ({save_directory}) should be a directory, not a file")
             return None
@@ -1232,7 +1234,7 @@ class TokenizersBackend:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         prefix = f"{filename_prefix}-" if filename_prefix else ""
-        config_file = directory / f"{prefix}{TOKENIZER_CONFIG_FILE}"
+        config_file = os.path.join(save_directory, f"{prefix}{TOKENIZER_CONFIG_FILE}")
 
         config = copy.deepcopy(self.init_kwargs)
         for key in ("add_bos_token", "add_eos_token"):
@@ -1246,11 +1248,11 @@ class TokenizersBackend:
         config.update(self.special_tokens_map)
         if self._extra_special_tokens:
             config["extra_special_tokens"] = self.extra_special_tokens
-        files: list[str] = [str(config_file)]
+        files: list[str] = [config_file]
         config.pop("chat_template", None)
         if self.chat_template is not None:
             if kwargs.get("save_jinja_files", True):
-                files += self._save_chat_templates(directory, prefix)
+                files += self._save_chat_templates(save_directory, prefix)
             elif isinstance(self.chat_template, dict):
                 config["chat_template"] = [{"name": k, "template": v}
                                            for k, v in self.chat_template.items()]
@@ -1267,26 +1269,18 @@ class TokenizersBackend:
             config.pop(key, None)
         config = _saved_value(config)
         config["tokenizer_class"] = self.saved_class_name
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False)
-                               + "\n", encoding="utf-8")
+        Path(config_file).write_text(json.dumps(config, indent=2, sort_keys=True,
+                                                ensure_ascii=False) + "\n", encoding="utf-8")
 
-        special_map: dict[str, Any] = dict(self.special_tokens_map)
-        if self._extra_special_tokens:
-            special_map["additional_special_tokens"] = self.extra_special_tokens
-        special_file = directory / f"{prefix}{SPECIAL_TOKENS_MAP_FILE}"
-        special_file.write_text(json.dumps(special_map, indent=2, sort_keys=True,
-                                           ensure_ascii=False) + "\n", encoding="utf-8")
-        files.append(str(special_file))
-
-        tokenizer_file = directory / f"{prefix}{TOKENIZER_FILE}"
+        tokenizer_file = os.path.join(save_directory, f"{prefix}{TOKENIZER_FILE}")
         with self._lock:  # saved with the truncation/padding it was loaded with
             truncation, padding = self._tokenizer.truncation, self._tokenizer.padding
             self._restore(self._json_truncation, self._json_padding)
             try:
-                self._tokenizer.save(str(tokenizer_file))
+                self._tokenizer.save(tokenizer_file)
             finally:
                 self._restore(truncation, padding)
-        files.append(str(tokenizer_file))
+        files.append(tokenizer_file)
 
         if push_to_hub:
             self._push_folder(directory, kwargs)
@@ -1307,21 +1301,21 @@ class TokenizersBackend:
                 pad_type_id=padding["pad_type_id"], pad_token=padding["pad_token"],
                 length=length, pad_to_multiple_of=padding.get("pad_to_multiple_of"))
 
-    def _save_chat_templates(self, directory: Path, prefix: str) -> list[str]:
+    def _save_chat_templates(self, directory: str | os.PathLike, prefix: str) -> list[str]:
         written = []
         templates = (self.chat_template if isinstance(self.chat_template, dict)
                      else {"default": self.chat_template})
         for name, template in templates.items():
             if name == "default":
-                path = directory / f"{prefix}{CHAT_TEMPLATE_FILE}"
+                path = os.path.join(directory, f"{prefix}{CHAT_TEMPLATE_FILE}")
             else:
-                folder = directory / f"{prefix}{CHAT_TEMPLATE_DIR}"
-                folder.mkdir(exist_ok=True)
-                path = folder / f"{name}.jinja"
-                if path.resolve().parent != folder.resolve():
+                folder = os.path.join(directory, f"{prefix}{CHAT_TEMPLATE_DIR}")
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, f"{name}.jinja")
+                if Path(path).resolve().parent != Path(folder).resolve():
                     raise ValueError(f"Invalid chat template name: {name!r}")
-            path.write_text(template, encoding="utf-8")
-            written.append(str(path))
+            Path(path).write_text(template, encoding="utf-8")
+            written.append(path)
         return written
 
     def _push_folder(self, directory: Path, kwargs: dict[str, Any]) -> Any:
