@@ -57,14 +57,12 @@ def train_tokenizer() -> Tokenizer:
     return tok
 
 
-@pytest.fixture(scope="session")
-def decoders_(tmp_path_factory) -> dict[str, Path]:
+def build_decoders(root: Path, kinds=("llama", "smollm3", "gpt2")) -> dict[str, Path]:
     """Folders "llama", "smollm3" and "gpt2": model, tokenizer.json, tokenizer_config.json."""
-    root = tmp_path_factory.mktemp("text-generation")
     trained = train_tokenizer().to_str()
     ids = {s: Tokenizer.from_str(trained).token_to_id(s) for s in SPECIAL}
     out = {}
-    for kind in ("llama", "smollm3", "gpt2"):
+    for kind in kinds:
         folder = root / kind
         folder.mkdir()
         tok = Tokenizer.from_str(trained)
@@ -95,6 +93,11 @@ def decoders_(tmp_path_factory) -> dict[str, Path]:
         randomize(model, seed=3).save_pretrained(folder)
         out[kind] = folder
     return out
+
+
+@pytest.fixture(scope="session")
+def decoders_(tmp_path_factory) -> dict[str, Path]:
+    return build_decoders(tmp_path_factory.mktemp("text-generation"))
 
 
 def pair(folder: Path, **kwargs):

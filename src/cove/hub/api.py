@@ -247,9 +247,13 @@ class CommitInfo(str):
         self.oid = oid
         self.pr_url = pr_url
         self.repo_url = RepoUrl(commit_url.split("/commit/")[0], endpoint=endpoint)
+        self.pr_revision: str | None = None  # no pull requests on Cove yet
+        self.pr_num: int | None = None
 
-    def __repr__(self) -> str:
-        return f"CommitInfo(commit_url={self.commit_url!r}, oid={self.oid!r})"
+    def __repr__(self) -> str:  # huggingface_hub's dataclass repr, field for field
+        fields = ("commit_url", "commit_message", "commit_description", "oid", "pr_url",
+                  "repo_url", "pr_revision", "pr_num")
+        return f"CommitInfo({', '.join(f'{f}={getattr(self, f)!r}' for f in fields)})"
 
 
 @dataclass

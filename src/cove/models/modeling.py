@@ -309,12 +309,19 @@ class PreTrainedModel(nn.Module):
         tied = set(self.active_ties())
         return {k: v.detach() for k, v in state.items() if k in persistent and k not in tied}
 
-    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload model",
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None,
                     private: bool | None = None, token: str | None = None,
                     revision: str | None = None, endpoint: str | None = None,
                     max_shard_size: int | str = ckpt.DEFAULT_SHARD_SIZE) -> str:
-        """Save to a temp folder and upload it as one commit; returns the commit URL."""
+        """Save to a temp folder and upload it as one commit; returns the commit URL.
+
+        The default message is transformers': "Upload model" for a class named ...Model...,
+        else "Upload <class name>"."""
         from cove.hub import HubApi
+
+        if commit_message is None:
+            name = type(self).__name__
+            commit_message = "Upload model" if "Model" in name else f"Upload {name}"
 
         api = HubApi(endpoint=endpoint, token=token)
         api.create_repo(repo_id, private=bool(private), exist_ok=True)
