@@ -12,7 +12,7 @@ def test_good_paths(path):
 
 @pytest.mark.parametrize(
     "path", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", ".git/config",
-             "sub/.git/HEAD", "a\\b", "a/"]
+             "sub/.git/HEAD", "a\\b", "a/", "a\nb", "a\x7fb"]
 )
 def test_bad_paths_rejected(path):
     with pytest.raises(HubError) as e:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cove.server import openapi
 from cove.server.config import Settings
-from cove.server.errors import HubError, error_response
+from cove.server.errors import HubError, error_response, validation_message
 from cove.server.hub import Hub
 from cove.server.routing import RawPathMiddleware
 
 
 def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
+    """The Hub's ASGI application on `settings` (or on an existing `hub`)."""
     hub = hub or Hub(settings)
 
     @asynccontextmanager
@@ -23,8 +26,17 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
         yield
 
     app = FastAPI(
-        title="Cove Hub", lifespan=lifespan, docs_url="/api/docs", redoc_url=None,
-        openapi_url="/api/openapi.json",
+        title="Cove Hub",
+        description="A self-hosted Hugging Face Hub: the HF Hub HTTP protocol, as the "
+        "`huggingface_hub` client speaks it. Every error carries `X-Error-Code`.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url=None,  # served by openapi.install, from local assets
+        redoc_url=None,
+        # JSON bodies are read whatever their content type, as before FastAPI parsed them.
+        strict_content_type=False,
+        # Operation ids are the route names (one method per route), for client generators.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.hub = hub
 
@@ -34,16 +46,26 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
-        return error_response(HubError(exc.status_code, code, str(exc.detail)))
+        # The status's name as the code: BadRequest, NotFound, MethodNotAllowed, ...
+        phrase = next((s.phrase for s in HTTPStatus if s == exc.status_code), "HTTP Error")
+        code = phrase.replace(" ", "").replace("-", "")
+        # Keep the exception's own headers: a 405 names the Allowed methods.
+        headers = dict(exc.headers or {})
+        return error_response(HubError(exc.status_code, code, str(exc.detail), headers=headers))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return error_response(HubError(400, "BadRequest", f"Invalid request: {exc.errors()}"))
+        return error_response(HubError(400, "BadRequest", validation_message(exc.errors())))
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):
+        # Starlette logs the traceback after this answer; the client still gets the headers.
+        return error_response(HubError(500, "InternalError", "Internal server error."))
 
     from cove.server.routers import accounts, files, lfs, refs, repos, tree, upload
 
     for module in (accounts, repos, refs, tree, upload, lfs, files):
         app.include_router(module.router)
+    openapi.install(app)
     app.add_middleware(RawPathMiddleware)
     return app

@@ -3,15 +3,80 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import Path, Query, Request
+from pydantic import BaseModel, field_validator
 
 from cove.server import errors
 from cove.server.db import Repository
 from cove.server.gitrepo import Entry
 from cove.server.hub import REPO_TYPES, URL_PREFIX, Hub, Principal
 from cove.server.routing import unslash
+
+# Path and query parameters as the routes declare them, so that /openapi.json describes them.
+RepoTypeParam = Annotated[
+    Literal["models", "datasets", "spaces"], Path(description="The kind of repository.")
+]
+RepoIdParam = Annotated[
+    str,
+    Path(
+        description="`namespace/name`, or a bare `name`; the slash as-is or percent-encoded.",
+        pattern=r"^[^/]+(/[^/]+)?$",
+        examples=["alice/my-model"],
+    ),
+]
+RevisionParam = Annotated[
+    str,
+    Path(
+        description="A branch, tag, `refs/...` name or 40-hex commit id, percent-encoded "
+        "with no safe characters (`refs%2Fpr%2F1`).",
+        examples=["main"],
+    ),
+]
+RepoPathParam = Annotated[
+    str, Path(description="A path in the repository, slashes kept.", examples=["config.json"])
+]
+# Far past any listing, yet offset + page stays within SQL's BIGINT and Python's islice
+# (sys.maxsize): beyond those a cursor failed in the database or in itertools, a 500.
+MAX_CURSOR = 2**62
+CursorParam = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_CURSOR, description="Where the page starts (from the `Link` header)."),
+]
+
+
+class RequestBody(BaseModel):
+    """Base of the JSON request bodies: text must be storable.
+
+    Python's JSON parser lets lone surrogates (`"\\ud800"`) through, and they fail later, at
+    the first `.encode()` in git or SQL; refused here, they are a clear 400.
+    """
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        for text in _strings(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"invalid text {text!r}: lone surrogate") from None
+        return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
 
 
 def hub_of(request: Request) -> Hub:
@@ -43,7 +108,8 @@ def load_repo(
     who = principal(request)
     rtype = REPO_TYPES.get(plural_or_type, plural_or_type)
     with hub.session() as s:
-        repo = hub.find_repo(s, rtype, repo_id, who, write=write)
+        # Generated clients percent-encode the id's slash, which routing turns into NUL.
+        repo = hub.find_repo(s, rtype, unslash(repo_id), who, write=write)
     return repo, who
 
 
@@ -56,9 +122,10 @@ def resolve_revision(git, repo: Repository, revision: str) -> str:
 
 
 def clean_path(path: str) -> str:
-    """A repository path, refusing traversal, absolute paths and anything under .git."""
+    """A repository path, refusing traversal, absolute paths, control characters and
+    anything under .git."""
     path = unslash(path)
-    if not path or "\x00" in path or "\\" in path:
+    if not path or "\\" in path or any(c < " " or c == "\x7f" for c in path):
         raise errors.bad_request(f"Invalid path {path!r}", code="InvalidPath")
     if path.startswith("/"):
         raise errors.bad_request(f"Invalid path {path!r}: absolute paths are not allowed",
@@ -84,6 +151,19 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def next_page(request: Request, key: str, value: int) -> str:
+    """The `Link` header to the next page: this request's URL with `key=value`.
+
+    Built from the raw path: the routed one holds NUL for each encoded slash (`routing`),
+    which is no valid header character.
+    """
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.split(b"?", 1)[0].decode("latin-1")
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != key]
+    params.append((key, str(value)))
+    return f'<{base_url(request)}{path}?{urlencode(params)}>; rel="next"'
+
+
 def tree_entry_json(e: Entry) -> dict:
     out = {"type": e.type, "oid": e.oid, "size": e.size, "path": e.path}
     if e.lfs:
@@ -99,8 +179,3 @@ def sibling_json(e: Entry, blobs: bool) -> dict:
         if e.lfs:
             out["lfs"] = {"size": e.lfs.size, "sha256": e.lfs.oid, "pointerSize": e.lfs.pointer_size}
     return out
-
-
-def truthy(value: str | None) -> bool:
-    """Boolean query flags arrive as true/True/1 depending on the client's HTTP library."""
-    return value is not None and value.lower() in ("1", "true", "yes", "on")

@@ -6,6 +6,8 @@ header turns a clear "file not found" into a vague connection error in transform
 
 from __future__ import annotations
 
+import re
+
 
 class HubError(Exception):
     """An error answered to the client as JSON with the Hub's error headers."""
@@ -63,15 +65,31 @@ def conflict(message: str, code: str = "Conflict", extra: dict | None = None) ->
     return HubError(409, code, message, extra=extra)
 
 
+def validation_message(problems: list[dict], prefix: str = "Invalid request") -> str:
+    """`where: what` for each of pydantic's `problems`, without the input (it may be a
+    whole body, or bytes)."""
+    parts = []
+    for err in problems:
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", "invalid"))
+    return f"{prefix}: " + "; ".join(parts)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_safe(text: str) -> str:
+    """`text` as one latin-1 header line: messages quote user input (paths, revisions), and
+    a CR, NUL or non-latin-1 character in a header would make the server drop the answer."""
+    return _CONTROL.sub(" ", text).encode("latin-1", "replace").decode("latin-1")
+
+
 def error_response(err: HubError):
     from fastapi.responses import JSONResponse
 
     headers = {
         "X-Error-Code": err.code,
-        # Header values must be one latin-1 line.
-        "X-Error-Message": err.message.replace("\n", " ")
-        .encode("latin-1", "replace")
-        .decode("latin-1"),
+        "X-Error-Message": header_safe(err.message),
         **err.headers,
     }
     body = {"error": err.message, **err.extra}

@@ -65,6 +65,10 @@ class RefConflict(Exception):
     """The branch moved since the commit the writer based its change on."""
 
 
+class PathConflict(ValueError):
+    """A commit would put a file under a file, or a file where a folder is."""
+
+
 class GitRepo:
     """One bare repository on disk."""
 
@@ -219,7 +223,13 @@ class GitRepo:
                 blob = Blob.from_string(content)
                 self.store.add_object(blob)
                 tree_changes.append((path.encode(), FILE_MODE, blob.id))
-        tree_changes = [c for c in tree_changes if c[2] is not None or _has(self, base_tree, c[0])]
+        base = _TreeView(self, base_tree)
+        tree_changes = [c for c in tree_changes if c[2] is not None or base.get(c[0])]
+        # dulwich fails on a file under a file (a bare assert) and, given a file over a
+        # folder, silently drops the folder's files: both are refused first.
+        conflict = _path_conflict(base, tree_changes)
+        if conflict:
+            raise PathConflict(conflict)
         tree_id = commit_tree_changes(self.store, base_tree.copy(), tree_changes)
 
         c = Commit()
@@ -257,18 +267,54 @@ class GitRepo:
             raise RefConflict(name)
 
 
-def _has(repo: GitRepo, tree: Tree, path: bytes) -> bool:
-    """Whether `path` exists in `tree` (deleting a missing path is a no-op, not an error)."""
-    obj = tree
-    for part in path.split(b"/"):
-        if not isinstance(obj, Tree):
-            return False
-        try:
-            _, sha = obj[part]
-        except KeyError:
-            return False
-        obj = repo.store[sha]
-    return True
+class _TreeView:
+    """Lookups by path in one tree, each folder read once: a commit may name many files."""
+
+    def __init__(self, repo: GitRepo, root: Tree) -> None:
+        self.store = repo.store
+        self._trees: dict[bytes, Tree | None] = {b"": root}
+        self._entries: dict[bytes, tuple[int, bytes] | None] = {}
+
+    def get(self, path: bytes) -> tuple[int, bytes] | None:
+        """(mode, sha) of the file or folder at `path`, or None when there is none."""
+        if path not in self._entries:
+            parent, _, name = path.rpartition(b"/")
+            tree = self.tree(parent)
+            found = None
+            if tree is not None:
+                try:
+                    found = tree[name]
+                except KeyError:
+                    pass
+            self._entries[path] = found
+        return self._entries[path]
+
+    def tree(self, path: bytes) -> Tree | None:
+        """The folder at `path`, or None when it is missing or a file."""
+        if path not in self._trees:
+            found = self.get(path)
+            is_dir = found is not None and stat.S_ISDIR(found[0])
+            self._trees[path] = self.store[found[1]] if is_dir else None
+        return self._trees[path]
+
+
+def _path_conflict(
+    base: _TreeView, changes: list[tuple[bytes, int | None, bytes | None]]
+) -> str | None:
+    """Why `changes` cannot apply to `base`, or None: a path is a file or a folder, not both."""
+    removed = {path for path, _, sha in changes if sha is None}
+    added = {path for path, _, sha in changes if sha is not None}
+    for path in sorted(added):
+        parts = path.split(b"/")
+        for i in range(1, len(parts)):
+            parent = b"/".join(parts[:i])
+            found = None if parent in removed else base.get(parent)
+            if parent in added or (found and not stat.S_ISDIR(found[0])):
+                return f"{path.decode()} cannot be added: {parent.decode()} is a file"
+        # Even a folder this commit empties: dulwich cannot swap one for a file in one go.
+        if base.tree(path) is not None:
+            return f"{path.decode()} cannot be added: it is a folder"
+    return None
 
 
 def _blob_facts(store, sha: bytes) -> tuple[int, LfsInfo | None]:

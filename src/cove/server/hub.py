@@ -37,7 +37,7 @@ from cove.server.db import (
     make_sessionmaker,
     utcnow,
 )
-from cove.server.gitrepo import GitRepo, RefConflict
+from cove.server.gitrepo import GitRepo, PathConflict, RefConflict
 from cove.server.storage import LocalObjectStore, ObjectStore
 
 log = logging.getLogger("cove.server")
@@ -272,6 +272,8 @@ class Hub:
                     sha = git.write_commit(
                         branch, changes, deleted_folders, message, self.author(who), parent
                     )
+                except PathConflict as e:
+                    raise errors.conflict(f"{e} (in {repo.repo_id}@{branch}).") from None
                 except RefConflict:
                     since = f" since {parent}: the parent commit is stale" if parent else ""
                     raise errors.HubError(

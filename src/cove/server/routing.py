@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
 from starlette.convertors import Convertor, register_url_convertor
@@ -18,17 +19,25 @@ def unslash(value: str) -> str:
     return value.replace(ENCODED_SLASH, "/")
 
 
+# Percent-encoded control characters. In a path they are refused: no repository name, file
+# path or revision holds one, and Starlette's `{x:path}` would not even match a newline (a
+# misleading 404). In a query only NUL is (SQL text cannot hold it).
+_PATH_CONTROL = re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF])")
+
+
 class RawPathMiddleware:
+    """Routes on the raw path: `%2F` survives as NUL (see `unslash`); refuses control
+    characters in the URL with a Hub error before any routing."""
+
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("raw_path"):
             raw = scope["raw_path"].split(b"?", 1)[0]
-            if b"%00" in raw:
-                await error_response(HubError(400, "BadRequest", "NUL in the path"))(
-                    scope, receive, send
-                )
+            if _PATH_CONTROL.search(raw) or b"%00" in scope.get("query_string", b""):
+                error = HubError(400, "BadRequest", "Control character (such as NUL) in the URL")
+                await error_response(error)(scope, receive, send)
                 return
             raw = raw.replace(b"%2F", b"%00").replace(b"%2f", b"%00")
             scope = dict(scope, path=unquote_to_bytes(raw).decode("utf-8", "replace"))

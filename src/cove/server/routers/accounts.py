@@ -1,15 +1,17 @@
-"""Who am I: `GET /api/whoami-v2`."""
+"""Who am I: `GET /api/whoami-v2`; and the clients' telemetry pings."""
 
 from fastapi import APIRouter, Request
 
 from cove.server import errors
 from cove.server.deps import iso, principal
+from cove.server.openapi import NO_TOKEN, error_responses
 
 router = APIRouter()
 
 
-@router.get("/api/whoami-v2")
+@router.get("/api/whoami-v2", responses=error_responses(401))
 def whoami(request: Request) -> dict:
+    """The token's account, organisations and role."""
     who = principal(request)
     if who is None:
         raise errors.unauthorized("You must be authenticated: pass a token in Authorization.")
@@ -33,6 +35,14 @@ def whoami(request: Request) -> dict:
     }
 
 
-@router.api_route("/api/telemetry/{rest:path}", methods=["GET", "HEAD", "POST"])
 def telemetry(rest: str) -> dict:
-    return {}  # fire-and-forget pings from the clients; nothing is recorded
+    """Fire-and-forget pings from the clients: answered, nothing recorded."""
+    return {}
+
+
+for _method in ("GET", "HEAD", "POST"):  # one route per method: one operation id each
+    router.add_api_route(
+        "/api/telemetry/{rest:path}", telemetry, methods=[_method],
+        name=f"telemetry_{_method.lower()}", responses=error_responses(),
+        openapi_extra=NO_TOKEN,
+    )

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import mimetypes
 import re
+from typing import Annotated
 from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from starlette.responses import StreamingResponse
 
 from cove.server import errors
-from cove.server.deps import clean_path, hub_of, load_repo, resolve_revision
+from cove.server.deps import (
+    RepoIdParam,
+    RepoPathParam,
+    RevisionParam,
+    clean_path,
+    hub_of,
+    load_repo,
+    resolve_revision,
+)
+from cove.server.openapi import error_responses
 
 router = APIRouter()
 
@@ -40,14 +50,30 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _resolve_kind(prefix: str):
-    async def resolve(request: Request, repo_id: str, revision: str, path: str) -> Response:
-        return await _resolve(request, prefix, repo_id, revision, path)
+RangeHeader = Annotated[
+    str | None,
+    Header(alias="Range",
+           description="`bytes=a-b`, `bytes=a-` or `bytes=-n`: one range, answered with 206."),
+]
+
+
+def _resolve_kind(rtype: str):
+    async def resolve(
+        request: Request,
+        repo_id: RepoIdParam,
+        revision: RevisionParam,
+        path: RepoPathParam,
+        range_: RangeHeader = None,
+    ) -> Response:
+        """A file's bytes (GET) or only its headers (HEAD), at a revision."""
+        return await _resolve(request, rtype, repo_id, revision, path, range_)
 
     return resolve
 
 
-async def _resolve(request: Request, rtype: str, repo_id: str, revision: str, path: str):
+async def _resolve(
+    request: Request, rtype: str, repo_id: str, revision: str, path: str, range_: str | None
+) -> Response:
     hub = hub_of(request)
     path = clean_path(path)
 
@@ -88,7 +114,7 @@ async def _resolve(request: Request, rtype: str, repo_id: str, revision: str, pa
                 500, "LfsObjectMissing",
                 f"The LFS object of {path} ({entry.lfs.oid}) is missing from storage.",
             )
-    rng = _parse_range(request.headers.get("range"), size)
+    rng = _parse_range(range_, size)
     start, end = rng if rng else (0, size - 1)
     length = end - start + 1 if size else 0
     headers["Content-Length"] = str(length)
@@ -122,13 +148,36 @@ async def file_stream(opener, start: int, length: int):
         f.close()
 
 
+_FILE_HEADERS = {
+    name: {"description": meaning, "schema": {"type": "string"}}
+    for name, meaning in (
+        ("X-Repo-Commit", "The 40-hex commit the revision resolved to."),
+        ("ETag", "The git blob sha1, or the sha256 of an LFS file."),
+        ("X-Linked-Etag", "As ETag."),
+        ("X-Linked-Size", "The file's size in bytes."),
+        ("Accept-Ranges", "`bytes`."),
+        ("Content-Length", "The size of the answered bytes."),
+    )
+}
+_FILE = {"schema": {"type": "string", "format": "binary"}}
+_RESOLVE_RESPONSES = {
+    200: {"description": "The file (no body for HEAD).", "content": {"*/*": _FILE},
+          "headers": _FILE_HEADERS},
+    206: {"description": "The requested range of the file.", "content": {"*/*": _FILE},
+          "headers": {**_FILE_HEADERS, "Content-Range": {"schema": {"type": "string"}}}},
+    **error_responses(401, 404, 416, 500),
+}
+
 # Datasets and spaces first: "/datasets/x/resolve/..." must not be read as the model "datasets/x".
 for _prefix, _kind in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
-    router.add_api_route(
-        _prefix + "/{repo_id:repo}/resolve/{revision}/{path:path}",
-        _resolve_kind(_kind),
-        methods=["GET", "HEAD"],
-        name=f"resolve_{_kind}",
-    )
+    for _method in ("GET", "HEAD"):  # one route per method: one operation id each
+        router.add_api_route(
+            _prefix + "/{repo_id:repo}/resolve/{revision}/{path:path}",
+            _resolve_kind(_kind),
+            methods=[_method],
+            name=f"resolve_{_kind}_{_method.lower()}",
+            response_class=Response,
+            responses=_RESOLVE_RESPONSES,
+        )
 
 

@@ -10,14 +10,16 @@ import hashlib
 import hmac
 import json
 import time
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from starlette.responses import StreamingResponse
 
 from cove.server import errors
-from cove.server.deps import base_url, hub_of, load_repo, principal
+from cove.server.deps import RepoIdParam, RequestBody, base_url, hub_of, load_repo, principal
+from cove.server.openapi import NO_TOKEN, error_responses
 from cove.server.routers.files import file_stream
 from cove.server.storage import UploadMismatch, is_oid
 
@@ -25,32 +27,71 @@ router = APIRouter()
 LFS_JSON = "application/vnd.git-lfs+json"
 WRITE_BATCH = 8 * 1024 * 1024  # bytes gathered before one write+hash in a worker thread
 
+OidParam = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="The object's sha256.")]
+
+
+class LfsObject(RequestBody):
+    oid: str
+    size: int
+
+
+class LfsRef(RequestBody):
+    name: str
+
+
+class LfsBatch(RequestBody):
+    """A Git LFS batch request; `transfers` offered beyond `basic` are answered with basic."""
+
+    operation: Literal["upload", "download"]
+    transfers: list[str] | None = None
+    objects: list[LfsObject] = []
+    hash_algo: str | None = None
+    ref: LfsRef | None = None
+
+
+class LfsVerify(RequestBody):
+    oid: str
+    size: int
+
+
+_BATCH_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["transfer", "objects"],
+    "properties": {
+        "transfer": {"const": "basic"},
+        "hash_algo": {"const": "sha256"},
+        "objects": {"type": "array", "items": {"type": "object", "properties": {
+            "oid": {"type": "string"},
+            "size": {"type": "integer"},
+            "authenticated": {"type": "boolean"},
+            "actions": {"type": "object", "description": "upload and verify, or download: "
+                        "absent when there is nothing to transfer."},
+            "error": {"type": "object", "properties": {"code": {"type": "integer"},
+                                                        "message": {"type": "string"}}},
+        }}},
+    },
+}
+
 
 def _sign(secret: bytes, oid: str, size: int, expires: int) -> str:
     return hmac.new(secret, f"{oid}:{size}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def _lfs_error(status: int, message: str) -> Response:
-    return Response(
-        content=f'{{"message": "{message}"}}', status_code=status, media_type=LFS_JSON,
-        headers={"X-Error-Code": "LfsError", "X-Error-Message": message},
-    )
+def _lfs_error(status: int, message: str) -> errors.HubError:
+    # Git LFS clients read `message`, huggingface_hub reads `error`: both are there.
+    return errors.HubError(status, "LfsError", message, extra={"message": message})
 
 
-async def _batch(request: Request, rtype: str, repo_id: str) -> Response:
-    body = await request.json()
-    operation = body.get("operation")
-    if operation not in ("upload", "download"):
-        raise errors.bad_request("LFS batch 'operation' must be 'upload' or 'download'.")
-    repo, _ = load_repo(request, rtype, repo_id, write=operation == "upload")
+async def _batch(request: Request, rtype: str, repo_id: str, body: LfsBatch) -> Response:
+    repo, _ = load_repo(request, rtype, repo_id, write=body.operation == "upload")
     hub = hub_of(request)
     settings = hub.settings
     expires = int(time.time()) + settings.upload_url_ttl
     root = base_url(request)
     objects = []
-    for obj in body.get("objects") or []:
-        oid, size = str(obj.get("oid", "")), obj.get("size")
-        if not is_oid(oid) or not isinstance(size, int) or size < 0:
+    for obj in body.objects:
+        oid, size = obj.oid, obj.size
+        if not is_oid(oid) or size < 0:
             objects.append({"oid": oid, "size": size,
                             "error": {"code": 422, "message": "Invalid oid or size"}})
             continue
@@ -59,7 +100,7 @@ async def _batch(request: Request, rtype: str, repo_id: str) -> Response:
         query = urlencode({"size": size, "expires": expires,
                            "sig": _sign(settings.secret, oid, size, expires)})
         href = f"{root}/api/lfs/objects/{oid}?{query}"
-        if operation == "upload":
+        if body.operation == "upload":
             if stored != size:  # already stored objects get no actions: nothing to send
                 item["actions"] = {
                     "upload": {"href": href, "expires_in": settings.upload_url_ttl},
@@ -75,9 +116,14 @@ async def _batch(request: Request, rtype: str, repo_id: str) -> Response:
                     media_type=LFS_JSON)
 
 
-def _batch_kind(kind: str):
-    async def batch(request: Request, repo_id: str) -> Response:
-        return await _batch(request, kind, repo_id)
+def _batch_kind(rtype: str):
+    async def batch(
+        request: Request,
+        repo_id: RepoIdParam,
+        body: Annotated[LfsBatch, Body(media_type=LFS_JSON)],
+    ) -> Response:
+        """Where to upload (or download) LFS objects: signed URLs, one per object."""
+        return await _batch(request, rtype, repo_id, body)
 
     return batch
 
@@ -85,29 +131,47 @@ def _batch_kind(kind: str):
 for _prefix, _kind in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
     router.add_api_route(
         _prefix + "/{repo_id:repo}.git/info/lfs/objects/batch", _batch_kind(_kind),
-        methods=["POST"], name=f"lfs_batch_{_kind}",
+        methods=["POST"], name=f"lfs_batch_{_kind}", response_class=Response,
+        responses={
+            200: {"description": "Per-object actions or errors.",
+                  "content": {LFS_JSON: {"schema": _BATCH_ANSWER}}},
+            **error_responses(401, 403, 404),
+        },
     )
 
+SizeQuery = Annotated[int | None, Query(description="Signed: the object's size.")]
+ExpiresQuery = Annotated[int | None, Query(description="Signed: epoch seconds of expiry.")]
+SigQuery = Annotated[str | None, Query(description="The URL's signature.")]
+_UNSIGNED = "The URL is not signed, its signature is wrong, or it has expired."
 
-def _check_signature(request: Request, oid: str) -> int:
-    q = request.query_params
-    try:
-        size, expires = int(q["size"]), int(q["expires"])
-    except (KeyError, ValueError):
-        raise errors.HubError(403, "InvalidSignature", "This LFS URL is not signed.") from None
+
+def _check_signature(
+    request: Request, oid: str, size: int | None, expires: int | None, sig: str | None
+) -> int:
+    if size is None or expires is None or sig is None:
+        raise errors.HubError(403, "InvalidSignature", "This LFS URL is not signed.")
     expected = _sign(hub_of(request).settings.secret, oid, size, expires)
-    if not hmac.compare_digest(expected, q.get("sig", "")):
+    # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500).
+    if not hmac.compare_digest(expected.encode(), sig.encode()):
         raise errors.HubError(403, "InvalidSignature", "This LFS URL's signature is invalid.")
     if expires < time.time():
         raise errors.HubError(403, "ExpiredSignature", "This LFS URL has expired: ask the batch API for a new one.")
     return size
 
 
-@router.put("/api/lfs/objects/{oid}")
-async def upload_object(request: Request, oid: str) -> Response:
-    if not is_oid(oid):
-        raise errors.bad_request(f"Invalid LFS oid {oid!r}.")
-    size = _check_signature(request, oid)
+@router.put(
+    "/api/lfs/objects/{oid}", responses=error_responses(403, s403=_UNSIGNED), openapi_extra={
+        **NO_TOKEN,
+        "requestBody": {"required": True, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    },
+)
+async def upload_object(
+    request: Request, oid: OidParam, size: SizeQuery = None, expires: ExpiresQuery = None,
+    sig: SigQuery = None,
+) -> Response:
+    """Upload an object's bytes to the signed URL the batch API gave; checked, then stored."""
+    size = _check_signature(request, oid, size, expires, sig)
     hub = hub_of(request)
     if hub.objects.size(oid) == size:
         async for _ in request.stream():  # already stored: drain and accept
@@ -139,31 +203,49 @@ async def upload_object(request: Request, oid: str) -> Response:
     return Response(status_code=200)
 
 
-@router.get("/api/lfs/objects/{oid}")
-async def download_object(request: Request, oid: str) -> Response:
-    if not is_oid(oid):
-        raise errors.bad_request(f"Invalid LFS oid {oid!r}.")
-    _check_signature(request, oid)
+@router.get(
+    "/api/lfs/objects/{oid}", response_class=Response, openapi_extra=NO_TOKEN,
+    responses={
+        200: {"description": "The object's bytes.", "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(403, 404, s403=_UNSIGNED),
+    },
+)
+async def download_object(
+    request: Request, oid: OidParam, size: SizeQuery = None, expires: ExpiresQuery = None,
+    sig: SigQuery = None,
+) -> Response:
+    """Download an object from the signed URL the batch API gave."""
+    _check_signature(request, oid, size, expires, sig)
     objects = hub_of(request).objects
-    size = objects.size(oid)
-    if size is None:
+    stored = objects.size(oid)
+    if stored is None:
         raise errors.HubError(404, "EntryNotFound", f"LFS object {oid} does not exist.")
     return StreamingResponse(
-        file_stream(lambda: objects.open(oid), 0, size),
-        headers={"Content-Length": str(size), "Accept-Ranges": "none"},
+        file_stream(lambda: objects.open(oid), 0, stored),
+        headers={"Content-Length": str(stored), "Accept-Ranges": "none"},
         media_type="application/octet-stream",
     )
 
 
-@router.post("/api/lfs/verify")
-async def verify(request: Request) -> Response:
+@router.post(
+    "/api/lfs/verify", response_class=Response,
+    responses={
+        200: {"description": "The object is stored with that size.",
+              "content": {LFS_JSON: {"schema": {"type": "object"}}}},
+        **error_responses(
+            401, 404, 422, s404="The object was not uploaded (LfsError).",
+            s422="The object is stored with another size (LfsError).",
+        ),
+    },
+)
+async def verify(request: Request, body: Annotated[LfsVerify, Body(media_type=LFS_JSON)]) -> Response:
+    """Confirm an upload: the object is stored, with the announced size."""
     if principal(request) is None:
         raise errors.unauthorized("LFS verify needs the token that asked for the upload.")
-    body = await request.json()
-    oid, size = str(body.get("oid", "")), body.get("size")
-    stored = hub_of(request).objects.size(oid) if is_oid(oid) else None
+    stored = hub_of(request).objects.size(body.oid) if is_oid(body.oid) else None
     if stored is None:
-        return _lfs_error(404, f"Object {oid} was not uploaded.")
-    if stored != size:
-        return _lfs_error(422, f"Object {oid} has size {stored}, not {size}.")
+        raise _lfs_error(404, f"Object {body.oid} was not uploaded.")
+    if stored != body.size:
+        raise _lfs_error(422, f"Object {body.oid} has size {stored}, not {body.size}.")
     return Response(content="{}", media_type=LFS_JSON)

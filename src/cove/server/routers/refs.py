@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from urllib.parse import urlencode
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cove.server import errors
-from cove.server.deps import base_url, hub_of, load_repo, resolve_revision
+from cove.server.deps import (
+    RepoIdParam,
+    RepoTypeParam,
+    RequestBody,
+    RevisionParam,
+    hub_of,
+    load_repo,
+    next_page,
+    resolve_revision,
+)
 from cove.server.gitrepo import RefConflict
 from cove.server.hub import validate_name
+from cove.server.openapi import error_responses
 from cove.server.routing import unslash
 
 router = APIRouter()
 COMMITS_PAGE = 50
 
+BranchParam = Annotated[str, Path(description="The branch name, percent-encoded.")]
 
-async def _json(request: Request) -> dict:
-    body = await request.body()
-    if not body.strip():
-        return {}
-    try:
-        data = await request.json()
-    except ValueError:
-        raise errors.bad_request("The body must be JSON.") from None
-    return data if isinstance(data, dict) else {}
+
+class NewBranch(RequestBody):
+    startingPoint: str | None = None
+
+
+class NewTag(RequestBody):
+    tag: str
+    message: str | None = None
 
 
 def _ref_name(value: str, what: str) -> str:
@@ -36,9 +46,16 @@ def _ref_name(value: str, what: str) -> str:
     return name
 
 
-@router.post("/api/{rtype:rtype}/{repo_id:repo}/branch/{branch}")
-async def create_branch(request: Request, rtype: str, repo_id: str, branch: str) -> dict:
-    body = await _json(request)
+@router.post(
+    "/api/{rtype:rtype}/{repo_id:repo}/branch/{branch}",
+    responses=error_responses(401, 403, 404, 409),
+)
+async def create_branch(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, branch: BranchParam,
+    body: NewBranch | None = None,
+) -> dict:
+    """Create a branch at `startingPoint` (default main)."""
+    start_at = (body.startingPoint if body else None) or "main"
     repo, _ = load_repo(request, rtype, repo_id, write=True)
     hub = hub_of(request)
     name = _ref_name(branch, "branch name")
@@ -47,7 +64,7 @@ async def create_branch(request: Request, rtype: str, repo_id: str, branch: str)
         with hub.write_lock(repo):
             git = hub.git(repo)
             try:
-                start = resolve_revision(git, repo, body.get("startingPoint") or "main")
+                start = resolve_revision(git, repo, start_at)
                 if not git.set_ref(f"refs/heads/{name}", start):
                     raise errors.conflict(f"Branch {name} already exists in {repo.repo_id}.")
             finally:
@@ -57,8 +74,14 @@ async def create_branch(request: Request, rtype: str, repo_id: str, branch: str)
     return {}
 
 
-@router.delete("/api/{rtype:rtype}/{repo_id:repo}/branch/{branch}")
-def delete_branch(request: Request, rtype: str, repo_id: str, branch: str) -> dict:
+@router.delete(
+    "/api/{rtype:rtype}/{repo_id:repo}/branch/{branch}",
+    responses=error_responses(401, 403, 404, s403="Not allowed, or the branch is main."),
+)
+def delete_branch(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, branch: BranchParam
+) -> dict:
+    """Delete a branch (not main)."""
     repo, _ = load_repo(request, rtype, repo_id, write=True)
     name = unslash(branch)
     if name == "main":
@@ -75,16 +98,19 @@ def delete_branch(request: Request, rtype: str, repo_id: str, branch: str) -> di
     return {}
 
 
-@router.post("/api/{rtype:rtype}/{repo_id:repo}/tag/{revision}")
-async def create_tag(request: Request, rtype: str, repo_id: str, revision: str) -> dict:
-    body = await _json(request)
+@router.post(
+    "/api/{rtype:rtype}/{repo_id:repo}/tag/{revision}",
+    responses=error_responses(401, 403, 404, 409),
+)
+async def create_tag(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, revision: RevisionParam,
+    body: NewTag,
+) -> dict:
+    """Tag a revision; with a `message`, an annotated tag."""
     repo, who = load_repo(request, rtype, repo_id, write=True)
     hub = hub_of(request)
-    tag = body.get("tag")
-    if not isinstance(tag, str) or not tag:
-        raise errors.bad_request("Missing 'tag' in the body.")
-    tag = _ref_name(tag, "tag name")
-    message = body.get("message")
+    tag = _ref_name(body.tag, "tag name")
+    message = body.message
 
     def work() -> None:
         with hub.write_lock(repo):
@@ -104,10 +130,17 @@ async def create_tag(request: Request, rtype: str, repo_id: str, revision: str) 
     return {}
 
 
-@router.delete("/api/{rtype:rtype}/{repo_id:repo}/tag/{tag}")
-def delete_tag(request: Request, rtype: str, repo_id: str, tag: str) -> dict:
+# `{revision}` as in create_tag: one path template, so the document has one path for both.
+@router.delete(
+    "/api/{rtype:rtype}/{repo_id:repo}/tag/{revision}", responses=error_responses(401, 403, 404)
+)
+def delete_tag(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam,
+    revision: Annotated[str, Path(description="The tag to delete, percent-encoded.")],
+) -> dict:
+    """Delete a tag."""
     repo, _ = load_repo(request, rtype, repo_id, write=True)
-    name = unslash(tag)
+    name = unslash(revision)
     hub = hub_of(request)
     with hub.write_lock(repo):
         git = hub.git(repo)
@@ -120,8 +153,12 @@ def delete_tag(request: Request, rtype: str, repo_id: str, tag: str) -> dict:
     return {}
 
 
-@router.get("/api/{rtype:rtype}/{repo_id:repo}/refs")
-def list_refs(request: Request, rtype: str, repo_id: str) -> dict:
+@router.get("/api/{rtype:rtype}/{repo_id:repo}/refs", responses=error_responses(401, 404))
+def list_refs(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam,
+    include_prs: Annotated[bool, Query(description="Also list pull requests.")] = False,
+) -> dict:
+    """Branches, tags (and pull requests) with the commit each points to."""
     repo, _ = load_repo(request, rtype, repo_id)
     git = hub_of(request).git(repo)
     try:
@@ -132,23 +169,27 @@ def list_refs(request: Request, rtype: str, repo_id: str) -> dict:
             ]
 
         out = {"branches": listing("refs/heads/"), "converts": [], "tags": listing("refs/tags/")}
-        if request.query_params.get("include_prs") in ("1", "true", "True"):
+        if include_prs:
             out["pullRequests"] = listing("refs/pr/")
         return out
     finally:
         git.close()
 
 
-@router.get("/api/{rtype:rtype}/{repo_id:repo}/commits/{revision}")
-def list_commits(request: Request, response: Response, rtype: str, repo_id: str,
-                 revision: str) -> list[dict]:
+@router.get(
+    "/api/{rtype:rtype}/{repo_id:repo}/commits/{revision}", responses=error_responses(401, 404)
+)
+def list_commits(
+    request: Request, response: Response, rtype: RepoTypeParam, repo_id: RepoIdParam,
+    revision: RevisionParam,
+    p: Annotated[int, Query(ge=0, description="The page (from the `Link` header).")] = 0,
+    limit: Annotated[
+        int, Query(ge=1, description="Commits per page; at most 1000 are answered.")
+    ] = COMMITS_PAGE,
+) -> list[dict]:
+    """The history of a revision, newest first, a page at a time."""
     repo, _ = load_repo(request, rtype, repo_id)
-    q = request.query_params
-    try:
-        page = int(q.get("p") or 0)
-        limit = min(int(q.get("limit") or COMMITS_PAGE), 1000)
-    except ValueError:
-        raise errors.bad_request("'p' and 'limit' must be integers.") from None
+    page, limit = p, min(limit, 1000)
     git = hub_of(request).git(repo)
     try:
         sha = resolve_revision(git, repo, revision)
@@ -157,10 +198,7 @@ def list_commits(request: Request, response: Response, rtype: str, repo_id: str,
             if i < page * limit:
                 continue
             if len(out) == limit:
-                params = [(k, v) for k, v in q.multi_items() if k != "p"] + [("p", str(page + 1))]
-                response.headers["Link"] = (
-                    f'<{base_url(request)}{request.url.path}?{urlencode(params)}>; rel="next"'
-                )
+                response.headers["Link"] = next_page(request, "p", page + 1)
                 break
             message = c.message.decode("utf-8", "replace")
             title, _, rest = message.partition("\n")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
 from sqlalchemy import asc, desc, func, or_, select
 from starlette.concurrency import run_in_threadpool
 
@@ -12,16 +13,22 @@ from cove.server import errors
 from cove.server.cards import CardError, card_facts, front_matter
 from cove.server.db import Repository, RepoTag
 from cove.server.deps import (
+    CursorParam,
+    RepoIdParam,
+    RepoTypeParam,
+    RequestBody,
+    RevisionParam,
     base_url,
     hub_of,
     iso,
     load_repo,
+    next_page,
     principal,
     resolve_revision,
     sibling_json,
-    truthy,
 )
 from cove.server.hub import REPO_TYPES, URL_PREFIX, Hub
+from cove.server.openapi import error_responses
 
 router = APIRouter()
 
@@ -37,40 +44,69 @@ SORT_COLUMNS = {
     "trending_score": Repository.downloads,
     "id": Repository.name,
 }
+SortKey = Literal[
+    "downloads", "likes", "lastModified", "last_modified", "createdAt", "created_at",
+    "trendingScore", "trending_score", "id",
+]
 MAX_PAGE = 1000
+RepoKind = Literal["model", "dataset", "space"]
+_FULL_ID = r"^[^/]+/[^/]+$"
 
 
-def _payload(body: dict) -> tuple[str, str, str]:
+class RepoPayload(RequestBody):
+    """Names a repository; `name` may also be the full `namespace/name`."""
+
+    name: str = Field(min_length=1)
+    organization: str | None = None
+    type: RepoKind | None = None
+
+
+class NewRepo(RepoPayload):
+    visibility: Literal["public", "private", "protected"] | None = None
+    private: bool | None = None  # clients before `visibility`
+    sdk: Literal["gradio", "streamlit", "docker", "static"] | None = None
+
+
+class MoveRepo(RequestBody):
+    fromRepo: str = Field(pattern=_FULL_ID, description="`namespace/name`")
+    toRepo: str = Field(pattern=_FULL_ID, description="`namespace/name`")
+    type: RepoKind | None = None
+
+
+class YamlCheck(RequestBody):
+    content: str | None = None
+    repoType: str | None = None
+
+
+def _payload(body: RepoPayload) -> tuple[str, str, str]:
     """(type, namespace, name) of a create/delete request body."""
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise errors.bad_request("Missing repository 'name'.")
-    organization = body.get("organization")
+    organization, name = body.organization, body.name
     if "/" in name:  # some clients send the full id as the name
         organization, name = name.rsplit("/", 1)
-    rtype = body.get("type") or "model"
-    if rtype not in ("model", "dataset", "space"):
-        raise errors.bad_request(f"Invalid repository type {rtype!r}.")
-    return rtype, organization or "", name
+    return body.type or "model", organization or "", name
 
 
-@router.post("/api/repos/create")
-async def create_repo(request: Request) -> dict:
+@router.post(
+    "/api/repos/create",
+    responses=error_responses(
+        401, 403, 409, s409="It exists already; the body's `url` names it (exist_ok)."
+    ),
+)
+async def create_repo(request: Request, body: NewRepo) -> dict:
+    """Create a repository, with an initial commit of a default `.gitattributes`."""
     hub = hub_of(request)
     who = principal(request)
     if who is None:
         raise errors.unauthorized("You must use a write token to create a repository.")
-    body = await request.json()
     rtype, namespace, name = _payload(body)
     namespace = namespace or who.name
-    visibility = body.get("visibility")
-    private = visibility in ("private", "protected") if visibility else bool(body.get("private"))
-    sdk = body.get("sdk")
-    if rtype == "space" and sdk not in (None, "gradio", "streamlit", "docker", "static"):
-        raise errors.bad_request(f"Invalid Space SDK {sdk!r}: use gradio, streamlit, docker or static.")
+    if body.visibility:
+        private = body.visibility in ("private", "protected")
+    else:
+        private = bool(body.private)
     url = f"{base_url(request)}/{URL_PREFIX[rtype]}{namespace}/{name}"
     try:
-        await run_in_threadpool(hub.create_repo, rtype, namespace, name, who, private, sdk)
+        await run_in_threadpool(hub.create_repo, rtype, namespace, name, who, private, body.sdk)
     except errors.HubError as e:
         if e.status == 409:
             # exist_ok=True in the client reads the url from this body.
@@ -79,9 +115,9 @@ async def create_repo(request: Request) -> dict:
     return {"url": url, "name": f"{namespace}/{name}", "id": f"{namespace}/{name}"}
 
 
-@router.delete("/api/repos/delete")
-async def delete_repo(request: Request) -> dict:
-    body = await request.json()
+@router.delete("/api/repos/delete", responses=error_responses(401, 403, 404))
+async def delete_repo(request: Request, body: RepoPayload) -> dict:
+    """Delete a repository and its files."""
     rtype, namespace, name = _payload(body)
     who = principal(request)
     if who is None:
@@ -91,23 +127,19 @@ async def delete_repo(request: Request) -> dict:
     return {}
 
 
-@router.post("/api/repos/move")
-async def move_repo(request: Request) -> dict:
-    body = await request.json()
-    src, dst = body.get("fromRepo"), body.get("toRepo")
-    if not (isinstance(src, str) and isinstance(dst, str) and "/" in src and "/" in dst):
-        raise errors.bad_request("Moving needs 'fromRepo' and 'toRepo' as 'namespace/name'.")
-    rtype = body.get("type") or "model"
-    repo, who = load_repo(request, rtype, src, write=True)
-    hub_of(request).move_repo(repo, dst, who)
+@router.post("/api/repos/move", responses=error_responses(401, 403, 404, 409))
+async def move_repo(request: Request, body: MoveRepo) -> dict:
+    """Rename a repository, or move it to another namespace."""
+    repo, who = load_repo(request, body.type or "model", body.fromRepo, write=True)
+    hub_of(request).move_repo(repo, body.toRepo, who)
     return {}
 
 
-@router.post("/api/validate-yaml")
-async def validate_yaml(request: Request) -> dict:
-    body = await request.json()
+@router.post("/api/validate-yaml", responses=error_responses())
+async def validate_yaml(body: YamlCheck) -> dict:
+    """Check a card's YAML front matter (called whenever README.md is committed)."""
     try:
-        front_matter(body.get("content") or "")
+        front_matter(body.content or "")
     except CardError as e:
         return {"errors": [{"message": str(e)}], "warnings": []}
     return {"errors": [], "warnings": []}
@@ -167,71 +199,103 @@ def info_json(
     return out
 
 
-@router.get("/api/{rtype:rtype}/{repo_id:repo}")
-def repo_info(request: Request, rtype: str, repo_id: str, blobs: str | None = None) -> dict:
-    repo, _ = load_repo(request, rtype, repo_id)
-    return info_json(request, hub_of(request), repo, None, True, truthy(blobs))
+BlobsFlag = Annotated[
+    bool, Query(description="Sizes, blob ids and LFS facts of the siblings.")
+]
 
 
-@router.get("/api/{rtype:rtype}/{repo_id:repo}/revision/{revision}")
-def repo_info_at(
-    request: Request, rtype: str, repo_id: str, revision: str, blobs: str | None = None
+@router.get("/api/{rtype:rtype}/{repo_id:repo}", responses=error_responses(401, 404))
+def repo_info(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, blobs: BlobsFlag = False
 ) -> dict:
+    """A repository's facts and files at main."""
     repo, _ = load_repo(request, rtype, repo_id)
-    return info_json(request, hub_of(request), repo, revision, True, truthy(blobs))
+    return info_json(request, hub_of(request), repo, None, True, blobs)
 
 
-@router.get("/api/{rtype:rtype}")
-def list_repos(request: Request, rtype: str, response: Response) -> list[dict]:
+@router.get(
+    "/api/{rtype:rtype}/{repo_id:repo}/revision/{revision}",
+    responses=error_responses(401, 404),
+)
+def repo_info_at(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, revision: RevisionParam,
+    blobs: BlobsFlag = False,
+) -> dict:
+    """A repository's facts and files at a revision."""
+    repo, _ = load_repo(request, rtype, repo_id)
+    return info_json(request, hub_of(request), repo, revision, True, blobs)
+
+
+@router.get(
+    "/api/{rtype:rtype}",
+    responses=error_responses(401, 404, s404="No such route: the kind is not one of the three."),
+)
+def list_repos(
+    request: Request,
+    response: Response,
+    rtype: RepoTypeParam,
+    search: Annotated[
+        list[str] | None, Query(description="Part of the id, any case (repeatable: all).")
+    ] = None,
+    author: Annotated[str | None, Query(description="The namespace.")] = None,
+    filter: Annotated[
+        list[str] | None, Query(description="Tags, comma-separated or repeated: all of them.")
+    ] = None,
+    pipeline_tag: Annotated[str | None, Query(description="Models of this task.")] = None,
+    sort: Annotated[SortKey | None, Query(description="Sort key; default: creation order.")] = None,
+    direction: Annotated[
+        int | None, Query(description="1 for ascending; anything else descending.")
+    ] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, description=f"Page size; at most {MAX_PAGE} are answered.")
+    ] = None,
+    cursor: CursorParam = None,
+    full: Annotated[bool, Query(description="With siblings and card data.")] = False,
+    cardData: Annotated[bool, Query(description="With card data.")] = False,
+    expand: Annotated[
+        list[str] | None, Query(description="Fields to add: `siblings`, `cardData`.")
+    ] = None,
+    expand_brackets: Annotated[
+        list[str] | None, Query(alias="expand[]", description="As `expand`.")
+    ] = None,
+) -> list[dict]:
+    """Search repositories the caller can see; paginated with a `Link` header."""
     hub = hub_of(request)
     who = principal(request)
-    q = request.query_params
     rt = REPO_TYPES[rtype]
     stmt = select(Repository).where(Repository.type == rt)
     visible = [who.name, *who.orgs] if who else []
     stmt = stmt.where(or_(Repository.private.is_(False), Repository.namespace.in_(visible)))
-    if q.get("author"):
-        stmt = stmt.where(Repository.namespace == q["author"])
-    for term in q.getlist("search"):
+    if author:
+        stmt = stmt.where(Repository.namespace == author)
+    for term in search or []:
         pattern = f"%{term.lower()}%"
         stmt = stmt.where(
             func.lower(Repository.namespace + "/" + Repository.name).like(pattern)
         )
-    filters = [f for value in q.getlist("filter") for f in value.split(",") if f]
-    if rt == "model" and q.get("pipeline_tag"):
-        stmt = stmt.where(Repository.pipeline_tag == q["pipeline_tag"])
+    filters = [f for value in filter or [] for f in value.split(",") if f]
+    if rt == "model" and pipeline_tag:
+        stmt = stmt.where(Repository.pipeline_tag == pipeline_tag)
     for tag in filters:
         stmt = stmt.where(Repository.id.in_(select(RepoTag.repo_id).where(RepoTag.tag == tag)))
-    sort = q.get("sort")
     if sort:
-        column = SORT_COLUMNS.get(sort)
-        if column is None:
-            raise errors.bad_request(
-                f"Invalid sort {sort!r}: use one of {', '.join(sorted(SORT_COLUMNS))}."
-            )
-        order = asc if q.get("direction") == "1" else desc
-        stmt = stmt.order_by(order(column), order(Repository.id))
+        order = asc if direction == 1 else desc
+        stmt = stmt.order_by(order(SORT_COLUMNS[sort]), order(Repository.id))
     else:
         stmt = stmt.order_by(Repository.id)
-    try:
-        limit = min(int(q.get("limit") or MAX_PAGE), MAX_PAGE)
-        offset = int(q.get("cursor") or 0)
-    except ValueError:
-        raise errors.bad_request("'limit' and 'cursor' must be integers.") from None
+    limit = min(limit or MAX_PAGE, MAX_PAGE)
+    offset = cursor or 0
     with hub.session() as s:
         rows = s.scalars(stmt.offset(offset).limit(limit + 1)).all()
     if len(rows) > limit:
         rows = rows[:limit]
-        params = [(k, v) for k, v in q.multi_items() if k != "cursor"]
-        params.append(("cursor", str(offset + limit)))
-        response.headers["Link"] = f'<{base_url(request)}{request.url.path}?{urlencode(params)}>; rel="next"'
-    full = truthy(q.get("full"))
-    expand = q.getlist("expand") or q.getlist("expand[]")
-    with_siblings = full or "siblings" in expand
+        response.headers["Link"] = next_page(request, "cursor", offset + limit)
+    fields = (expand or []) + (expand_brackets or [])
+    with_siblings = full or "siblings" in fields
     out = []
     for repo in rows:
         item = info_json(request, hub, repo, None, with_siblings, False)
-        if not (full or truthy(q.get("cardData")) or "cardData" in expand):
+        if not (full or cardData or "cardData" in fields):
             item.pop("cardData", None)
         out.append(item)
     return out

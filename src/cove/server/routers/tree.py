@@ -2,42 +2,49 @@
 
 from __future__ import annotations
 
+import json
 from itertools import islice
-from urllib.parse import urlencode
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from cove.server import errors
 from cove.server.deps import (
-    base_url,
+    CursorParam,
+    RepoIdParam,
+    RepoPathParam,
+    RepoTypeParam,
+    RevisionParam,
     clean_path,
     hub_of,
     load_repo,
+    next_page,
     resolve_revision,
     tree_entry_json,
-    truthy,
 )
+from cove.server.openapi import error_responses
 
 router = APIRouter()
 PAGE = 1000
 
+RecursiveFlag = Annotated[bool, Query(description="List the whole subtree.")]
+LimitParam = Annotated[
+    int | None, Query(ge=1, description=f"Page size; at most {PAGE} are answered.")
+]
+
 
 def _tree(request: Request, response: Response, rtype: str, repo_id: str, revision: str,
-          path: str) -> list[dict]:
+          path: str, recursive: bool, cursor: int | None, limit: int | None) -> list[dict]:
     repo, _ = load_repo(request, rtype, repo_id)
     hub = hub_of(request)
     path = clean_path(path) if path else ""
-    q = request.query_params
-    try:
-        offset = int(q.get("cursor") or 0)
-        limit = min(int(q.get("limit") or PAGE), PAGE)
-    except ValueError:
-        raise errors.bad_request("'cursor' and 'limit' must be integers.") from None
+    offset = cursor or 0
+    limit = min(limit or PAGE, PAGE)
     git = hub.git(repo)
     try:
         sha = resolve_revision(git, repo, revision)
         try:
-            entries = git.list(sha, path, recursive=truthy(q.get("recursive")))
+            entries = git.list(sha, path, recursive=recursive)
             page = list(islice(entries, offset, offset + limit + 1))
         except KeyError:
             raise errors.entry_not_found(repo.repo_id, path, sha) from None
@@ -45,30 +52,64 @@ def _tree(request: Request, response: Response, rtype: str, repo_id: str, revisi
         git.close()
     if len(page) > limit:
         page = page[:limit]
-        params = [(k, v) for k, v in q.multi_items() if k != "cursor"]
-        params.append(("cursor", str(offset + limit)))
-        response.headers["Link"] = (
-            f'<{base_url(request)}{request.url.path}?{urlencode(params)}>; rel="next"'
-        )
+        response.headers["Link"] = next_page(request, "cursor", offset + limit)
     return [tree_entry_json(e) for e in page]
 
 
-@router.get("/api/{rtype:rtype}/{repo_id:repo}/tree/{revision}")
-def tree_root(request: Request, response: Response, rtype: str, repo_id: str, revision: str):
-    return _tree(request, response, rtype, repo_id, revision, "")
+@router.get(
+    "/api/{rtype:rtype}/{repo_id:repo}/tree/{revision}", responses=error_responses(401, 404)
+)
+def tree_root(
+    request: Request, response: Response, rtype: RepoTypeParam, repo_id: RepoIdParam,
+    revision: RevisionParam, recursive: RecursiveFlag = False, cursor: CursorParam = None,
+    limit: LimitParam = None,
+) -> list[dict]:
+    """The files and folders at the root of a revision; paginated with a `Link` header."""
+    return _tree(request, response, rtype, repo_id, revision, "", recursive, cursor, limit)
 
 
-@router.get("/api/{rtype:rtype}/{repo_id:repo}/tree/{revision}/{path:path}")
-def tree_path(request: Request, response: Response, rtype: str, repo_id: str, revision: str,
-              path: str):
-    return _tree(request, response, rtype, repo_id, revision, path)
+@router.get(
+    "/api/{rtype:rtype}/{repo_id:repo}/tree/{revision}/{path:path}",
+    responses=error_responses(401, 404),
+)
+def tree_path(
+    request: Request, response: Response, rtype: RepoTypeParam, repo_id: RepoIdParam,
+    revision: RevisionParam, path: RepoPathParam, recursive: RecursiveFlag = False,
+    cursor: CursorParam = None, limit: LimitParam = None,
+) -> list[dict]:
+    """The files and folders under a folder of a revision; paginated with a `Link` header."""
+    return _tree(request, response, rtype, repo_id, revision, path, recursive, cursor, limit)
 
 
-@router.post("/api/{rtype:rtype}/{repo_id:repo}/paths-info/{revision}")
-async def paths_info(request: Request, rtype: str, repo_id: str, revision: str) -> list[dict]:
+_PATHS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "paths": {"type": "array", "items": {"type": "string"}},
+        "expand": {"type": "boolean", "description": "Ignored: entries are always full."},
+    },
+}
+
+
+@router.post(
+    "/api/{rtype:rtype}/{repo_id:repo}/paths-info/{revision}",
+    responses=error_responses(401, 404),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/x-www-form-urlencoded": {"schema": _PATHS},  # what the clients send
+        "application/json": {"schema": _PATHS},
+    }}},
+)
+async def paths_info(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, revision: RevisionParam
+) -> list[dict]:
+    """The entries of the given paths; unknown paths are left out, as the Hub does."""
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = await request.json()
-        paths = body.get("paths") or []
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise errors.bad_request("The body must be JSON.") from None
+        paths = body.get("paths", []) if isinstance(body, dict) else None
+        if not isinstance(paths, list):
+            raise errors.bad_request("Expected {'paths': [...]} in the body.")
     else:
         form = await request.form()
         paths = form.getlist("paths")
@@ -79,7 +120,7 @@ async def paths_info(request: Request, rtype: str, repo_id: str, revision: str) 
         out = []
         for p in paths:
             entry = git.entry(sha, clean_path(str(p)))
-            if entry is not None:  # unknown paths are left out, as the Hub does
+            if entry is not None:
                 out.append(tree_entry_json(entry))
         return out
     finally:

@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cove.server import errors
 from cove.server.config import LFS_SIZE_THRESHOLD
-from cove.server.deps import clean_path, hub_of, load_repo, repo_url, resolve_revision
+from cove.server.deps import (
+    RepoIdParam,
+    RepoTypeParam,
+    RequestBody,
+    RevisionParam,
+    clean_path,
+    hub_of,
+    load_repo,
+    repo_url,
+    resolve_revision,
+)
 from cove.server.gitrepo import lfs_pointer
 from cove.server.lfsmatch import lfs_patterns, matches
+from cove.server.openapi import error_responses, inline_schema
 from cove.server.routing import unslash
 from cove.server.storage import is_oid
 
 router = APIRouter()
+NDJSON = "application/x-ndjson"
+
+
+class PreuploadFile(RequestBody):
+    path: str
+    sample: str = Field("", description="base64 of the file's first 512 bytes.")
+    size: int = Field(0, ge=0)
+
+
+class Preupload(RequestBody):
+    files: list[PreuploadFile]
 
 
 def _branch(revision: str) -> str:
@@ -25,12 +48,15 @@ def _branch(revision: str) -> str:
     return revision.removeprefix("refs/heads/")
 
 
-@router.post("/api/{rtype:rtype}/{repo_id:repo}/preupload/{revision}")
-async def preupload(request: Request, rtype: str, repo_id: str, revision: str) -> dict:
-    body = await request.json()
-    files = body.get("files")
-    if not isinstance(files, list):
-        raise errors.bad_request("Expected {'files': [{'path', 'sample', 'size'}]}.")
+@router.post(
+    "/api/{rtype:rtype}/{repo_id:repo}/preupload/{revision}",
+    responses=error_responses(401, 403, 404),
+)
+async def preupload(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, revision: RevisionParam,
+    body: Preupload,
+) -> dict:
+    """How to upload each file: `regular` (in the commit) or `lfs` (batch API first)."""
     repo, _ = load_repo(request, rtype, repo_id, write=True)
     git = hub_of(request).git(repo)
     try:
@@ -38,15 +64,14 @@ async def preupload(request: Request, rtype: str, repo_id: str, revision: str) -
         attrs = git.entry(sha, ".gitattributes")
         patterns = lfs_patterns(git.read_blob(attrs.oid).decode("utf-8", "replace")) if attrs else []
         out = []
-        for f in files:
-            path = clean_path(str(f.get("path", "")))
-            size = int(f.get("size") or 0)
+        for f in body.files:
+            path = clean_path(f.path)
             try:
-                sample = base64.b64decode(f.get("sample") or "")
+                sample = base64.b64decode(f.sample)
             except (binascii.Error, ValueError):
                 raise errors.bad_request(f"Invalid base64 sample for {path}.") from None
-            lfs = size > 0 and (
-                size >= LFS_SIZE_THRESHOLD or matches(patterns, path) or b"\x00" in sample
+            lfs = f.size > 0 and (
+                f.size >= LFS_SIZE_THRESHOLD or matches(patterns, path) or b"\x00" in sample
             )
             item = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
             existing = git.entry(sha, path)
@@ -59,16 +84,90 @@ async def preupload(request: Request, rtype: str, repo_id: str, revision: str) -
         git.close()
 
 
-@router.post("/api/{rtype:rtype}/{repo_id:repo}/commit/{revision}")
-async def commit(request: Request, rtype: str, repo_id: str, revision: str) -> dict:
+class CommitHeader(RequestBody):
+    summary: str
+    description: str | None = None
+    parentCommit: str | None = Field(None, description="Fail with 412 unless the branch is here.")
+
+
+class AddFile(RequestBody):
+    path: str
+    content: str = Field("", description="The file's bytes, base64.")
+    encoding: Literal["base64"] = "base64"
+
+
+class AddLfsFile(RequestBody):
+    path: str
+    algo: Literal["sha256"] = "sha256"
+    oid: str
+    size: int | None = Field(None, description="Absent when copying an LFS file.")
+
+
+class RemovePath(RequestBody):
+    path: str
+
+
+class HeaderLine(RequestBody):
+    key: Literal["header"]
+    value: CommitHeader
+
+
+class FileLine(RequestBody):
+    key: Literal["file"]
+    value: AddFile
+
+
+class LfsFileLine(RequestBody):
+    key: Literal["lfsFile"]
+    value: AddLfsFile
+
+
+class DeletedFileLine(RequestBody):
+    key: Literal["deletedFile"]
+    value: RemovePath
+
+
+class DeletedFolderLine(RequestBody):
+    key: Literal["deletedFolder"]
+    value: RemovePath
+
+
+CommitLine = Annotated[
+    HeaderLine | FileLine | LfsFileLine | DeletedFileLine | DeletedFolderLine,
+    Field(discriminator="key"),
+]
+_LINE = TypeAdapter(CommitLine)
+
+_COMMIT_BODY = {
+    "required": True,
+    "description": "One JSON object per line: a `header` (the summary), then the changes.",
+    "content": {NDJSON: {"schema": {"type": "array", "items": inline_schema(_LINE)}}},
+}
+
+
+@router.post(
+    "/api/{rtype:rtype}/{repo_id:repo}/commit/{revision}",
+    responses=error_responses(
+        401, 403, 404, 409, 412, 422, 501,
+        s409="A path would be both a file and a folder (Conflict).",
+        s422="An `lfsFile` whose object was not uploaded (LfsObjectMissing).",
+        s501="`create_pr`: pull requests are not supported yet.",
+    ),
+    openapi_extra={"requestBody": _COMMIT_BODY},
+)
+async def commit(
+    request: Request, rtype: RepoTypeParam, repo_id: RepoIdParam, revision: RevisionParam,
+    create_pr: Annotated[bool, Query(description="Open a pull request instead.")] = False,
+) -> dict:
+    """Commit files (inline, or LFS objects uploaded before) and deletions to a branch."""
     repo, who = load_repo(request, rtype, repo_id, write=True)
-    if request.query_params.get("create_pr") in ("1", "true", "True"):
+    if create_pr:
         raise errors.HubError(
             501, "NotImplemented", "Pull requests are not supported by this server yet: "
             "commit to a branch instead (create_branch, then revision=<branch>)."
         )
     hub = hub_of(request)
-    header: dict = {}
+    header: CommitHeader | None = None
     changes: list[tuple[str, bytes | None]] = []
     folders: list[str] = []
     raw = await request.body()
@@ -76,27 +175,25 @@ async def commit(request: Request, rtype: str, repo_id: str, revision: str) -> d
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-            key, value = item["key"], item["value"]
-        except (ValueError, KeyError, TypeError):
-            raise errors.bad_request(f"Line {n} of the commit payload is not a {{key, value}} JSON object.") from None
-        if key == "header":
+            item = _LINE.validate_json(line)
+        except ValidationError as e:
+            raise errors.bad_request(
+                errors.validation_message(e.errors(), f"Line {n} of the commit payload")
+            ) from None
+        value = item.value
+        if isinstance(value, CommitHeader):
             header = value
-        elif key == "file":
-            path = clean_path(str(value.get("path", "")))
-            if value.get("encoding", "base64") != "base64":
-                raise errors.bad_request(f"Unsupported encoding for {path}: use base64.")
+        elif isinstance(value, AddFile):
+            path = clean_path(value.path)
             try:
-                content = base64.b64decode(value.get("content") or "", validate=True)
+                content = base64.b64decode(value.content, validate=True)
             except (binascii.Error, ValueError):
                 raise errors.bad_request(f"Invalid base64 content for {path}.") from None
             changes.append((path, content))
-        elif key == "lfsFile":
-            path = clean_path(str(value.get("path", "")))
-            oid, size = str(value.get("oid", "")), value.get("size")
-            if value.get("algo", "sha256") != "sha256" or not is_oid(oid) or not (
-                size is None or isinstance(size, int)
-            ):
+        elif isinstance(value, AddLfsFile):
+            path = clean_path(value.path)
+            oid, size = value.oid, value.size
+            if not is_oid(oid):
                 raise errors.bad_request(f"Invalid LFS reference for {path}.")
             stored = hub.objects.size(oid)
             if size is None:  # CommitOperationCopy of an LFS file sends the oid alone
@@ -108,20 +205,17 @@ async def commit(request: Request, rtype: str, repo_id: str, revision: str) -> d
                     "through the LFS batch API before committing.",
                 )
             changes.append((path, lfs_pointer(oid, size)))
-        elif key == "deletedFile":
-            changes.append((clean_path(str(value.get("path", ""))), None))
-        elif key == "deletedFolder":
-            folders.append(clean_path(str(value.get("path", "")).rstrip("/")))
+        elif isinstance(item, DeletedFileLine):
+            changes.append((clean_path(value.path), None))
         else:
-            raise errors.bad_request(f"Unsupported commit operation {key!r} on line {n}.")
-    summary = (header.get("summary") or "").strip()
+            folders.append(clean_path(value.path.rstrip("/")))
+    summary = header.summary.strip() if header else ""
     if not summary:
         raise errors.bad_request("The commit needs a summary (the header's 'summary').")
-    description = (header.get("description") or "").strip()
+    description = (header.description or "").strip()
     message = summary + ("\n\n" + description if description else "")
-    branch = _branch(revision)
     sha = await run_in_threadpool(
-        hub.commit, repo, branch, changes, folders, message, who, header.get("parentCommit")
+        hub.commit, repo, _branch(revision), changes, folders, message, who, header.parentCommit
     )
     return {
         "commitUrl": f"{repo_url(request, repo)}/commit/{sha}",
