@@ -1,6 +1,6 @@
 """The drop-in names: `from cove import ...` as `from transformers import ...`, lazily.
 
-The lazy packages (cove, cove.datasets) are checked alike: every exported name resolves to its
+The lazy packages (cove, cove.datasets, cove.trainer) are checked alike: every exported name resolves to its
 package's object, the TYPE_CHECKING imports list exactly the exported names (what IDEs see),
 unknown names fail with a message that says whether the reference library has them, and
 importing the package (or one name) loads only what that name needs.
@@ -20,7 +20,8 @@ import cove
 import cove.datasets
 from cove._lazy import reference_names
 
-LAZY_PACKAGES = {"cove": "transformers", "cove.datasets": "datasets"}
+LAZY_PACKAGES = {"cove": "transformers", "cove.datasets": "datasets",
+                 "cove.trainer": "transformers"}
 
 
 def _imports_after(code: str) -> dict:
