@@ -283,58 +283,74 @@ class CallbackHandler(TrainerCallback):
     def callback_list(self) -> str:
         return "\n".join(type(cb).__name__ for cb in self.callbacks)
 
-    def on_init_end(self, args, state, control, **kwargs):
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_init_end", args, state, control, **kwargs)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         control.should_training_stop = False
         return self.call_event("on_train_begin", args, state, control, **kwargs)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_train_end", args, state, control, **kwargs)
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         control.should_epoch_stop = False
         return self.call_event("on_epoch_begin", args, state, control, **kwargs)
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_epoch_end", args, state, control, **kwargs)
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      **kwargs: Any) -> TrainerControl | None:
         control.should_log = control.should_evaluate = control.should_save = False
         return self.call_event("on_step_begin", args, state, control, **kwargs)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                              control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_pre_optimizer_step", args, state, control, **kwargs)
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                          control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_optimizer_step", args, state, control, **kwargs)
 
-    def on_substep_end(self, args, state, control, **kwargs):
+    def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_substep_end", args, state, control, **kwargs)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_step_end", args, state, control, **kwargs)
 
-    def on_evaluate(self, args, state, control, metrics, **kwargs):
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float], **kwargs: Any) -> TrainerControl | None:
         control.should_evaluate = False
         return self.call_event("on_evaluate", args, state, control, metrics=metrics, **kwargs)
 
-    def on_predict(self, args, state, control, metrics, **kwargs):
+    def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                   metrics: dict[str, float], **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_predict", args, state, control, metrics=metrics, **kwargs)
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> TrainerControl | None:
         control.should_save = False
         return self.call_event("on_save", args, state, control, **kwargs)
 
-    def on_log(self, args, state, control, logs, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any], **kwargs: Any) -> TrainerControl | None:
         control.should_log = False
         return self.call_event("on_log", args, state, control, logs=logs, **kwargs)
 
-    def on_prediction_step(self, args, state, control, **kwargs):
+    def on_prediction_step(self, args: TrainingArguments, state: TrainerState,
+                           control: TrainerControl, **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_prediction_step", args, state, control, **kwargs)
 
-    def on_push_begin(self, args, state, control, **kwargs):
+    def on_push_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      **kwargs: Any) -> TrainerControl | None:
         return self.call_event("on_push_begin", args, state, control, **kwargs)
 
     def call_event(self, event: str, args: TrainingArguments, state: TrainerState,
@@ -358,7 +374,8 @@ class DefaultFlowCallback(TrainerCallback):
     last step, an evaluation if the last one was not just done, and a final checkpoint.
     """
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl | None:
         step = state.global_step
         if step == 1 and args.logging_first_step:
             control.should_log = True
@@ -378,7 +395,8 @@ class DefaultFlowCallback(TrainerCallback):
                 control.should_save = True
         return control
 
-    def on_epoch_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl | None:
         if args.logging_strategy == IntervalStrategy.EPOCH:
             control.should_log = True
         if args.eval_strategy == IntervalStrategy.EPOCH and args.eval_delay <= state.epoch:
@@ -411,19 +429,23 @@ class ProgressCallback(TrainerCallback):
         self.max_str_len = max_str_len
         self.current_step = 0
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         from tqdm.auto import tqdm
 
         if state.is_world_process_zero:
             self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True)
         self.current_step = 0
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl | None:
         if state.is_world_process_zero and self.training_bar is not None:
             self.training_bar.update(state.global_step - self.current_step)
             self.current_step = state.global_step
 
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+    def on_prediction_step(self, args: TrainingArguments, state: TrainerState,
+                           control: TrainerControl, eval_dataloader: Any = None, **kwargs: Any
+                           ) -> TrainerControl | None:
         from tqdm.auto import tqdm
 
         if not state.is_world_process_zero:
@@ -442,18 +464,22 @@ class ProgressCallback(TrainerCallback):
             self.prediction_bar.close()
             self.prediction_bar = None
 
-    def on_evaluate(self, args, state, control, **kwargs):
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl | None:
         self._close_prediction_bar(state)
 
-    def on_predict(self, args, state, control, **kwargs):
+    def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                   **kwargs: Any) -> TrainerControl | None:
         self._close_prediction_bar(state)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> TrainerControl | None:
         if state.is_world_process_zero and self.training_bar is not None:
             shown = {k: _shown(v, self.max_str_len) for k, v in logs.items() if k != "total_flos"}
             self.training_bar.write(str(shown))
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl | None:
         if state.is_world_process_zero and self.training_bar is not None:
             self.training_bar.close()
             self.training_bar = None
@@ -462,7 +488,8 @@ class ProgressCallback(TrainerCallback):
 class PrinterCallback(TrainerCallback):
     """Prints each log (floats to 4 significant digits) on each machine's main process."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> TrainerControl | None:
         # A copy: the other callbacks see the logs as they were (transformers pops total_flos).
         if state.is_local_process_zero and logs is not None:
             print({k: (f"{v:.4g}" if isinstance(v, float) else v)
@@ -504,7 +531,8 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
         else:
             self.early_stopping_patience_counter += 1
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         if args.metric_for_best_model is None:
             raise ValueError("EarlyStoppingCallback requires metric_for_best_model to be set in "
                              "the TrainingArguments (or load_best_model_at_end=True, which "
@@ -516,7 +544,8 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
             logger.warning("Using EarlyStoppingCallback without load_best_model_at_end=True: "
                            "once training is finished, the best model will not be loaded.")
 
-    def on_evaluate(self, args, state, control, metrics, **kwargs):
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float], **kwargs: Any) -> TrainerControl | None:
         name = args.metric_for_best_model
         if not name.startswith("eval_"):
             name = f"eval_{name}"
@@ -552,7 +581,8 @@ class LogHistoryJsonlCallback(TrainerCallback):
     def _path(self, args: TrainingArguments) -> str:
         return os.path.join(args.output_dir, LOG_HISTORY_NAME)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         if not state.is_world_process_zero:
             return
         os.makedirs(args.output_dir, exist_ok=True)
@@ -560,7 +590,8 @@ class LogHistoryJsonlCallback(TrainerCallback):
             f.writelines(json.dumps(entry) + "\n" for entry in state.log_history)
         self._written = len(state.log_history)
 
-    def on_log(self, args, state, control, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               **kwargs: Any) -> TrainerControl | None:
         if not state.is_world_process_zero or len(state.log_history) <= self._written:
             return
         os.makedirs(args.output_dir, exist_ok=True)
@@ -617,7 +648,8 @@ class TensorBoardCallback(TrainerCallback):
                 log_dir=self.logging_dir)
         return self.tb_writer
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> TrainerControl | None:
         if not state.is_world_process_zero:
             return
         writer = self._writer(args)
@@ -626,7 +658,8 @@ class TensorBoardCallback(TrainerCallback):
         if config is not None and hasattr(config, "to_json_string"):
             writer.add_text("model_config", config.to_json_string())
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> TrainerControl | None:
         if not state.is_world_process_zero:
             return
         writer = self._writer(args)
@@ -640,7 +673,8 @@ class TensorBoardCallback(TrainerCallback):
                                key, type(value).__name__)
         writer.flush()
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl | None:
         if self.tb_writer is not None:
             self.tb_writer.close()
             self.tb_writer = None
