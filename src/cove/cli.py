@@ -485,6 +485,19 @@ def run(args) -> int:
     return 0
 
 
+def launch(args) -> int:
+    """Run a training script on several processes (torchrun), Cove's settings in its environment."""
+    import subprocess
+
+    from cove.accelerate.launchers import torchrun_command
+
+    command, env = torchrun_command(
+        args.script, args.script_args, nproc_per_node=args.nproc_per_node, nnodes=args.nnodes,
+        node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port,
+        mixed_precision=args.mixed_precision, use_fsdp=args.use_fsdp, cpu=args.cpu)
+    return subprocess.run(command, env=env).returncode
+
+
 def _as_list(value: Any) -> Any:
     """JSON for what json cannot write: tensors and numpy values (return_tensors=True)."""
     if hasattr(value, "tolist"):
@@ -634,6 +647,24 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
                        help="a task argument (repeatable), VALUE as JSON when it parses: "
                        "top_k=3, candidate_labels='[\"sport\", \"politics\"]', "
                        "max_new_tokens=20"),
+    )),
+    "launch": (launch, "run a training script on N processes (torchrun: gloo on CPU, NCCL on "
+               "GPUs)", lambda p: (
+        p.add_argument("--nproc-per-node", type=int,
+                       help="processes on this machine (default: one per GPU, else 1)"),
+        p.add_argument("--nnodes", type=int, default=1, help="machines (default: 1)"),
+        p.add_argument("--node-rank", type=int, default=0, help="this machine's rank (default: 0)"),
+        p.add_argument("--master-addr", help="node 0's address (needed with --nnodes > 1)"),
+        p.add_argument("--master-port", type=int, help="node 0's port (default: a free one on "
+                       "one machine, else 29500)"),
+        p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"],
+                       help="the Accelerator's default (COVE_MIXED_PRECISION)"),
+        p.add_argument("--use-fsdp", action="store_true",
+                       help="shard the model with FSDP2 (COVE_USE_FSDP)"),
+        p.add_argument("--cpu", action="store_true", help="stay on CPU, even with GPUs (COVE_USE_CPU)"),
+        p.add_argument("script", metavar="SCRIPT", help="the Python training script"),
+        p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="the script's own arguments"),
     )),
     "chat": (chat, "chat with a causal LM: a user turn per line of stdin; /reset, /exit",
              lambda p: (
