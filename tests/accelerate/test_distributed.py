@@ -72,6 +72,9 @@ def test_two_processes_train_as_one_with_twice_the_batch(tmp_path, mode):
     assert r["eval_words"] == [f"w{i}" for i in range(21)]
     assert r["eval_shards"] == [[[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]],
                                 [[4, 5, 6, 7], [12, 13, 14, 15], [20, 0, 1, 2]]]
+    if mode == "ddp":  # accelerate 1.16 (cpu=True) on the same two processes agrees
+        assert r["oracle_processes"] == 2
+        assert r["oracle_eval"] == r["eval"] and r["oracle_shards"] == r["eval_shards"]
     assert r["padded"] == [0, 1, -1, 0, 1, 2] and r["reduced"] == [1.0, 0.5]
     assert "gather needs the same shape on every process, got [(2,), (3,)]" in r["gather_error"]
     assert r["split"] == [["a", "b"], ["c", "c"]]

@@ -73,6 +73,15 @@ except ValueError as e:
     results["gather_error"] = str(e)
 with acc.split_between_processes(["a", "b", "c"], apply_padding=True) as part:
     results["split"] = acc.gather_for_metrics([part], use_gather_object=True)
+if acc.distributed_type == "MULTI_CPU":  # the oracle, on the same process group
+    import accelerate
+
+    oracle = accelerate.Accelerator(cpu=True)
+    reference = oracle.prepare(DataLoader(TensorDataset(torch.arange(21)), batch_size=4))
+    results["oracle_processes"] = oracle.num_processes
+    results["oracle_eval"] = torch.cat([oracle.gather_for_metrics(i) for (i,) in reference]).tolist()
+    results["oracle_shards"] = oracle.gather_for_metrics([[i.tolist() for (i,) in reference]],
+                                                         use_gather_object=True)
 results["launch_precision"] = Accelerator().mixed_precision  # COVE_MIXED_PRECISION, if set
 results["distributed_type"] = acc.distributed_type.value
 
