@@ -139,10 +139,12 @@ TUTORIALS = {
 }
 
 # The library each import line names: Cove's package for each reference library.
-COVE_FOR = {"transformers": "cove", "datasets": "cove.datasets", "huggingface_hub": "cove.hub"}
+COVE_FOR = {"transformers": "cove", "datasets": "cove.datasets", "huggingface_hub": "cove.hub",
+            "accelerate": "cove.accelerate"}
 REFERENCE_FOR = {"cove": "transformers", "cove.models": "transformers",
                  "cove.tokenizers": "transformers", "cove.generation": "transformers",
-                 "cove.datasets": "datasets", "cove.hub": "huggingface_hub"}
+                 "cove.datasets": "datasets", "cove.hub": "huggingface_hub",
+                 "cove.accelerate": "accelerate"}
 
 
 def swap_imports(code: str, table: dict[str, str]) -> str:
@@ -281,7 +283,8 @@ def run_program(code: str, side: str, hub, workdir: Path) -> str:
            "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(workdir / "hf-home"),
            "HF_DATASETS_CACHE": str(workdir / "datasets-cache"),
            "COVE_DATASETS_CACHE": str(workdir / "datasets-cache"),
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+           "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT / "src"), "PYTHONIOENCODING": "utf-8"}
     env.pop("COVE_ENDPOINT", None)
     env.pop("COVE_TOKEN", None)

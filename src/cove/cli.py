@@ -405,8 +405,12 @@ class _StopOnCtrlC:
 
     @contextlib.contextmanager
     def armed(self) -> Iterator[None]:
-        """Ctrl-C handled as above inside the block; as before it outside."""
+        """Ctrl-C handled as above inside the block; as before it outside. A process started
+        with SIGINT ignored (a background job) keeps ignoring it."""
         self.pressed = False
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield
+            return
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             yield

@@ -153,9 +153,12 @@ class Output:
 
 def start_chat(*args) -> tuple[subprocess.Popen, Output]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    # Ctrl-C reaches the chat as from a terminal, even when the suite itself runs as a
+    # background job (which starts with SIGINT ignored, inherited by its children).
     proc = subprocess.Popen([sys.executable, "-m", "cove", "chat", *map(str, args)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+                            stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, Output(proc.stdout)
 
 
