@@ -28,8 +28,8 @@ def test_missing_names_say_what_transformers_has():
 
     import cove.trainer
 
-    with pytest.raises(AttributeError, match=r"'cove.trainer' has no 'Trainer' yet: "
+    with pytest.raises(AttributeError, match=r"'cove.trainer' has no 'Seq2SeqTrainer' yet: "
                                              r"transformers \([^)]*\) has it"):
-        cove.trainer.Trainer  # noqa: B018
+        cove.trainer.Seq2SeqTrainer  # noqa: B018
     with pytest.raises(ImportError, match="has no 'DataCollatorForSeq2Seq' yet"):
         from cove.trainer import DataCollatorForSeq2Seq  # noqa: F401

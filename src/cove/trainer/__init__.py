@@ -7,8 +7,8 @@
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, 10, 100)
 
 Arguments (`TrainingArguments`), learning-rate schedules and the optimizer (`optimization`),
-data collators, and the callbacks with the loop's state (`TrainerState`, trainer_state.json as
-transformers writes it). Importing this package imports nothing heavy: the names below load
+data collators, the callbacks with the loop's state (`TrainerState`, trainer_state.json as
+transformers writes it), and the `Trainer` that runs them on cove.accelerate's Accelerator. Importing this package imports nothing heavy: the names below load
 their module on first use.
 """
 
@@ -38,6 +38,10 @@ _EXPORTS = {
         "TrainerState", "TrainerControl", "TrainerCallback", "CallbackHandler",
         "ExportableState", "DefaultFlowCallback", "ProgressCallback", "PrinterCallback",
         "EarlyStoppingCallback", "LogHistoryJsonlCallback", "TensorBoardCallback"),
+    "cove.trainer.trainer": ("Trainer",),
+    "cove.trainer.evaluation": ("EvalPrediction", "EvalLoopOutput", "PredictionOutput",
+                                "TrainOutput"),
+    "cove.trainer.checkpoints": ("get_last_checkpoint",),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, reference="transformers")
@@ -56,12 +60,19 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         TrainerControl,
         TrainerState,
     )
+    from cove.trainer.checkpoints import get_last_checkpoint
     from cove.trainer.data_collator import (
         DataCollatorForLanguageModeling,
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,
         DefaultDataCollator,
         default_data_collator,
+    )
+    from cove.trainer.evaluation import (
+        EvalLoopOutput,
+        EvalPrediction,
+        PredictionOutput,
+        TrainOutput,
     )
     from cove.trainer.optimization import (
         create_optimizer,
@@ -78,6 +89,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         get_scheduler,
         get_wsd_schedule,
     )
+    from cove.trainer.trainer import Trainer
     from cove.trainer.trainer_utils import (
         IntervalStrategy,
         SaveStrategy,
