@@ -297,9 +297,11 @@ def test_transformers_checkpoint_resumes_in_cove_and_back(bert, tmp_path):
 
 
 def test_early_stopping_and_cove_datasets_columns(bert, tmp_path):
-    """remove_unused_columns on a cove.datasets Dataset; early stopping stops on patience."""
+    """remove_unused_columns on a cove.datasets Dataset and an HF datasets one; early stopping
+    stops on patience."""
     from cove.datasets import Dataset
 
+    datasets = pytest.importorskip("datasets")
     rows = classification_data(16)
     train = Dataset.from_list(rows)
     assert "text" in train.column_names
@@ -313,7 +315,7 @@ def test_early_stopping_and_cove_datasets_columns(bert, tmp_path):
                           learning_rate=0.0, eval_strategy="steps", eval_steps=2,
                           save_strategy="steps", save_steps=2, load_best_model_at_end=True,
                           **QUIET),
-        train_dataset=train, eval_dataset=Dataset.from_list(rows[:4]),
+        train_dataset=train, eval_dataset=datasets.Dataset.from_list(rows[:4]),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=2), Dummy()])
     trainer.train()
     # lr 0: the loss never improves, so training stops after 1 + 2 evaluations
