@@ -64,6 +64,7 @@ from cove.models.mpnet import (
     MPNetForTokenClassification,
     MPNetModel,
 )
+from cove.models.quantization import BitsAndBytesConfig
 from cove.models.roberta import (
     RobertaConfig,
     RobertaForMaskedLM,
@@ -83,7 +84,8 @@ __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
     "AutoModelForQuestionAnswering", "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification", "BertConfig", "BertForMaskedLM", "BertForQuestionAnswering",
-    "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError",
+    "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
+    "BitsAndBytesConfig", "CheckpointError",
     "DistilBertConfig", "DistilBertForMaskedLM", "DistilBertForQuestionAnswering",
     "DistilBertForSequenceClassification", "DistilBertForTokenClassification", "DistilBertModel",
     "GPT2Config", "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "LlamaConfig",

@@ -137,7 +137,7 @@ class _AutoModel:
 
 
 _LOAD_KWARGS = {"dtype", "torch_dtype", "device", "device_map", "output_loading_info",
-                "ignore_mismatched_sizes", "use_safetensors"}
+                "ignore_mismatched_sizes", "use_safetensors", "quantization_config"}
 
 
 class AutoModel(_AutoModel):

@@ -146,13 +146,17 @@ class PreTrainedModel(nn.Module):
         ignore_mismatched_sizes: bool = False,
         use_safetensors: bool | None = None,
         gguf_file: str | None = None,
+        quantization_config: Any = None,
         **kwargs: Any,
     ):
         """Load a model from a folder or a Hub repository (revision=, token=, cache_dir=, ...).
 
         `gguf_file` names a llama.cpp GGUF file there: it is converted once into a cache folder
         (see cove.models.gguf) and loaded from it. `device_map` ("auto", a device, or
-        {"module.name": device}) spreads the model over devices (see cove.models.placement)."""
+        {"module.name": device}) spreads the model over devices (see cove.models.placement).
+        `quantization_config` (a BitsAndBytesConfig or its dict form) quantises the linear
+        layers to 4 or 8 bits as they load (see cove.models.quantization); `dtype` is then the
+        dtype of the layers that stay in float."""
         if trust_remote_code:
             raise ValueError(
                 "trust_remote_code=True is refused: Cove never runs code from a repository. "
@@ -172,6 +176,16 @@ class PreTrainedModel(nn.Module):
         elif kwargs:
             for k, v in kwargs.items():
                 setattr(config, k, v)
+        if quantization_config is not None:
+            from cove.models import quantization
+
+            quantization_config = quantization.BitsAndBytesConfig.coerce(quantization_config)
+        if getattr(config, "quantization_config", None):
+            raise ckpt.CheckpointError(
+                f"{name_or_path} holds weights already quantised ({config.quantization_config}"
+                " in config.json); Cove loads float checkpoints only: load the original one, "
+                "with quantization_config= to quantise it."
+            )
         files = find_checkpoint(name_or_path, use_safetensors, **hub)
         state = ckpt.read_weights(files)
         target = as_dtype(dtype)
@@ -179,11 +193,19 @@ class PreTrainedModel(nn.Module):
             target = as_dtype(config.dtype) if config.dtype else _first_float_dtype(state)
         with parameters_on_meta():
             model = cls(config)
+        quantized = ([] if quantization_config is None
+                     else quantization.modules_to_quantize(model, quantization_config))
         try:
-            info = model._load_state(state, target, ignore_mismatched_sizes)
+            # Weights about to be quantised skip the cast to `target`: no full float copy.
+            info = model._load_state(state, target, ignore_mismatched_sizes,
+                                     keep_dtype={f"{n}.weight" for n in quantized})
         except ckpt.CheckpointError as e:
             source = files[0] if len(files) == 1 else f"{len(files)} shards in {files[0].parent}"
             raise ckpt.CheckpointError(f"{source}: {e}") from None
+        if quantization_config is not None:
+            quantization.quantize_model(model, quantization_config, quantized,
+                                        release_float=True)
+        del state  # the checkpoint's mapping goes once no float weight refers to it
         if target is not None:
             config.dtype = str(target).removeprefix("torch.")
         if device is not None:
@@ -196,7 +218,9 @@ class PreTrainedModel(nn.Module):
         return (model, info) if output_loading_info else model
 
     def _load_state(self, state: dict[str, torch.Tensor], dtype: torch.dtype | None,
-                    ignore_mismatched_sizes: bool) -> LoadingInfo:
+                    ignore_mismatched_sizes: bool, keep_dtype: set[str] = frozenset()
+                    ) -> LoadingInfo:
+        """Assign the checkpoint's tensors, cast to `dtype` (except those in `keep_dtype`)."""
         state = self._adapt_keys(state)
         expected = dict(self.named_parameters(remove_duplicate=False))
         # Only persistent buffers are loaded (as transformers does): others are rebuilt.
@@ -220,7 +244,8 @@ class PreTrainedModel(nn.Module):
                     f"tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, but "
                     "the model's weight is floating point"
                 )
-            if dtype is not None and tensor.is_floating_point() and name in params:
+            if dtype is not None and tensor.is_floating_point() and name in params \
+                    and name not in keep_dtype:
                 tensor = tensor.to(dtype)
             assign[name] = tensor
         if mismatched and not ignore_mismatched_sizes:
@@ -307,7 +332,12 @@ class PreTrainedModel(nn.Module):
         persistent = {n for n, _ in self.named_parameters()} | {
             n for n, b in self.named_buffers() if _is_persistent(self, n)}
         tied = set(self.active_ties())
-        return {k: v.detach() for k, v in state.items() if k in persistent and k not in tied}
+        state = {k: v.detach() for k, v in state.items() if k in persistent and k not in tied}
+        if getattr(self, "is_quantized", False):
+            from cove.models.quantization import dequantized_state
+
+            state = dequantized_state(self, state)
+        return state
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None,
                     private: bool | None = None, token: str | None = None,
