@@ -217,7 +217,8 @@ _TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
 
 def _table(name: str, device: torch.device) -> torch.Tensor:
     """A code's levels (float32) on a device; "nf4"/"fp4" also as "<name>-pairs": the two
-    levels of every byte (high nibble first), so one lookup decodes a byte."""
+    levels of every byte (high nibble first) as one 64-bit item, so one lookup decodes a
+    byte (a 1-D gather of 8-byte items is several times faster than one of 2-float rows)."""
     key = (name, device)
     if key not in _TABLES:
         if name == "dynamic":
@@ -225,7 +226,8 @@ def _table(name: str, device: torch.device) -> torch.Tensor:
         elif name.endswith("-pairs"):
             code = torch.tensor(CODES[name.removesuffix("-pairs")], dtype=torch.float32)
             byte = torch.arange(256)
-            table = torch.stack([code[byte >> 4], code[byte & 15]], dim=1)
+            table = torch.stack([code[byte >> 4], code[byte & 15]], dim=1).view(torch.int64)
+            table = table.view(-1)
         else:
             table = torch.tensor(CODES[name], dtype=torch.float32)
         _TABLES[key] = table.to(device)
@@ -278,7 +280,8 @@ def dequantize_4bit(packed: torch.Tensor, absmax: torch.Tensor, quant_type: str 
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The flat values of whole blocks: each code's level times its block's absmax."""
     pairs = _table(f"{quant_type}-pairs", packed.device)
-    values = pairs.index_select(0, packed.view(torch.uint8).int()).view(-1, BLOCKSIZE)
+    values = pairs.index_select(0, packed.view(torch.uint8).int()).view(torch.float32)
+    values = values.view(-1, BLOCKSIZE)
     return (values * absmax[:, None]).view(-1).to(dtype)
 
 
