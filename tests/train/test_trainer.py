@@ -450,3 +450,60 @@ def test_reporting_to_tensorboard(bert, tmp_path):
     assert any(isinstance(cb, TensorBoardCallback) for cb in trainer.callback_handler.callbacks)
     trainer.train()
     assert list((tmp_path / "tb" / "runs").glob("*/events.out.tfevents.*"))
+
+
+def test_custom_optimizer_loss_and_logits_hooks(bert, tmp_path):
+    """optimizers=(optimizer, scheduler), optimizer_cls_and_kwargs, compute_loss_func (given
+    the items of the whole accumulated batch) and preprocess_logits_for_metrics."""
+    data = classification_data(16)
+    args = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=3,
+                learning_rate=1e-3, logging_steps=1, save_strategy="no", seed=4, **QUIET)
+
+    def trainer(name, **kwargs):
+        return Trainer(AutoModelForSequenceClassification.from_pretrained(bert),
+                       TrainingArguments(str(tmp_path / name), **args), train_dataset=data,
+                       **kwargs)
+
+    default = trainer("default")
+    default.train()
+    seen = []
+
+    def summed_cross_entropy(outputs, labels, num_items_in_batch):
+        seen.append(int(num_items_in_batch))
+        return torch.nn.functional.cross_entropy(outputs.logits, labels,
+                                                 reduction="sum") / num_items_in_batch
+
+    custom_loss = trainer("loss", compute_loss_func=summed_cross_entropy)
+    custom_loss.train()
+    assert set(seen) == {8}  # the examples of the 2 accumulated micro-batches
+    np.testing.assert_allclose(curve(custom_loss), curve(default), rtol=0, atol=1e-6)
+
+    model = AutoModelForSequenceClassification.from_pretrained(bert)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05)
+    constant = torch.optim.lr_scheduler.LambdaLR(sgd, lambda step: 1.0)
+    given = Trainer(model, TrainingArguments(str(tmp_path / "given"), **args),
+                    train_dataset=data, optimizers=(sgd, constant))
+    given.train()
+    assert [e["learning_rate"] for e in given.state.log_history if "loss" in e] == [0.05] * 3
+
+    by_class = trainer("cls", optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
+    by_class.train()
+    groups = by_class.optimizer.param_groups
+    assert isinstance(by_class.optimizer.optimizer, torch.optim.SGD) and len(groups) == 2
+    assert groups[1]["weight_decay"] == 0.0 and groups[0]["initial_lr"] == 0.1
+
+    received = []
+
+    def to_classes(logits, labels):
+        received.append(logits.shape)
+        return logits.argmax(-1)
+
+    def check(p):
+        assert p.predictions.ndim == 1 and p.predictions.dtype == np.int64
+        return {"accuracy": float((p.predictions == p.label_ids).mean())}
+
+    evaluated = Trainer(default.model, TrainingArguments(str(tmp_path / "ev"), **args),
+                        compute_metrics=check, preprocess_logits_for_metrics=to_classes)
+    metrics = evaluated.evaluate(data[:10])
+    assert received == [(8, 3), (2, 3)] and 0 <= metrics["eval_accuracy"] <= 1
+    assert metrics["eval_loss"] == pytest.approx(default.evaluate(data[:10])["eval_loss"])
