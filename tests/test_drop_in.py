@@ -295,23 +295,30 @@ def _start_hub(data: Path, repositories: dict[tuple[str, str], Path]):
     from huggingface_hub import HfApi
 
     live = seeded_server(data)
-    for namespace in NAMESPACES:
-        cove_admin("admin", "org", "create", namespace, "--member", "alice", data=data)
-    api = HfApi(endpoint=live.url, token=live.accounts.alice_write)
-    for (repo, kind), folder in repositories.items():
-        api.create_repo(repo, repo_type=kind)
-        api.upload_folder(repo_id=repo, folder_path=folder, repo_type=kind)
+    try:
+        for namespace in NAMESPACES:
+            cove_admin("admin", "org", "create", namespace, "--member", "alice", data=data)
+        api = HfApi(endpoint=live.url, token=live.accounts.alice_write)
+        for (repo, kind), folder in repositories.items():
+            api.create_repo(repo, repo_type=kind)
+            api.upload_folder(repo_id=repo, folder_path=folder, repo_type=kind)
+    except BaseException:
+        live.stop()  # a failed seeding must not leave the server running
+        raise
     return live
 
 
 @pytest.fixture(scope="module")
 def hubs(tmp_path_factory, repositories):
     """One server for each side, seeded alike (the programs push, so they must not share)."""
-    live = {side: _start_hub(tmp_path_factory.mktemp(f"hub-{side}"), repositories)
-            for side in ("reference", "cove")}
-    yield live
-    for server in live.values():
-        server.stop()
+    live = {}
+    try:
+        for side in ("reference", "cove"):
+            live[side] = _start_hub(tmp_path_factory.mktemp(f"hub-{side}"), repositories)
+        yield live
+    finally:
+        for server in live.values():
+            server.stop()
 
 
 def run_program(code: str, side: str, hub, workdir: Path) -> str:
