@@ -132,8 +132,43 @@ class _AutoModel:
             hub = {k: kwargs[k] for k in kwargs if k in HUB_KWARGS}
             config_kwargs = {k: kwargs.pop(k) for k in list(kwargs)
                              if k not in HUB_KWARGS and k not in _LOAD_KWARGS}
-            config = AutoConfig.from_pretrained(name_or_path, **hub, **config_kwargs)
+            try:
+                config = AutoConfig.from_pretrained(name_or_path, **hub, **config_kwargs)
+            except OSError:  # no config.json (a folder's, or the Hub's EntryNotFoundError)
+                adapted = _adapter_model(cls, name_or_path, kwargs, config_kwargs)
+                if adapted is None:
+                    raise
+                return adapted
         return cls.model_class(config).from_pretrained(name_or_path, config=config, **kwargs)
+
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+def _adapter_model(auto: type[_AutoModel], name_or_path: str | os.PathLike,
+                   kwargs: dict[str, Any], config_kwargs: dict[str, Any]) -> Any:
+    """A PEFT adapter (adapter_config.json, no config.json), as transformers loads it: the base
+    model its config names, with the adapter (a cove.peft PeftModel). None for no adapter."""
+    hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+    try:
+        path = resolve_file(name_or_path, ADAPTER_CONFIG_NAME, **hub)
+    except OSError:
+        path = None  # the caller raises its own error (about config.json)
+    if path is None:
+        return None
+    base_name = read_config_dict(path).get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"{path} does not name its base model (base_model_name_or_path): load "
+                         "the base model, then PeftModel.from_pretrained(base, "
+                         f"{str(name_or_path)!r}).")
+    # revision and subfolder are the adapter's; the cache, token and endpoint serve both.
+    shared = {k: v for k, v in hub.items() if k not in ("revision", "subfolder")}
+    loaded = auto.from_pretrained(base_name, **shared, **config_kwargs, **kwargs)
+    base, info = loaded if isinstance(loaded, tuple) else (loaded, None)
+    from cove.peft import PeftModel  # adapters sit above models: imported for an adapter only
+
+    adapted = PeftModel.from_pretrained(base, name_or_path, **hub)
+    return adapted if info is None else (adapted, info)
 
 
 _LOAD_KWARGS = {"dtype", "torch_dtype", "device", "device_map", "output_loading_info",

@@ -215,6 +215,7 @@ class PreTrainedModel(nn.Module):
 
             dispatch(model, device_map)
         model.eval()
+        model.name_or_path = str(name_or_path)  # as transformers: adapters record their base
         return (model, info) if output_loading_info else model
 
     def _load_state(self, state: dict[str, torch.Tensor], dtype: torch.dtype | None,

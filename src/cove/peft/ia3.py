@@ -11,14 +11,15 @@ from torch import nn
 
 from cove.models.gpt2 import Conv1D
 from cove.peft.config import IA3Config
-from cove.peft.lora import adapter_dtype
 from cove.peft.tuners import (
     BaseTuner,
     BaseTunerLayer,
+    adapter_dtype,
     float_weight,
     linear_shape,
     matches,
-    mergeable_weight,
+    set_weight,
+    weight_place,
 )
 
 # model_type -> (target modules, feed-forward modules) when not given (PEFT's defaults)
@@ -58,12 +59,12 @@ class Linear(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, init_ia3_weights: bool,
                      autocast_adapter_dtype: bool = True) -> None:
         shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
-        base = float_weight(self.base_layer)
-        dtype = adapter_dtype(getattr(self.base_layer, "weight", base), autocast_adapter_dtype)
+        device, base_dtype = weight_place(self.base_layer)
         vector = torch.randn(shape)
         if init_ia3_weights:
             vector = torch.ones(shape)
-        self.ia3_l[adapter_name] = nn.Parameter(vector.to(base.device, dtype))
+        dtype = adapter_dtype(base_dtype, autocast_adapter_dtype)
+        self.ia3_l[adapter_name] = nn.Parameter(vector.to(device, dtype))
         self.set_adapter(self.active_adapters)
 
     def _scale(self, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
@@ -74,22 +75,22 @@ class Linear(nn.Module, BaseTunerLayer):
         return vector if not self.fan_in_fan_out else vector.T  # scales outputs: out-rows
 
     def _merge_one(self, adapter_name: str, safe_merge: bool) -> None:
-        weight = mergeable_weight(self.base_layer)
         with torch.no_grad():
+            weight = float_weight(self.base_layer)
             merged = weight * self._scale(adapter_name, weight)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"NaNs or infinities in the weights merged with adapter "
                                  f"{adapter_name!r}: the adapter is broken.")
-            weight.copy_(merged)
+            set_weight(self.base_layer, merged)
             bias = getattr(self.base_layer, "bias", None)
             if not self.is_feedforward and bias is not None:
                 bias.mul_(self.ia3_l[adapter_name].reshape(bias.shape).to(bias.dtype))
 
     def _unmerge_one(self, adapter_name: str) -> None:
-        weight = mergeable_weight(self.base_layer)
         with torch.no_grad():
+            weight = float_weight(self.base_layer)
             # The small constant keeps a zero entry from dividing by zero (as PEFT).
-            weight.div_(self._scale(adapter_name, weight) + 1e-8)
+            set_weight(self.base_layer, weight / (self._scale(adapter_name, weight) + 1e-8))
             bias = getattr(self.base_layer, "bias", None)
             if not self.is_feedforward and bias is not None:
                 bias.div_(self.ia3_l[adapter_name].reshape(bias.shape).to(bias.dtype) + 1e-8)

@@ -24,10 +24,12 @@ from cove.peft.config import LoraConfig
 from cove.peft.tuners import (
     BaseTuner,
     BaseTunerLayer,
+    adapter_dtype,
     float_weight,
     linear_shape,
-    mergeable_weight,
+    set_weight,
     transpose,
+    weight_place,
 )
 
 # model_type -> the layers LoRA targets when target_modules is not given (PEFT's defaults)
@@ -36,15 +38,6 @@ DEFAULT_TARGETS = {
     "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"],
 }
-
-
-def adapter_dtype(weight: torch.Tensor, autocast: bool) -> torch.dtype:
-    """Adapters of half-precision bases are kept in float32 (PEFT's autocast_adapter_dtype)."""
-    if not weight.is_floating_point():  # a quantised base: adapters in float32
-        return torch.float32
-    if autocast and weight.dtype in (torch.float16, torch.bfloat16):
-        return torch.float32
-    return weight.dtype
 
 
 class DoraLinearLayer(nn.Module):
@@ -138,14 +131,14 @@ class Linear(nn.Module, LoraLayer):
                      autocast_adapter_dtype: bool = True) -> None:
         """Add adapter `adapter_name` to this layer."""
         self._set_scale(adapter_name, r, lora_alpha, use_rslora, lora_dropout)
-        base = float_weight(self.base_layer)
-        dtype = adapter_dtype(getattr(self.base_layer, "weight", base), autocast_adapter_dtype)
+        device, base_dtype = weight_place(self.base_layer)
+        dtype = adapter_dtype(base_dtype, autocast_adapter_dtype)
         # Created as PEFT creates them (nn.Linear's own init, then the LoRA init), so a seeded
         # run draws the same initial weights as PEFT.
         self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
         self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=False)
-        self.lora_A[adapter_name].to(base.device, dtype)
-        self.lora_B[adapter_name].to(base.device, dtype)
+        self.lora_A[adapter_name].to(device, dtype)
+        self.lora_B[adapter_name].to(device, dtype)
         if isinstance(init_lora_weights, str) and init_lora_weights.lower() == "pissa":
             self._pissa_init(adapter_name)
         elif init_lora_weights is not False:
@@ -170,18 +163,16 @@ class Linear(nn.Module, LoraLayer):
 
     def _pissa_init(self, adapter_name: str) -> None:
         """PiSSA: A and B from the top r singular vectors of W, which keeps the rest."""
-        weight = mergeable_weight(self.base_layer)
         r, scale = self.r[adapter_name], self.scaling[adapter_name]
         with torch.no_grad():
-            w = transpose(weight.float(), self.fan_in_fan_out)
+            w = transpose(float_weight(self.base_layer).float(), self.fan_in_fan_out)
             U, S, Vh = torch.linalg.svd(w, full_matrices=False)
             root = torch.sqrt(S[:r] / scale)
             A = torch.diag(root) @ Vh[:r]
             B = U[:, :r] @ torch.diag(root)
             self.lora_A[adapter_name].weight.copy_(A)
             self.lora_B[adapter_name].weight.copy_(B)
-            rest = w - scale * B @ A
-            weight.copy_(transpose(rest, self.fan_in_fan_out).to(weight.dtype))
+            set_weight(self.base_layer, transpose(w - scale * B @ A, self.fan_in_fan_out))
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         """scale * B @ A, in the base weight's layout ([in, out] for fan_in_fan_out)."""
@@ -189,8 +180,8 @@ class Linear(nn.Module, LoraLayer):
         return transpose(B @ A, self.fan_in_fan_out) * self.scaling[adapter_name]
 
     def _merge_one(self, adapter_name: str, safe_merge: bool) -> None:
-        weight = mergeable_weight(self.base_layer)
         with torch.no_grad():
+            weight = float_weight(self.base_layer)
             delta = self.delta_weight(adapter_name).to(weight.dtype)
             if not self.use_dora.get(adapter_name):
                 merged = weight + delta
@@ -202,19 +193,19 @@ class Linear(nn.Module, LoraLayer):
                 merged = transpose(factor * transpose(weight + delta, self.fan_in_fan_out),
                                    self.fan_in_fan_out)
             self._merge_check(merged, adapter_name, safe_merge)
-            weight.copy_(merged)
+            set_weight(self.base_layer, merged)
 
     def _unmerge_one(self, adapter_name: str) -> None:
-        weight = mergeable_weight(self.base_layer)
         with torch.no_grad():
+            weight = float_weight(self.base_layer)
             delta = self.delta_weight(adapter_name).to(weight.dtype)
             if not self.use_dora.get(adapter_name):
-                weight.sub_(delta)
+                set_weight(self.base_layer, weight - delta)
                 return
             dora = self.lora_magnitude_vector[adapter_name]
             factor = (dora.weight / self._dora_norms.pop(adapter_name)).view(-1, 1)
             unscaled = transpose(weight, self.fan_in_fan_out) / factor.to(weight.dtype)
-            weight.copy_(transpose(unscaled, self.fan_in_fan_out) - delta)
+            set_weight(self.base_layer, transpose(unscaled, self.fan_in_fan_out) - delta)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters or self.merged:
@@ -260,12 +251,12 @@ class Embedding(nn.Module, LoraLayer):
             raise ValueError("PiSSA initialisation applies to linear layers only: leave the "
                              "embeddings out of target_modules.")
         self._set_scale(adapter_name, r, lora_alpha, use_rslora, lora_dropout)
-        weight = self.base_layer.weight
-        dtype = adapter_dtype(weight, autocast_adapter_dtype)
+        device, base_dtype = weight_place(self.base_layer)
+        dtype = adapter_dtype(base_dtype, autocast_adapter_dtype)
         A = torch.randn((r, self.in_features))
         B = torch.randn((self.out_features, r))
-        self.lora_embedding_A[adapter_name] = nn.Parameter(A.to(weight.device, dtype))
-        self.lora_embedding_B[adapter_name] = nn.Parameter(B.to(weight.device, dtype))
+        self.lora_embedding_A[adapter_name] = nn.Parameter(A.to(device, dtype))
+        self.lora_embedding_B[adapter_name] = nn.Parameter(B.to(device, dtype))
         if init_lora_weights is not False:
             # A = 0 and B normal (the LoRA paper's choice for embeddings): starts as a no-op.
             nn.init.zeros_(self.lora_embedding_A[adapter_name])
@@ -278,16 +269,16 @@ class Embedding(nn.Module, LoraLayer):
         return (B @ A).T * self.scaling[adapter_name]
 
     def _merge_one(self, adapter_name: str, safe_merge: bool) -> None:
-        weight = mergeable_weight(self.base_layer)
         with torch.no_grad():
+            weight = float_weight(self.base_layer)
             merged = weight + self.delta_weight(adapter_name).to(weight.dtype)
             self._merge_check(merged, adapter_name, safe_merge)
-            weight.copy_(merged)
+            set_weight(self.base_layer, merged)
 
     def _unmerge_one(self, adapter_name: str) -> None:
-        weight = mergeable_weight(self.base_layer)
         with torch.no_grad():
-            weight.sub_(self.delta_weight(adapter_name).to(weight.dtype))
+            weight = float_weight(self.base_layer)
+            set_weight(self.base_layer, weight - self.delta_weight(adapter_name).to(weight.dtype))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters or self.merged:
@@ -366,7 +357,7 @@ class LoraModel(BaseTuner):
             bias = self.peft_config[adapter].bias if adapter in self.peft_config else "none"
             if bias == "all":
                 for name, param in model.named_parameters():
-                    if "bias" in name:
+                    if "bias" in name and ".original_module." not in name:
                         param.requires_grad_(True)
             elif bias == "lora_only":
                 for module in model.modules():

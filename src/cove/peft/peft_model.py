@@ -158,6 +158,12 @@ class PeftModel(nn.Module):
             total += param.numel()
             if param.requires_grad:
                 trainable += param.numel()
+        for module in self.modules():
+            # A quantised linear keeps its weight in buffers (codes and scales): counted as
+            # the in x out weights it stands for, as PEFT counts bitsandbytes' 4-bit weights.
+            if callable(getattr(module, "dequantize", None)) and not isinstance(
+                    getattr(module, "weight", None), nn.Parameter):
+                total += module.in_features * module.out_features
         return trainable, total
 
     def print_trainable_parameters(self) -> None:

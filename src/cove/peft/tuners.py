@@ -121,7 +121,8 @@ class BaseTunerLayer:
 
 
 def float_weight(layer: nn.Module) -> torch.Tensor:
-    """A base layer's weight as a float tensor (dequantised for quantised layers)."""
+    """A base layer's weight as a float tensor: the parameter itself, or for a quantised layer
+    (no `weight`, a `dequantize()`) a dequantised copy."""
     weight = getattr(layer, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.is_floating_point():
         return weight
@@ -131,14 +132,36 @@ def float_weight(layer: nn.Module) -> torch.Tensor:
                     "`dequantize()`: Cove cannot read its weight.")
 
 
-def mergeable_weight(layer: nn.Module) -> nn.Parameter:
-    """The base weight that merging writes into: a float Parameter."""
+def set_weight(layer: nn.Module, value: torch.Tensor) -> None:
+    """Store a new weight (a merge): into the parameter, or requantised (`quantize_`)."""
     weight = getattr(layer, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.is_floating_point():
-        return weight
-    raise TypeError(f"Cannot merge an adapter into a {type(layer).__name__}: its weight is not "
-                    "a float tensor (a quantised layer). Use the adapter unmerged, or merge into "
-                    "a float copy of the base model.")
+        with torch.no_grad():
+            weight.copy_(value.to(weight.dtype))
+        return
+    if callable(getattr(layer, "quantize_", None)):
+        layer.quantize_(value)
+        return
+    raise TypeError(f"Cannot merge an adapter into a {type(layer).__name__}: it has no float "
+                    "`weight` and no `quantize_()` to store a new one. Use the adapter unmerged.")
+
+
+def weight_place(layer: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    """Where a base layer's weight lives, and its dtype (None when it is not float:
+    quantised), without dequantising it."""
+    weight = getattr(layer, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device, weight.dtype if weight.is_floating_point() else None
+    tensor = next(iter([*layer.parameters(), *layer.buffers()]), None)
+    return (tensor.device if tensor is not None else torch.device("cpu")), None
+
+
+def adapter_dtype(base_dtype: torch.dtype | None, autocast: bool) -> torch.dtype:
+    """Adapters of half-precision (or quantised) bases are kept in float32 (PEFT's
+    autocast_adapter_dtype)."""
+    if base_dtype is None or (autocast and base_dtype in (torch.float16, torch.bfloat16)):
+        return torch.float32
+    return base_dtype
 
 
 def linear_shape(layer: nn.Module) -> tuple[int, int] | None:

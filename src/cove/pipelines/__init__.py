@@ -128,9 +128,10 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
     if dtype is not None:
         dtype = as_dtype(dtype)
 
+    inner = _unwrapped(model)
     if task is None:
-        if isinstance(model, PreTrainedModel):
-            task = _infer_task([type(model).__name__], type(model).__name__)
+        if isinstance(inner, PreTrainedModel):
+            task = _infer_task([type(inner).__name__], type(inner).__name__)
         else:
             config = AutoConfig.from_pretrained(model, **hub)
             task = _infer_task(config.architectures, repr(str(model)))
@@ -161,20 +162,20 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
         model = loaded
         if tokenizer is None:
             tokenizer = name
-    elif isinstance(model, PreTrainedModel):
-        expected = MODELS.get((model.config.model_type, head))
-        if head != "base" and (expected is None or not isinstance(model, expected)):
-            raise ValueError(f"A {type(model).__name__} cannot run the {task!r} task: it needs "
+    elif isinstance(inner, PreTrainedModel):
+        expected = MODELS.get((inner.config.model_type, head))
+        if head != "base" and (expected is None or not isinstance(inner, expected)):
+            raise ValueError(f"A {type(inner).__name__} cannot run the {task!r} task: it needs "
                              f"a model with a {head} head.")
         if dtype is not None and dtype != "auto":
             model = model.to(dtype)
         if device_map is not None:
             from cove.models.placement import dispatch
 
-            dispatch(model, device_map)
+            dispatch(inner, device_map)
         if tokenizer is None:
-            tokenizer = getattr(model.config, "_name_or_path", None) or getattr(
-                model.config, "name_or_path", None)
+            tokenizer = getattr(inner, "name_or_path", None) or getattr(
+                inner.config, "_name_or_path", None) or getattr(inner.config, "name_or_path", None)
             if not tokenizer:
                 raise ValueError("Pass tokenizer= with a model object: Cove cannot tell which "
                                  "tokenizer goes with it.")
@@ -188,6 +189,13 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
         task_kwargs = {**cls._from_repository(source, hub), **task_kwargs}
     return cls(model, tokenizer, task=task, device=device, batch_size=batch_size,
                **task_kwargs)
+
+
+def _unwrapped(model: Any) -> Any:
+    """The model inside an adapter wrapper (a PeftModel's get_base_model()); else `model`.
+    The pipeline runs the wrapper: its forward and generate apply the adapters."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
 
 
 def _endings(head: str) -> tuple[str, ...]:

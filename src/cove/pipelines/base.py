@@ -40,7 +40,7 @@ class Pipeline:
             self.model.to(self.device)
         self.model.eval()
         self.batch_size = _check_batch_size(batch_size)
-        self._accepted = set(inspect.signature(model.forward).parameters)
+        self._accepted = _forward_parameters(model)
         self._params = self._sanitized(kwargs)
 
     # -- what a task defines --------------------------------------------------------------
@@ -187,3 +187,13 @@ def _check_batch_size(batch_size: Any) -> int | None:
                                    or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     return batch_size
+
+
+def _forward_parameters(model: Any) -> set[str]:
+    """The inputs the model's forward names; for an adapter wrapper whose forward passes
+    **kwargs on (a PeftModel), those of the model inside."""
+    params = inspect.signature(model.forward).parameters
+    inner = getattr(model, "get_base_model", None)
+    if callable(inner) and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return set(params) | set(inspect.signature(inner().forward).parameters)
+    return set(params)
