@@ -2,7 +2,8 @@
 
 Cove's packages tell a user whether a name they lack exists in the Hugging Face library they
 mirror (src/cove/_lazy.py) without importing it; this script records those names from the
-installed oracles: transformers 5.x (.venv) and 4.57 (.venv-tf4), datasets and accelerate (.venv).
+installed oracles: transformers 5.x (.venv) and 4.57 (.venv-tf4), datasets, accelerate and peft
+(.venv).
 Run it after upgrading an oracle:  .venv/bin/python tests/reference_names.py
 """
 
@@ -47,4 +48,5 @@ if __name__ == "__main__":
     write("transformers", [os.path.join(ROOT, ".venv-tf4", "bin", "python"), venv])
     write("datasets", [venv])
     write("accelerate", [venv])
+    write("peft", [venv])
     sys.exit(0)

@@ -178,11 +178,11 @@ STRUCTURE_ONLY = {"quicktour-trainer"}
 
 # The library each import line names: Cove's package for each reference library.
 COVE_FOR = {"transformers": "cove", "datasets": "cove.datasets", "huggingface_hub": "cove.hub",
-            "accelerate": "cove.accelerate"}
+            "accelerate": "cove.accelerate", "peft": "cove.peft"}
 REFERENCE_FOR = {"cove": "transformers", "cove.models": "transformers",
                  "cove.tokenizers": "transformers", "cove.generation": "transformers",
                  "cove.datasets": "datasets", "cove.hub": "huggingface_hub",
-                 "cove.accelerate": "accelerate"}
+                 "cove.accelerate": "accelerate", "cove.peft": "peft"}
 
 
 def swap_imports(code: str, table: dict[str, str]) -> str:

@@ -21,7 +21,8 @@ import cove.datasets
 from cove._lazy import reference_names
 
 LAZY_PACKAGES = {"cove": "transformers", "cove.datasets": "datasets",
-                 "cove.trainer": "transformers", "cove.accelerate": "accelerate"}
+                 "cove.trainer": "transformers", "cove.accelerate": "accelerate",
+                 "cove.peft": "peft"}
 
 
 def _imports_after(code: str) -> dict:
