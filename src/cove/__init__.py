@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # TYPE_CHECKING imports below and the packages' own exports in step.
 _EXPORTS = {
     "cove.models": (
-        "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
+        "BitsAndBytesConfig", "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
         "AutoModelForQuestionAnswering", "AutoModelForSequenceClassification",
         "AutoModelForTokenClassification", "BertConfig", "BertForMaskedLM",
         "BertForQuestionAnswering", "BertForSequenceClassification",
@@ -129,6 +129,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         BertForSequenceClassification,
         BertForTokenClassification,
         BertModel,
+        BitsAndBytesConfig,
         DistilBertConfig,
         DistilBertForMaskedLM,
         DistilBertForQuestionAnswering,
