@@ -324,6 +324,21 @@ def test_early_stopping_and_cove_datasets_columns(bert, tmp_path):
     assert trainer.pop_callback(Dummy) is None
 
 
+def test_gradient_checkpointing_keeps_the_curve(llama, tmp_path):
+    """gradient_checkpointing=True recomputes the blocks in the backward: same losses."""
+    curves = []
+    for checkpointing in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(llama)
+        trainer = Trainer(model, TrainingArguments(
+            str(tmp_path / str(checkpointing)), per_device_train_batch_size=4, max_steps=4,
+            logging_steps=1, gradient_checkpointing=checkpointing, **QUIET),
+            train_dataset=lm_data(8), data_collator=pad_lm)
+        trainer.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        curves.append(curve(trainer))
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-5, atol=1e-6)
+
+
 # -- clear errors -------------------------------------------------------------------------------
 
 def test_clear_errors(bert, tmp_path):
@@ -340,8 +355,8 @@ def test_clear_errors(bert, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="does not support activation checkpointing"):
-        Trainer(model, TrainingArguments(str(tmp_path / "gc"), max_steps=1,
-                                         gradient_checkpointing=True, **QUIET),
+        Trainer(torch.nn.Linear(2, 2), TrainingArguments(str(tmp_path / "gc"), max_steps=1,
+                                                         gradient_checkpointing=True, **QUIET),
                 train_dataset=classification_data(4)).train()
     with pytest.raises(ValueError, match="No columns in the training dataset match"):
         from cove.datasets import Dataset

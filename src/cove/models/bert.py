@@ -11,6 +11,7 @@ from cove.models.layers import (
     check_heads,
     classification_loss,
     padding_mask,
+    run_block,
     self_attention,
     span_loss,
     token_loss,
@@ -146,7 +147,7 @@ class BertEncoder(nn.Module):
     def forward(self, x, mask, output_attentions: bool, output_hidden_states: bool):
         hidden, attentions = ([x] if output_hidden_states else None), []
         for layer in self.layer:
-            x, weights = layer(x, mask, output_attentions)
+            x, weights = run_block(layer, x, mask, output_attentions)
             if output_hidden_states:
                 hidden.append(x)
             if output_attentions:

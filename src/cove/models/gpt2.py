@@ -23,6 +23,7 @@ from cove.models.layers import (
     decoder_inputs,
     decoder_output,
     merge_heads,
+    run_block,
     sequence_classifier_output,
     split_heads,
 )
@@ -167,7 +168,7 @@ class GPT2Model(GPT2PreTrainedModel):
         for block in self.h:
             if inputs.output_hidden_states:
                 hidden.append(x)
-            x, weights = block(x, mask, inputs.cache, inputs.output_attentions)
+            x, weights = run_block(block, x, mask, inputs.cache, inputs.output_attentions)
             attentions.append(weights)
         return decoder_output(self.config, return_dict, self.ln_f(x), inputs, hidden, attentions)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from cove.models.outputs import (
@@ -41,6 +42,16 @@ def activation(name: str):
         return ACT2FN[name]
     except KeyError:
         raise ValueError(f"Unknown activation {name!r}: use one of {sorted(ACT2FN)}") from None
+
+
+def run_block(block: nn.Module, *args):
+    """Run one block of a layer loop. With gradient checkpointing on (the model's
+    `gradient_checkpointing_enable()` marks its blocks), a training forward that records
+    gradients keeps only the block's inputs and recomputes the rest in the backward pass."""
+    kwargs = getattr(block, "checkpoint_kwargs", None)
+    if kwargs is not None and block.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, *args, **kwargs)
+    return block(*args)
 
 
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

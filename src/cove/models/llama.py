@@ -29,6 +29,7 @@ from cove.models.layers import (
     decoder_inputs,
     decoder_output,
     merge_heads,
+    run_block,
     sequence_classifier_output,
 )
 from cove.models.modeling import PreTrainedModel
@@ -259,7 +260,8 @@ class LlamaModel(LlamaPreTrainedModel):
         for layer, window in zip(self.layers, self.sliding_windows, strict=True):
             if inputs.output_hidden_states:
                 hidden.append(x)
-            x, weights = layer(x, rope, masks[window], inputs.cache, inputs.output_attentions)
+            x, weights = run_block(layer, x, rope, masks[window], inputs.cache,
+                                   inputs.output_attentions)
             attentions.append(weights)
         return decoder_output(self.config, return_dict, self.norm(x), inputs, hidden, attentions)
 

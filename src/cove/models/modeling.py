@@ -128,6 +128,30 @@ class PreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None
+                                      ) -> None:
+        """Trade compute for memory in training: each block of the model's layer loop keeps
+        only its inputs and is recomputed in the backward pass (torch.utils.checkpoint,
+        non-reentrant unless `gradient_checkpointing_kwargs` says `use_reentrant=True`).
+        Inference and forwards without gradients are unaffected."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        for block in self._blocks():
+            block.checkpoint_kwargs = kwargs  # read by layers.run_block
+
+    def gradient_checkpointing_disable(self) -> None:
+        for block in self._blocks():
+            block.checkpoint_kwargs = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(b, "checkpoint_kwargs", None) is not None for b in self._blocks())
+
+    def _blocks(self) -> list[nn.Module]:
+        """The blocks of the layer loop: the items of the outermost nn.ModuleLists."""
+        lists = {name: m for name, m in self.named_modules() if isinstance(m, nn.ModuleList)}
+        return [block for name, m in lists.items()
+                if not any(name.startswith(f"{other}.") for other in lists) for block in m]
+
     def num_parameters(self, only_trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
