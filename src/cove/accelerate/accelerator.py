@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from cove.accelerate import checkpointing, operations
 from cove.accelerate.data_loader import DataLoaderShard, prepare_data_loader, skip_first_batches
+from cove.accelerate.environment import env_flag
 from cove.accelerate.fsdp import fully_shard_model
 from cove.accelerate.optimizer import AcceleratedOptimizer, AcceleratedScheduler
 from cove.accelerate.plugins import (
@@ -43,7 +44,6 @@ from cove.accelerate.state import (
     DistributedType,
     GradientState,
     PartialState,
-    _env_flag,
 )
 from cove.accelerate.tracking import GeneralTracker, check_log_with, make_tracker
 
@@ -109,7 +109,7 @@ class Accelerator:
         self.scaler_handler = handlers.get(GradScalerKwargs)
         group = handlers.get(InitProcessGroupKwargs, InitProcessGroupKwargs())
         self._partial = PartialState(cpu=cpu, backend=group.backend, timeout=group.timeout)
-        if fsdp_plugin is None and _env_flag("COVE_USE_FSDP"):
+        if fsdp_plugin is None and env_flag("COVE_USE_FSDP"):
             fsdp_plugin = FullyShardedDataParallelPlugin()
         if fsdp_plugin is not None and not isinstance(fsdp_plugin, FullyShardedDataParallelPlugin):
             raise TypeError(f"fsdp_plugin must be a FullyShardedDataParallelPlugin, got "

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cove.accelerate.environment import env_flag, env_int
+
 
 class DistributedType(str, enum.Enum):
     """How the run is spread: accelerate's names for the kinds Cove supports."""
@@ -30,26 +32,6 @@ class DistributedType(str, enum.Enum):
     MULTI_CPU = "MULTI_CPU"
     MULTI_GPU = "MULTI_GPU"
     FSDP = "FSDP"
-
-
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name}={os.environ[name]!r}: expected 1/true/yes or 0/false/no")
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer (is this process launched by "
-                         f"torchrun / cove launch?)") from None
 
 
 def _destroy_at_exit() -> None:
@@ -76,10 +58,10 @@ class PartialState:
         self.__dict__ = self._shared  # every instance is a view of the one shared state
         if self._shared:
             return
-        cpu = cpu or _env_flag("COVE_USE_CPU")
-        world_size = _env_int("WORLD_SIZE", 1)
-        rank = _env_int("RANK", 0)
-        local_rank = _env_int("LOCAL_RANK", 0)
+        cpu = cpu or env_flag("COVE_USE_CPU")
+        world_size = env_int("WORLD_SIZE", 1)
+        rank = env_int("RANK", 0)
+        local_rank = env_int("LOCAL_RANK", 0)
         use_cuda = torch.cuda.is_available() and not cpu
         if dist.is_available() and dist.is_initialized():  # the user set it up: use theirs
             world_size, rank = dist.get_world_size(), dist.get_rank()

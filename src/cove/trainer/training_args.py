@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from cove.accelerate.environment import env_int
 from cove.trainer.trainer_utils import (
     NOT_IN_COVE,
     ExplicitEnum,
@@ -89,17 +90,6 @@ REPORTING_INTEGRATIONS = ("tensorboard",)
 # transformers' other trackers, for a specific error
 _OTHER_INTEGRATIONS = ("azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive",
                        "flyte", "mlflow", "neptune", "swanlab", "trackio", "wandb", "kubeflow")
-
-
-def _env_int(name: str, default: int) -> int:
-    """An integer launcher variable (torchrun's WORLD_SIZE, RANK, LOCAL_RANK)."""
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"the environment variable {name}={value!r} is not an integer") from None
 
 
 def _bf16_supported() -> bool:
@@ -394,17 +384,17 @@ class TrainingArguments:
     @property
     def world_size(self) -> int:
         """The number of processes training together."""
-        return _env_int("WORLD_SIZE", 1)
+        return env_int("WORLD_SIZE", 1)
 
     @property
     def process_index(self) -> int:
         """This process's rank among all processes."""
-        return _env_int("RANK", 0)
+        return env_int("RANK", 0)
 
     @property
     def local_process_index(self) -> int:
         """This process's rank on its machine."""
-        return _env_int("LOCAL_RANK", 0)
+        return env_int("LOCAL_RANK", 0)
 
     @property
     def should_log(self) -> bool:
