@@ -392,18 +392,12 @@ def skip_first_batches(dataloader: Any, num_batches: int = 0) -> Any:
     return SkipDataLoader(dataloader, num_batches)
 
 
-class _SkipOnEveryPass(BatchSampler):
+class _SkipOnEveryPass(_ResumableBatchSampler):
     """The batches of `batch_sampler` after its first `skip` (on every pass)."""
 
     def __init__(self, batch_sampler: Any, skip: int) -> None:
-        self.batch_sampler = batch_sampler
+        super().__init__(batch_sampler)
         self.skip = skip
-        self.batch_size = getattr(batch_sampler, "batch_size", None)
-        self.drop_last = getattr(batch_sampler, "drop_last", False)
-
-    @property
-    def sampler(self) -> Any:
-        return getattr(self.batch_sampler, "sampler", None)
 
     def __len__(self) -> int:
         return max(len(self.batch_sampler) - self.skip, 0)
