@@ -153,6 +153,24 @@ def test_the_seed_snippet_prints_what_peft_prints(folders):
                                        "trainable%: 3.4547\n"
 
 
+def test_prompt_tuning_text_initialisation_as_peft(folders):
+    """TEXT init: the virtual tokens start as the embeddings of the text's tokens (repeated to
+    fill them); SAMPLE_VOCAB: rows of the vocabulary's embeddings."""
+    options = dict(task_type="CAUSAL_LM", num_virtual_tokens=7, prompt_tuning_init="TEXT",
+                   prompt_tuning_init_text="the quick brown",
+                   tokenizer_name_or_path=str(folders["llama"]))
+    ours = get_peft_model(load(folders, "llama", "cove"), cove.peft.PromptTuningConfig(**options))
+    theirs = peft.get_peft_model(load(folders, "llama", "ref"), peft.PromptTuningConfig(**options))
+    weight = ours.prompt_encoder["default"].embedding.weight
+    assert torch.equal(weight, theirs.prompt_encoder["default"].embedding.weight)
+    assert weight.requires_grad
+    sampled = get_peft_model(load(folders, "llama", "cove"), cove.peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=4, prompt_tuning_init="SAMPLE_VOCAB"))
+    vocabulary = sampled.word_embeddings.weight
+    for row in sampled.prompt_encoder["default"].embedding.weight:
+        assert (vocabulary == row).all(-1).any()
+
+
 def test_one_training_step_changes_only_the_adapter_as_peft(folders, tmp_path):
     reference = peft.get_peft_model(load(folders, "llama", "ref"), peft.LoraConfig(
         task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj", "down_proj"],

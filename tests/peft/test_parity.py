@@ -24,6 +24,8 @@ CASES = {
         task_type="CAUSAL_LM", r=8, lora_alpha=12, use_rslora=True,
         target_modules=["q_proj", "k_proj", "o_proj"], rank_pattern={"k_proj": 2},
         alpha_pattern={"layers.0.self_attn.q_proj": 3})),
+    "lora-pissa": ("llama", "LoraConfig", dict(target_modules=["q_proj", "up_proj"], r=4,
+                                               init_lora_weights="pissa")),
     "lora-layers": ("llama", "LoraConfig", dict(target_modules=["gate_proj", "v_proj"],
                                                 layers_to_transform=[1])),
     "lora-dora": ("llama", "LoraConfig", dict(task_type="CAUSAL_LM", use_dora=True,

@@ -116,7 +116,6 @@ class IA3Model(BaseTuner):
     """The model with IA3 layers in place of its targeted layers (PEFT's IA3Model)."""
 
     prefix = "ia3_"
-    layer_class = Linear
     default_targets = {k: v[0] for k, v in DEFAULT_TARGETS.items()}
 
     def __init__(self, model: nn.Module, peft_config: dict[str, Any], adapter_name: str,

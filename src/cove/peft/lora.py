@@ -312,7 +312,6 @@ class LoraModel(BaseTuner):
     """The model with LoRA layers in place of its targeted layers (PEFT's LoraModel)."""
 
     prefix = "lora_"
-    layer_class = LoraLayer
     default_targets = DEFAULT_TARGETS
 
     def __init__(self, model: nn.Module, peft_config: dict[str, Any], adapter_name: str,

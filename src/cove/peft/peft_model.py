@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cove.generation import GenerationMixin
+from cove.models.configuration import HUB_KWARGS
 from cove.peft.config import (
     PeftConfig,
     PeftType,
@@ -45,9 +46,6 @@ from cove.peft.save_and_load import (
 from cove.peft.tuners import ModulesToSaveWrapper, wrap_modules_to_save
 
 TUNERS: dict[PeftType, type] = {PeftType.LORA: LoraModel, PeftType.IA3: IA3Model}
-# Hub/cache arguments from_pretrained passes on to the download of the adapter's files.
-HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download",
-              "subfolder", "endpoint")
 
 
 class PeftModel(nn.Module):
@@ -489,7 +487,7 @@ def _hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     unknown = [k for k in kwargs if k not in HUB_KWARGS]
     if unknown:
         raise TypeError(f"Unexpected arguments {unknown}: from_pretrained takes the adapter's "
-                        f"Hub options ({', '.join(HUB_KWARGS)}).")
+                        f"Hub options ({', '.join(sorted(HUB_KWARGS))}).")
     return dict(kwargs)
 
 

@@ -334,12 +334,11 @@ def adaptable_names(model: nn.Module) -> list[str]:
 class BaseTuner(nn.Module):
     """Holds the adapted model as `.model` and the adapters' configs (shared with PeftModel).
 
-    Subclasses set `prefix` (the parameter name part of their adapter weights, "lora_"),
-    `layer_class` (the common class of their layers) and implement `_create_and_replace`.
+    Subclasses set `prefix` (the parameter name part of their adapter weights, "lora_") and
+    `default_targets`, and implement `_create_and_replace`.
     """
 
     prefix: ClassVar[str] = ""
-    layer_class: ClassVar[type] = BaseTunerLayer
     default_targets: ClassVar[dict[str, list[str]]] = {}
 
     def __init__(self, model: nn.Module, peft_config: dict[str, Any], adapter_name: str) -> None:
@@ -511,7 +510,7 @@ class BaseTuner(nn.Module):
         self.model.__dict__.pop("peft_config", None)
         return self.model
 
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+    def merge_and_unload(self, safe_merge: bool = False,
                          adapter_names: list[str] | None = None) -> nn.Module:
         """The base model with the adapters' updates added into its weights and the adapter
         layers removed: a plain model that computes what the adapted one did.
