@@ -368,7 +368,7 @@ def test_prepare_model_for_kbit_training(tiny):
     loss = model(ids, labels=ids).loss
     loss.backward()
     checkpointed = model.model.norm.weight.grad.clone()
-    assert model.model.layers[0]._checkpointed
+    assert model.is_gradient_checkpointing
     plain = cm.AutoModelForCausalLM.from_pretrained(tiny["llama"], dtype=torch.bfloat16,
                                                     quantization_config=NF4_DQ)
     q.prepare_model_for_kbit_training(plain.train(), use_gradient_checkpointing=False)

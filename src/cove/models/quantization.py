@@ -42,7 +42,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 log = logging.getLogger("cove.models")
 
@@ -304,8 +303,12 @@ def double_quantize(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 def double_dequantize(codes: torch.Tensor, nested: torch.Tensor, offset: torch.Tensor,
                       start: int = 0) -> torch.Tensor:
     """The absmax values of `codes` (the slice of the vector from `start`)."""
-    index = torch.arange(start, start + codes.numel(), device=codes.device) // NESTED_BLOCKSIZE
-    return _table("dynamic", codes.device)[codes.int()] * nested[index] + offset
+    first = start // NESTED_BLOCKSIZE
+    last = -(-(start + codes.numel()) // NESTED_BLOCKSIZE)
+    skip = start - first * NESTED_BLOCKSIZE
+    scale = nested[first:last].repeat_interleave(NESTED_BLOCKSIZE)[skip:skip + codes.numel()]
+    levels = _table("dynamic", codes.device).index_select(0, codes.int())
+    return levels.mul_(scale).add_(offset)
 
 
 def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,7 +387,8 @@ class _QuantizedLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [out_features, in_features] (a new tensor)."""
-        return torch.cat([self._rows(a, b, dtype) for a, b in self._slices()])
+        parts = [self._rows(a, b, dtype) for a, b in self._slices()]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         parts = [F.linear(x, self._rows(a, b, x.dtype)) for a, b in self._slices()]
@@ -711,10 +715,8 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
     parameter, casts float16/bfloat16 parameters (norms, embeddings, biases; the quantised
     weights are buffers and stay as they are) to float32, makes the input embeddings' output
     require grad (so gradients reach adapters through checkpointed layers) and, with
-    `use_gradient_checkpointing`, recomputes each decoder block in the backward
-    (torch.utils.checkpoint, `gradient_checkpointing_kwargs` passed on; non-reentrant unless
-    use_reentrant=True). Returns the model."""
-    kwargs = dict(gradient_checkpointing_kwargs or {})
+    `use_gradient_checkpointing`, turns on the model's gradient checkpointing
+    (`gradient_checkpointing_kwargs` passed on). Returns the model."""
     for param in model.parameters():
         param.requires_grad_(False)
         if param.dtype in (torch.float16, torch.bfloat16):
@@ -722,10 +724,10 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
     _require_input_grads(model)
     if use_gradient_checkpointing:
         enable = getattr(model, "gradient_checkpointing_enable", None)
-        if callable(enable):
-            enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            _checkpoint_blocks(model, kwargs)
+        if not callable(enable):
+            raise ValueError(f"{type(model).__name__} has no gradient_checkpointing_enable(): "
+                             "pass use_gradient_checkpointing=False.")
+        enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
     return model
 
 
@@ -740,29 +742,3 @@ def _require_input_grads(model: nn.Module) -> None:
     if getattr(model, "_require_grads_hook", None) is None:
         model._require_grads_hook = embeddings.register_forward_hook(
             lambda _module, _inputs, output: output.requires_grad_(True))
-
-
-def _checkpoint_blocks(model: nn.Module, kwargs: dict[str, Any]) -> None:
-    """Checkpoint each block of the model's layer lists (nn.ModuleList: decoder layers)."""
-    kwargs.setdefault("use_reentrant", False)
-    lists = {name: m for name, m in model.named_modules() if isinstance(m, nn.ModuleList)}
-    # The outermost lists only: a block is checkpointed whole, with whatever it holds.
-    blocks = [block for name, m in lists.items()
-              if not any(name.startswith(f"{other}.") for other in lists)
-              for block in m]
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} has no list of layers to checkpoint: pass "
-                         "use_gradient_checkpointing=False.")
-    for block in blocks:
-        if getattr(block, "_checkpointed", False):
-            continue
-        forward = block.forward
-
-        def run(*args: Any, _block: nn.Module = block, _forward: Any = forward,
-                **kw: Any) -> Any:
-            if _block.training and torch.is_grad_enabled():
-                return checkpoint(_forward, *args, **kwargs, **kw)
-            return _forward(*args, **kw)
-
-        block.forward = run
-        block._checkpointed = True
