@@ -36,11 +36,16 @@ _EXPORTS = {
     "cove.peft.prompt": ("PromptEmbedding", "PromptEncoder", "PrefixEncoder"),
     "cove.peft.save_and_load": ("get_peft_model_state_dict", "set_peft_model_state_dict",
                                 "load_peft_weights"),
+    # peft's function; it prepares a quantised model, so it lives beside the quantised layers
+    "cove.models.quantization": ("prepare_model_for_kbit_training",),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, reference="peft")
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names resolve lazily
+    from cove.models.quantization import (
+        prepare_model_for_kbit_training,
+    )
     from cove.peft.config import (
         IA3Config,
         LoraConfig,
