@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cove.models import AutoModelForCausalLM, BitsAndBytesConfig
-from cove.models.quantization import Linear4bit, prepare_model_for_kbit_training
-from cove.peft import LoraConfig, TaskType, get_peft_model
+from cove.models.quantization import Linear4bit
+from cove.peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from cove.tokenizers import AutoTokenizer
 from tests.models.test_gguf import SMOLLM2, need_data
 
