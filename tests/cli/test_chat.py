@@ -236,13 +236,20 @@ def test_the_second_ctrl_c_during_a_reply_interrupts():
     from cove.cli import _StopOnCtrlC
 
     stop = _StopOnCtrlC()
-    before = signal.getsignal(signal.SIGINT)
-    ids = torch.zeros(2, 3, dtype=torch.long)
-    with pytest.raises(KeyboardInterrupt), stop.armed():
-        assert not stop(ids, None).any()
-        signal.raise_signal(signal.SIGINT)
-        assert stop.pressed and stop(ids, None).all()
-        signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
-    with stop.armed():
-        assert not stop.pressed  # each reply starts afresh
+    # as in a terminal, even when the suite runs as a background job (SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        ids = torch.zeros(2, 3, dtype=torch.long)
+        with pytest.raises(KeyboardInterrupt), stop.armed():
+            assert not stop(ids, None).any()
+            signal.raise_signal(signal.SIGINT)
+            assert stop.pressed and stop(ids, None).all()
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with stop.armed():
+            assert not stop.pressed  # each reply starts afresh
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with stop.armed():  # a background job (SIGINT ignored) keeps ignoring Ctrl-C
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

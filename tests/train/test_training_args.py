@@ -15,9 +15,16 @@ transformers = pytest.importorskip("transformers")
 
 
 def reference(**kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # transformers' deprecation notes
-        return transformers.TrainingArguments(**kwargs)
+    # disable_tqdm's default follows the library logger's level: other tests may have quieted
+    # transformers' (set_verbosity_error), so build the reference at its default level
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # transformers' deprecation notes
+            return transformers.TrainingArguments(**kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def shared(cove_args, tf_args) -> tuple[dict, dict]:
