@@ -385,6 +385,19 @@ class _QuantizedLinear(nn.Module):
 
     # Each layer defines _rows(start, stop, dtype): those rows of the weight, dequantised.
 
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    **kwargs: Any) -> _QuantizedLinear:
+        """A layer of this class holding `weight` [out, in] quantised (kwargs: as the
+        constructor)."""
+        # Built on the meta device: no placeholder buffers to allocate and free first.
+        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta",
+                    **kwargs)
+        layer.quantize_(weight)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        return layer
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [out_features, in_features] (a new tensor)."""
         parts = [self._rows(a, b, dtype) for a, b in self._slices()]
@@ -446,18 +459,6 @@ class Linear4bit(_QuantizedLinear):
             self.register_buffer("nested_offset", torch.zeros((), device=device))
         else:
             self.register_buffer("absmax", torch.zeros(blocks, device=device))
-
-    @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                    **kwargs: Any) -> Linear4bit:
-        """A Linear4bit holding `weight` [out, in] quantised (kwargs: as the constructor)."""
-        # Built on the meta device: no placeholder buffers to allocate and free first.
-        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta",
-                    **kwargs)
-        layer.quantize_(weight)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
-        return layer
 
     @torch.no_grad()
     def quantize_(self, weight: torch.Tensor) -> None:
@@ -530,17 +531,6 @@ class Linear8bitLt(_QuantizedLinear):
         self.register_buffer("qweight", torch.zeros(out_features, in_features,
                                                     dtype=torch.int8, device=device))
         self.register_buffer("absmax", torch.zeros(out_features, device=device))
-
-    @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                    **kwargs: Any) -> Linear8bitLt:
-        """A Linear8bitLt holding `weight` [out, in] quantised (kwargs: as the constructor)."""
-        layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta",
-                    **kwargs)
-        layer.quantize_(weight)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
-        return layer
 
     @torch.no_grad()
     def quantize_(self, weight: torch.Tensor) -> None:
