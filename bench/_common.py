@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -74,8 +75,18 @@ def threads() -> int:
     return torch.get_num_threads() if torch is not None else THREADS
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu): figures compare only within one machine."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                 if line.startswith("Model name")), "unknown CPU")
+
+
 def environment(*packages: str) -> str:
-    return (f"python {platform.python_version()}, {threads()} threads, "
+    return (f"{cpu_model()}, python {platform.python_version()}, {threads()} threads, "
             f"{versions(*packages)}")
 
 

@@ -73,15 +73,6 @@ print(json.dumps({"step": sum(times[warmup:]) / steps, "peak": rss("VmHWM:"),
 """
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                 if line.startswith("Model name")), "unknown CPU")
-
-
 def run(which: str, folder: Path) -> dict:
     # Run from the model's folder: `import peft` must not find this script (bench/peft.py).
     out = subprocess.run([sys.executable, "-c", CHILD, which, str(folder), str(WARMUP),
@@ -93,7 +84,7 @@ def run(which: str, folder: Path) -> dict:
 def main() -> list[Row]:
     from cove.models.gguf import convert_gguf
 
-    print(f"peft: {environment('torch', 'transformers', 'peft')}, {cpu_model()}")
+    print(f"peft: {environment('torch', 'transformers', 'peft')}")
     print(f"peft: probe before: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
     if not GGUF.exists():
         sys.exit(f"peft: {GGUF} is missing: run `make tests/.data/.fetched` first.")

