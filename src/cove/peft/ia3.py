@@ -3,18 +3,17 @@ for feed-forward layers, its input (shape [1, in]). Initialised to ones: a no-op
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from cove.models.gpt2 import Conv1D
 from cove.peft.config import IA3Config
 from cove.peft.tuners import (
     BaseTuner,
     BaseTunerLayer,
     adapter_dtype,
+    fix_fan_in_fan_out,
     float_weight,
     linear_shape,
     matches,
@@ -138,15 +137,7 @@ class IA3Model(BaseTuner):
             raise ValueError(f"Target module {key} ({type(target).__name__}) is not supported "
                              "by IA3: Cove wraps nn.Linear, GPT-2's Conv1D and layers exposing "
                              "in_features/out_features.")
-        is_conv1d = isinstance(target, Conv1D)
-        if is_conv1d and not config.fan_in_fan_out:
-            warnings.warn("fan_in_fan_out is set to False but the target module is `Conv1D`. "
-                          "Setting fan_in_fan_out to True.", stacklevel=2)
-            config.fan_in_fan_out = True
-        elif not is_conv1d and config.fan_in_fan_out:
-            warnings.warn(f"fan_in_fan_out is set to True but the target module {key} is a "
-                          "linear layer. Setting fan_in_fan_out to False.", stacklevel=2)
-            config.fan_in_fan_out = False
+        fix_fan_in_fan_out(config, target, key)
         feedforward = bool(config.feedforward_modules) and matches(config.feedforward_modules,
                                                                    key)
         setattr(parent, attr, Linear(target, adapter_name, is_feedforward=feedforward,

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cove.models.gpt2 import Conv1D
 from cove.peft.config import LoraConfig
 from cove.peft.tuners import (
     BaseTuner,
     BaseTunerLayer,
     adapter_dtype,
+    fix_fan_in_fan_out,
     float_weight,
     linear_shape,
     set_weight,
@@ -333,15 +332,7 @@ class LoraModel(BaseTuner):
         if isinstance(target, nn.Embedding):
             new: nn.Module = Embedding(target, adapter_name, **options)
         elif linear_shape(target) is not None:
-            is_conv1d = isinstance(target, Conv1D)
-            if is_conv1d and not config.fan_in_fan_out:
-                warnings.warn("fan_in_fan_out is set to False but the target module is "
-                              "`Conv1D`. Setting fan_in_fan_out to True.", stacklevel=2)
-                config.fan_in_fan_out = True
-            elif not is_conv1d and config.fan_in_fan_out:
-                warnings.warn(f"fan_in_fan_out is set to True but the target module {key} is "
-                              "a linear layer. Setting fan_in_fan_out to False.", stacklevel=2)
-                config.fan_in_fan_out = False
+            fix_fan_in_fan_out(config, target, key)
             new = Linear(target, adapter_name, fan_in_fan_out=config.fan_in_fan_out, **options)
         else:
             raise ValueError(f"Target module {key} ({type(target).__name__}) is not supported "

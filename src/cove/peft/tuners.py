@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -174,6 +175,20 @@ def linear_shape(layer: nn.Module) -> tuple[int, int] | None:
     if isinstance(fan_in, int) and isinstance(fan_out, int):
         return fan_in, fan_out
     return None
+
+
+def fix_fan_in_fan_out(config: Any, target: nn.Module, key: str) -> None:
+    """GPT-2's Conv1D stores its weight [in, out]: `fan_in_fan_out` must say so, and must not
+    for a linear layer. As PEFT does, a wrong setting is corrected with a warning."""
+    is_conv1d = isinstance(target, Conv1D)
+    if is_conv1d and not config.fan_in_fan_out:
+        warnings.warn("fan_in_fan_out is set to False but the target module is `Conv1D`. "
+                      "Setting fan_in_fan_out to True.", stacklevel=3)
+        config.fan_in_fan_out = True
+    elif not is_conv1d and config.fan_in_fan_out:
+        warnings.warn(f"fan_in_fan_out is set to True but the target module {key} is a "
+                      "linear layer. Setting fan_in_fan_out to False.", stacklevel=3)
+        config.fan_in_fan_out = False
 
 
 def transpose(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
