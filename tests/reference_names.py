@@ -2,8 +2,8 @@
 
 Cove's packages tell a user whether a name they lack exists in the Hugging Face library they
 mirror (src/cove/_lazy.py) without importing it; this script records those names from the
-installed oracles: transformers 5.x (.venv) and 4.57 (.venv-tf4), datasets, accelerate and peft
-(.venv).
+installed oracles: transformers 5.x (.venv) and 4.57 (.venv-tf4), datasets, accelerate, peft and
+trl (.venv).
 Run it after upgrading an oracle:  .venv/bin/python tests/reference_names.py
 """
 
@@ -49,4 +49,5 @@ if __name__ == "__main__":
     write("datasets", [venv])
     write("accelerate", [venv])
     write("peft", [venv])
+    write("trl", [venv])
     sys.exit(0)

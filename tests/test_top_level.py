@@ -22,7 +22,7 @@ from cove._lazy import reference_names
 
 LAZY_PACKAGES = {"cove": "transformers", "cove.datasets": "datasets",
                  "cove.trainer": "transformers", "cove.accelerate": "accelerate",
-                 "cove.peft": "peft"}
+                 "cove.peft": "peft", "cove.trl": "trl"}
 
 
 def _imports_after(code: str) -> dict:
