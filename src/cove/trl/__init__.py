@@ -25,6 +25,18 @@ _EXPORTS = {
         "maybe_unpair_preference_dataset", "is_conversational_from_value",
         "maybe_convert_to_chatml"),
     "cove.trl.base": ("create_reference_model",),
+    "cove.trl.packing": ("pack_dataset",),
+    "cove.trl.sft_config": ("SFTConfig",),
+    "cove.trl.sft_trainer": ("SFTTrainer",),
+    "cove.trl.reward_config": ("RewardConfig",),
+    "cove.trl.reward_trainer": ("RewardTrainer",),
+    "cove.trl.dpo_config": ("DPOConfig",),
+    "cove.trl.dpo_trainer": ("DPOTrainer",),
+    "cove.trl.grpo_config": ("GRPOConfig",),
+    "cove.trl.grpo_trainer": ("GRPOTrainer",),
+    "cove.trl.ppo_config": ("PPOConfig",),
+    "cove.trl.ppo_trainer": ("PPOTrainer",),
+    "cove.trl.value_head": ("AutoModelForCausalLMWithValueHead",),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, reference="trl")
@@ -42,3 +54,15 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         maybe_unpair_preference_dataset,
         unpair_preference_dataset,
     )
+    from cove.trl.dpo_config import DPOConfig
+    from cove.trl.dpo_trainer import DPOTrainer
+    from cove.trl.grpo_config import GRPOConfig
+    from cove.trl.grpo_trainer import GRPOTrainer
+    from cove.trl.packing import pack_dataset
+    from cove.trl.ppo_config import PPOConfig
+    from cove.trl.ppo_trainer import PPOTrainer
+    from cove.trl.reward_config import RewardConfig
+    from cove.trl.reward_trainer import RewardTrainer
+    from cove.trl.sft_config import SFTConfig
+    from cove.trl.sft_trainer import SFTTrainer
+    from cove.trl.value_head import AutoModelForCausalLMWithValueHead
