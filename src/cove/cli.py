@@ -536,6 +536,24 @@ def _patterns(p: argparse.ArgumentParser) -> None:
                    help="leave out files matching these glob patterns")
 
 
+def sft(args: argparse.Namespace) -> int:
+    from cove.trl.scripts import main as train
+
+    return train("sft", args.rest)
+
+
+def dpo(args: argparse.Namespace) -> int:
+    from cove.trl.scripts import main as train
+
+    return train("dpo", args.rest)
+
+
+def _own_flags(p: argparse.ArgumentParser) -> None:
+    """The verb parses its own flags (and --help): they are the trainer config's many fields."""
+    p.set_defaults(passthrough=True)
+
+
+_own_flags.own_flags = True  # type: ignore[attr-defined]  (read by build_parser)
 # verb -> (function, help, argument adder)
 VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]] = {
     "serve": (serve, "run the Hub server", lambda p: (
@@ -688,6 +706,10 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--seed", type=int, help="seed for sampling (reproducible replies)"),
         p.add_argument("--system", metavar="PROMPT", help="a system prompt (kept on /reset)"),
     )),
+    "sft": (sft, "supervised fine-tuning, as `trl sft`: --model_name_or_path, --dataset_name and "
+            "every SFTConfig field as a flag (--help lists them)", _own_flags),
+    "dpo": (dpo, "direct preference optimisation, as `trl dpo`: --model_name_or_path, "
+            "--dataset_name and every DPOConfig field as a flag (--help lists them)", _own_flags),
 }
 
 
@@ -702,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
             if key not in groups:
                 p = groups[key[:-1]].add_parser(key[-1], help=f"{' '.join(key)} commands")
                 groups[key] = p.add_subparsers(dest="_".join(key), metavar="VERB", required=True)
-        p = groups[tuple(words[:-1])].add_parser(words[-1], help=help_)
+        p = groups[tuple(words[:-1])].add_parser(
+            words[-1], help=help_, add_help=not getattr(add_args, "own_flags", False))
         add_args(p)
         p.set_defaults(func=func)
     return parser
@@ -710,7 +733,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -37,6 +37,8 @@ _EXPORTS = {
     "cove.trl.ppo_config": ("PPOConfig",),
     "cove.trl.ppo_trainer": ("PPOTrainer",),
     "cove.trl.value_head": ("AutoModelForCausalLMWithValueHead",),
+    "cove.trl.scripts": ("ScriptArguments", "ModelConfig", "get_peft_config",
+                         "get_quantization_config"),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, reference="trl")
@@ -63,6 +65,12 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
     from cove.trl.ppo_trainer import PPOTrainer
     from cove.trl.reward_config import RewardConfig
     from cove.trl.reward_trainer import RewardTrainer
+    from cove.trl.scripts import (
+        ModelConfig,
+        ScriptArguments,
+        get_peft_config,
+        get_quantization_config,
+    )
     from cove.trl.sft_config import SFTConfig
     from cove.trl.sft_trainer import SFTTrainer
     from cove.trl.value_head import AutoModelForCausalLMWithValueHead

@@ -79,7 +79,7 @@ def _render(processing_class: Any, messages: list, tools: list | None,
 
 def _common_prefix(a: str, b: str) -> str:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
