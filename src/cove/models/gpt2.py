@@ -163,7 +163,8 @@ class GPT2Model(GPT2PreTrainedModel):
         if token_type_ids is not None:  # GPT-2 embeds token types with the word embeddings
             x = x + self.wte(token_type_ids)
         x = self.drop(x)
-        mask = causal_mask(attention_mask, x.shape[1], inputs.kv_len, None, x.device)
+        mask = causal_mask(attention_mask, x.shape[1], inputs.kv_len, None, x.device,
+                           position_ids)
         hidden, attentions = [], []
         for block in self.h:
             if inputs.output_hidden_states:

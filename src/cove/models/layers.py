@@ -134,15 +134,33 @@ def attend(
     return torch.matmul(probs, v), weights
 
 
+def packed_segments(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """[batch or 1, seq] position ids -> the index of the packed sequence each position is in,
+    or None when every row holds one sequence. As transformers: a new sequence starts wherever
+    the positions do not go up by one."""
+    position_ids = position_ids.reshape(-1, position_ids.shape[-1])
+    starts = position_ids[:, 1:] - position_ids[:, :-1] != 1
+    if not bool(starts.any()):
+        return None
+    return F.pad(starts.cumsum(-1), (1, 0))
+
+
 def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
-                sliding_window: int | None, device: torch.device | str) -> torch.Tensor | None:
+                sliding_window: int | None, device: torch.device | str,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """A boolean [batch or 1, 1, q_len, kv_len] mask (True = attend) for a decoder.
 
     The queries are the last q_len of kv_len positions (earlier ones come from the cache).
     `attention_mask` is [batch, >= kv_len] of 1/0 (padding, left or right). With a sliding
     window a query sees only the `sliding_window` latest positions, itself included.
+    Without an attention mask or cached positions, `position_ids` that restart inside a row
+    mark packed sequences (padding-free training): the mask is then block-diagonal, so no
+    sequence sees another.
     None when `attend(..., causal=True)` needs no mask: SDPA then takes its fastest path.
     """
+    segments = None
+    if attention_mask is None and position_ids is not None and 1 < q_len == kv_len:
+        segments = packed_segments(position_ids)
     if attention_mask is not None:
         if attention_mask.shape[-1] < kv_len:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions; the "
@@ -151,7 +169,7 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
         if bool(attention_mask.all()):
             attention_mask = None
     window_cuts = sliding_window is not None and kv_len > sliding_window
-    if attention_mask is None and not window_cuts and q_len in (1, kv_len):
+    if attention_mask is None and segments is None and not window_cuts and q_len in (1, kv_len):
         return None
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     kv_pos = torch.arange(kv_len, device=device)[None, :]
@@ -159,6 +177,8 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
     if sliding_window is not None:
         mask = mask & (kv_pos > q_pos - sliding_window)
     mask = mask[None, None]
+    if segments is not None:
+        mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
     if attention_mask is not None:
         mask = mask & attention_mask[:, None, None, :].bool()
         # A query with nothing to see (left padding) attends everywhere instead: its output is

@@ -254,7 +254,8 @@ class LlamaModel(LlamaPreTrainedModel):
                                 output_attentions)
         x = inputs.x
         rope = self.rotary_emb(inputs.position_ids, x.dtype)
-        masks = {w: causal_mask(attention_mask, x.shape[1], inputs.kv_len, w, x.device)
+        masks = {w: causal_mask(attention_mask, x.shape[1], inputs.kv_len, w, x.device,
+                                 position_ids)
                  for w in set(self.sliding_windows)}
         hidden, attentions = [], []
         for layer, window in zip(self.layers, self.sliding_windows, strict=True):

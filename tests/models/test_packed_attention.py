@@ -1,0 +1,76 @@
+"""Packed (padding-free) rows in Cove's decoders: several sequences in one row, position ids
+restarting at each, no attention mask. No sequence may see another: each one's logits equal
+those of the sequence alone, and transformers' logits for the same packed row (transformers 5
+derives the same block-diagonal mask from the position ids)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cove.models as cm
+from cove.models.layers import causal_mask, packed_segments
+from tests.generation.test_model_parity import FAMILIES, randomize
+
+transformers = pytest.importorskip("transformers")
+
+LENGTHS = (5, 3, 7)
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral-window", "gpt2"])
+def pair(request, tmp_path_factory):
+    model_type, values = FAMILIES[request.param]
+    config = transformers.AutoConfig.for_model(model_type, **values)
+    hf = randomize(transformers.AutoModelForCausalLM.from_config(config), seed=5)
+    folder = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(folder)
+    return hf, cm.AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def _packed() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 200, (n,), generator=gen) for n in LENGTHS]
+    position_ids = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    return seqs, torch.cat(seqs)[None], position_ids
+
+
+def test_packed_row_equals_separate_sequences(pair):
+    hf, model = pair
+    seqs, input_ids, position_ids = _packed()
+    with torch.no_grad():
+        packed = model(input_ids=input_ids, position_ids=position_ids).logits[0]
+        alone = torch.cat([model(input_ids=s[None]).logits[0] for s in seqs])
+        # (transformers reads packing only without a cache)
+        reference = hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[0]
+        # without position ids the row is one sequence: later tokens see earlier sequences
+        leaky = model(input_ids=input_ids).logits[0]
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(leaky[LENGTHS[0]:], alone[LENGTHS[0]:], atol=1e-3)
+
+
+def test_packed_gradients_stay_in_their_sequence(pair):
+    _, model = pair
+    _, input_ids, position_ids = _packed()
+    embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+    out = model(inputs_embeds=embeds, position_ids=position_ids).logits
+    out[0, LENGTHS[0] - 1].sum().backward()  # the last token of the first sequence
+    assert embeds.grad[0, :LENGTHS[0]].abs().sum() > 0
+    assert torch.equal(embeds.grad[0, LENGTHS[0]:], torch.zeros_like(embeds.grad[0, LENGTHS[0]:]))
+
+
+def test_segments_and_mask():
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    assert packed_segments(position_ids).tolist() == [[0, 0, 0, 1, 1, 2]]
+    assert packed_segments(torch.arange(6)[None]) is None
+    assert packed_segments(torch.arange(6)) is None  # a 1-D row
+    mask = causal_mask(None, 6, 6, None, "cpu", position_ids)[0, 0]
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                             [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]]).bool()
+    assert torch.equal(mask, expected)
+    # ordinary rows keep SDPA's mask-free causal path
+    assert causal_mask(None, 6, 6, None, "cpu", torch.arange(6)[None]) is None
+    assert causal_mask(None, 6, 6, None, "cpu") is None
+    # with a padding mask or cached positions the position ids are not read as packing
+    assert causal_mask(torch.ones(1, 6), 6, 6, None, "cpu", position_ids) is None
+    assert causal_mask(None, 1, 6, None, "cpu", torch.tensor([[0]])) is None
