@@ -165,6 +165,31 @@ trainer.evaluate()
 trainer.push_to_hub()
 '''
 
+# TRL's README examples, with a config a CPU can run (trl needs bf16=False there)
+TRL_SFT = '''
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+dataset = load_dataset("trl-lib/Capybara", split="train")
+model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B")
+training_args = SFTConfig(output_dir="Qwen2.5-0.5B-SFT", max_steps=4, per_device_train_batch_size=2, logging_steps=2, bf16=False)
+SFTTrainer(model=model, train_dataset=dataset, args=training_args).train()
+'''
+
+TRL_DPO = '''
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2-0.5B-Instruct")
+tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2-0.5B-Instruct")
+dataset = load_dataset("trl-lib/ultrafeedback_binarized", split="train")
+training_args = DPOConfig(output_dir="Qwen2-0.5B-DPO", max_steps=4, per_device_train_batch_size=2, logging_steps=2, bf16=False)
+trainer = DPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer)
+trainer.train()
+'''
+
 TUTORIALS = {
     "quicktour-pipeline": QUICKTOUR_PIPELINE,
     "quicktour-auto-classes": QUICKTOUR_AUTO_CLASSES,
@@ -172,17 +197,19 @@ TUTORIALS = {
     "datasets-quicktour": DATASETS_QUICKTOUR,
     "datasets-quickstart-nlp": DATASETS_QUICKSTART_NLP,
     "quicktour-trainer": QUICKTOUR_TRAINER,
+    "trl-sft": TRL_SFT,
+    "trl-dpo": TRL_DPO,
 }
 # Programs whose numbers cannot match (dropout draws, timings): their printed structure must.
-STRUCTURE_ONLY = {"quicktour-trainer"}
+STRUCTURE_ONLY = {"quicktour-trainer", "trl-sft", "trl-dpo"}
 
 # The library each import line names: Cove's package for each reference library.
 COVE_FOR = {"transformers": "cove", "datasets": "cove.datasets", "huggingface_hub": "cove.hub",
-            "accelerate": "cove.accelerate", "peft": "cove.peft"}
+            "accelerate": "cove.accelerate", "peft": "cove.peft", "trl": "cove.trl"}
 REFERENCE_FOR = {"cove": "transformers", "cove.models": "transformers",
                  "cove.tokenizers": "transformers", "cove.generation": "transformers",
                  "cove.datasets": "datasets", "cove.hub": "huggingface_hub",
-                 "cove.accelerate": "accelerate", "cove.peft": "peft"}
+                 "cove.accelerate": "accelerate", "cove.peft": "peft", "cove.trl": "trl"}
 
 
 def swap_imports(code: str, table: dict[str, str]) -> str:
@@ -211,7 +238,7 @@ for node in tree.body:
 WORDS = ("we are happy to show you library transformers hope don ##t hate nous sommes tres "
          "de la 🤗").split()
 NAMESPACES = ("distilbert", "nlptown", "HuggingFaceTB", "google-bert", "cornell-movie-review-data",
-              "nyu-mll", "sentence-transformers")  # acme: made by seeded_server
+              "nyu-mll", "sentence-transformers", "Qwen", "trl-lib")  # acme: made by seeded_server
 REVIEWS = ["the movie was great", "a terrible film", "i love this movie", "not very good",
            "so bad", "the cat sat on the mat and it was great", "hello world", "very good film",
            "it was not bad", "great great great", "hate it", "a tiny movie"]
@@ -259,7 +286,7 @@ def build_repositories(root: Path) -> dict[tuple[str, str], Path]:
     }
     llama = build_decoders(root, kinds=("llama",))["llama"]
     for repo in ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                 "alice/smollm2-135m-instruct"):
+                 "alice/smollm2-135m-instruct", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2-0.5B-Instruct"):
         models[repo] = llama
     repos = {(repo, "model"): folder for repo, folder in models.items()}
 
@@ -280,6 +307,21 @@ def build_repositories(root: Path) -> dict[tuple[str, str], Path]:
     (glue / "README.md").write_text(
         "---\nconfigs:\n- config_name: mrpc\n  data_files:\n  - split: train\n"
         "    path: mrpc/train-*\n---\n")
+    # TRL's example datasets: conversations, and preference pairs with an implicit prompt
+    capybara, feedback = root / "capybara" / "data", root / "ultrafeedback" / "data"
+    capybara.mkdir(parents=True)
+    feedback.mkdir(parents=True)
+    turns = [[{"content": REVIEWS[i], "role": "user"},
+              {"content": REVIEWS[-1 - i], "role": "assistant"}] for i in range(8)]
+    pq.write_table(pa.table({"source": ["tiny"] * 8, "messages": turns}),
+                   capybara / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({
+        "chosen": [t[:1] + [{"content": REVIEWS[i + 2], "role": "assistant"}]
+                   for i, t in enumerate(turns)],
+        "rejected": turns, "score_chosen": [8.0] * 8, "score_rejected": [2.0] * 8}),
+        feedback / "train-00000-of-00001.parquet")
+    repos[("trl-lib/Capybara", "dataset")] = capybara.parent
+    repos[("trl-lib/ultrafeedback_binarized", "dataset")] = feedback.parent
     repos[("cornell-movie-review-data/rotten_tomatoes", "dataset")] = tomatoes
     repos[("nyu-mll/glue", "dataset")] = glue
     return repos
