@@ -32,7 +32,8 @@ class GRPOConfig(BaseConfig):
     `delta` caps the unclipped ratio (two-sided GRPO); `importance_sampling_level` "token" or
     "sequence" (GSPO). `num_iterations` updates per generation (with the old log-probs).
     `beta` > 0 adds the k3 KL estimate to a reference model (frozen copy, or the base with the
-    adapter disabled). `scale_rewards`: "group" (default; True), "batch" or "none" (False).
+    adapter disabled), times the importance ratio when `use_bias_correction_kl` (default, as
+    trl 1.16: the unbiased reverse-KL gradient). `scale_rewards`: "group" (default; True), "batch" or "none" (False).
     `reward_weights` weigh the reward functions (default 1 each). `mask_truncated_completions`
     drops completions that hit the length limit from the loss. `disable_dropout` turns dropout
     off in the model (and reference).
@@ -54,6 +55,7 @@ class GRPOConfig(BaseConfig):
     generation_kwargs: dict[str, Any] | str | None = None
     chat_template_kwargs: dict[str, Any] | str | None = None
     beta: float = 0.0
+    use_bias_correction_kl: bool = True
     num_iterations: int = 1
     epsilon: float = 0.2
     epsilon_high: float | None = None

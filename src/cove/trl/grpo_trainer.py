@@ -73,11 +73,13 @@ def per_token_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Ten
                    epsilon_low: float = 0.2, epsilon_high: float = 0.2,
                    delta: float | None = None, importance_sampling_level: str = "token",
                    beta: float = 0.0, ref_per_token_logps: torch.Tensor | None = None,
+                   bias_correction_kl: bool = True,
                    sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05,
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of each completion token ([B, T]; advantages [B] or [B, T]) and its parts:
-    "ratio" (the importance weight, [B, T] or [B, 1] at sequence level) and "kl" (the k3
-    estimate exp(r - p) - (r - p) - 1, with r the reference log-prob, when beta > 0)."""
+    "ratio" (the importance weight, [B, T] or [B, 1] at sequence level, capped at `delta`) and "kl" (the k3
+    estimate exp(r - p) - (r - p) - 1, with r the reference log-prob, when beta > 0; times the
+    ratio when `bias_correction_kl`)."""
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
     log_ratio = per_token_logps - old_per_token_logps
@@ -93,12 +95,15 @@ def per_token_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Ten
         clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
         unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
         loss = -torch.min(unclipped * advantages, clipped * advantages)
-    parts = {"ratio": ratio}
+    # the clip statistics read the ratio after the delta cap, as trl's do
+    parts = {"ratio": ratio if loss_type in ("cispo", "sapo") else unclipped}
     if beta != 0.0:
         if ref_per_token_logps is None:
             raise ValueError("beta > 0 needs the reference log-probs (ref_per_token_logps)")
         diff = ref_per_token_logps - per_token_logps
         parts["kl"] = torch.exp(diff) - diff - 1
+        if bias_correction_kl:  # the ratio's gradient counts even where its value is 1
+            parts["kl"] = parts["kl"] * ratio
         loss = loss + beta * parts["kl"]
     return loss, parts
 
@@ -217,8 +222,7 @@ class GRPOTrainer(Trainer):
                  optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
                  peft_config: Any = None) -> None:
         if args is None:
-            name = model if isinstance(model, str) else getattr(
-                getattr(model, "config", None), "_name_or_path", "model")
+            name = model if isinstance(model, str) else getattr(model, "name_or_path", "model")
             args = GRPOConfig(f"{str(name).split('/')[-1]}-GRPO")
         if not isinstance(args, GRPOConfig):
             raise TypeError(f"args must be a GRPOConfig, got {type(args).__name__}")
@@ -317,7 +321,8 @@ class GRPOTrainer(Trainer):
                 func.config.pad_token_id = pad  # the model scores the last non-pad token
                 for parameter in func.parameters():
                     parameter.requires_grad_(False)
-                names.append(str(func.config._name_or_path).split("/")[-1])
+                source = getattr(func, "name_or_path", None) or type(func).__name__
+                names.append(str(source).rstrip("/").split("/")[-1])
             elif callable(func):
                 tokenizer = None
                 names.append(getattr(func, "__name__", type(func).__name__))
@@ -567,6 +572,7 @@ class GRPOTrainer(Trainer):
             epsilon_high=self.epsilon_high, delta=self.args.delta,
             importance_sampling_level=self.args.importance_sampling_level, beta=self.beta,
             ref_per_token_logps=inputs.get("ref_per_token_logps"),
+            bias_correction_kl=self.args.use_bias_correction_kl,
             sapo_temperature_pos=self.args.sapo_temperature_pos,
             sapo_temperature_neg=self.args.sapo_temperature_neg)
         # dapo/cispo: tokens of an average micro-batch of this process (the Trainer then
