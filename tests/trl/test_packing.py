@@ -51,3 +51,35 @@ def test_pack_dataset_errors():
         pack_dataset(data, 4)
     with pytest.raises(TypeError, match="'text' does not"):
         pack_dataset(Dataset.from_dict({"input_ids": [[1]], "text": ["a"]}), 4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_packed_batch_loss_is_token_weighted_mean_of_examples(tiny, tmp_path, kind):
+    import torch
+    import torch.nn.functional as F
+
+    from cove.trl import SFTConfig, SFTTrainer
+    from tests.trl.conftest import PROMPT_COMPLETION
+
+    args = dict(bf16=False, report_to="none", use_cpu=True, save_strategy="no")
+    plain = SFTTrainer(str(tiny[kind]), args=SFTConfig(str(tmp_path / "a"), **args),
+                       train_dataset=Dataset.from_dict(PROMPT_COMPLETION))
+    packed = SFTTrainer(plain.model, processing_class=plain.processing_class,
+                        args=SFTConfig(str(tmp_path / "b"), packing=True, max_length=48, **args),
+                        train_dataset=Dataset.from_dict(PROMPT_COMPLETION))
+    rows = packed.train_dataset.select_columns(["input_ids", "labels", "seq_lengths"])
+    assert max(len(r) for r in rows["seq_lengths"]) > 1  # some row holds several examples
+    batch = packed.data_collator([rows[i] for i in range(len(rows))])
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+
+    model = plain.model.eval()
+    total, count = 0.0, 0
+    for example in plain.train_dataset:  # each example alone, no packing
+        ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        total += F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100,
+                                 reduction="sum").item()
+        count += int((labels[0, 1:] != -100).sum())
+    loss = packed.compute_loss(model, dict(batch))
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
