@@ -204,6 +204,8 @@ def test_training_raises_the_reward(tiny, tmp_path):
         assert key in logged
     assert "kl" not in logged  # beta = 0: no reference model
     assert trainer.ref_model is None
+    metrics = trainer.evaluate(data.select(range(4)))
+    assert metrics["eval_completions/mean_length"] > 0 and "eval_reward" in metrics
 
 
 @pytest.fixture(scope="module")
