@@ -276,3 +276,29 @@ def test_peft_trains_only_the_adapter(tiny, tmp_path):
         if "lora_" not in name:
             key = name.replace(".base_layer", "")
             assert torch.equal(value, before[key]), name
+
+
+def test_evaluate_equals_trl(tiny, tmp_path):
+    kwargs = dict(per_device_eval_batch_size=4)
+    a = SFTTrainer(str(tiny["llama"]), args=config(__import__("cove.trl", fromlist=["x"]),
+                                                   tmp_path, **kwargs),
+                   train_dataset=Dataset.from_dict({"text": TEXT}),
+                   eval_dataset=Dataset.from_dict(PROMPT_COMPLETION))
+    b = trl.SFTTrainer(str(tiny["llama"]), args=config(trl, tmp_path, **kwargs),
+                       train_dataset=datasets.Dataset.from_dict({"text": TEXT}),
+                       eval_dataset=datasets.Dataset.from_dict(PROMPT_COMPLETION))
+    x, y = a.evaluate(), b.evaluate()
+    for key in ("eval_loss", "eval_entropy", "eval_mean_token_accuracy"):
+        assert x[key] == pytest.approx(y[key], rel=1e-5), key
+
+
+def test_accumulated_steps_equal_trl(tiny, tmp_path):
+    """Two micro-batches per step: the loss is divided by the label tokens of both."""
+    kwargs = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    a = ours(tiny["llama"], PROMPT_COMPLETION, tmp_path, **kwargs)
+    b = theirs(tiny["llama"], PROMPT_COMPLETION, tmp_path, **kwargs)
+    a.train()
+    b.train()
+    for x, y in zip(*[[h["loss"] for h in t.state.log_history if "loss" in h] for t in (a, b)],
+                    strict=True):
+        assert x == pytest.approx(y, rel=1e-5)
