@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 from collections import defaultdict
@@ -40,8 +39,6 @@ from cove.trl.data_utils import (
 )
 from cove.trl.packing import pack_dataset
 from cove.trl.sft_config import SFTConfig
-
-logger = logging.getLogger("cove.trl")
 
 _FORMATS = ("prompt-completion", "language modeling (conversational)", "language modeling")
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -69,7 +66,6 @@ class DataCollatorForLanguageModeling:
     pad_token_id: int
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
@@ -101,8 +97,6 @@ class SFTTrainer(Trainer):
     `peft_config`: train a new adapter only; `formatting_func(example) -> str`: the text to
     train on (the dataset becomes language modeling data). Logs loss, entropy,
     mean_token_accuracy and num_tokens, as TRL."""
-
-    _tag_names = ["trl", "sft"]
 
     def __init__(self, model: Any, args: SFTConfig | TrainingArguments | None = None,
                  data_collator: Callable | None = None, train_dataset: Any = None,
