@@ -101,6 +101,10 @@ def attend(
     than queries (grouped-query attention). SDPA unless the caller asks for the attention
     weights, which SDPA does not return.
     """
+    if isinstance(mask, PackedCausalMask):
+        if not need_weights:
+            return mask.attend(q, k, v, dropout, scale), None
+        mask = mask.dense()
     groups = q.shape[1] // k.shape[1]
     q_len = q.shape[2]
     is_causal = causal and mask is None and q_len > 1
@@ -145,6 +149,60 @@ def packed_segments(position_ids: torch.Tensor) -> torch.Tensor | None:
     return F.pad(starts.cumsum(-1), (1, 0))
 
 
+class PackedCausalMask:
+    """Causal attention within each of the sequences packed end to end in a row (position ids
+    restarting): what a block-diagonal causal mask allows, without building it. `attend` runs
+    SDPA's mask-free causal path once per sequence, so the work is the sum of the squared
+    sequence lengths rather than the square of the row's, and no [seq x seq] mask is read.
+    `dense()` (and indexing) gives the boolean [rows, 1, seq, seq] mask (True = attend)."""
+
+    def __init__(self, segments: torch.Tensor) -> None:
+        self.segments = segments  # [rows, seq]: the index of each position's sequence
+        # each row's sequence lengths (one row: the same sequences in every row of the batch)
+        self.lengths = [torch.unique_consecutive(row, return_counts=True)[1].tolist()
+                        for row in segments]
+        self._dense: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        n = self.segments.shape[-1]
+        return torch.Size((self.segments.shape[0], 1, n, n))
+
+    def dense(self) -> torch.Tensor:
+        if self._dense is None:
+            n = self.segments.shape[-1]
+            pos = torch.arange(n, device=self.segments.device)
+            causal = (pos[None, :] <= pos[:, None])[None, None]
+            self._dense = causal & (self.segments[:, None, :, None]
+                                    == self.segments[:, None, None, :])
+        return self._dense
+
+    def __getitem__(self, index):
+        return self.dense()[index]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
+               scale: float | None) -> torch.Tensor:
+        """SDPA over [batch, heads, seq, dim] queries, keys and values (keys and values may
+        have fewer heads), causal within each packed sequence."""
+        gqa = q.shape[1] != k.shape[1]
+
+        def run(q, k, v, lengths):
+            if len(lengths) == 1:
+                parts = [(q, k, v)]
+            else:
+                parts = zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2),
+                            strict=True)
+            outs = [F.scaled_dot_product_attention(a, b, c, dropout_p=dropout, scale=scale,
+                                                   is_causal=a.shape[2] > 1, enable_gqa=gqa)
+                    for a, b, c in parts]
+            return outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+
+        if len(self.lengths) == 1:
+            return run(q, k, v, self.lengths[0])
+        return torch.cat([run(q[i:i + 1], k[i:i + 1], v[i:i + 1], lengths)
+                          for i, lengths in enumerate(self.lengths)])
+
+
 def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
                 sliding_window: int | None, device: torch.device | str,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -155,7 +213,8 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
     window a query sees only the `sliding_window` latest positions, itself included.
     Without an attention mask or cached positions, `position_ids` that restart inside a row
     mark packed sequences (padding-free training): the mask is then block-diagonal, so no
-    sequence sees another.
+    sequence sees another: a PackedCausalMask, which `attend` runs per sequence (a dense
+    block-diagonal mask when a sliding window also cuts).
     None when `attend(..., causal=True)` needs no mask: SDPA then takes its fastest path.
     """
     segments = None
@@ -171,6 +230,8 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
     window_cuts = sliding_window is not None and kv_len > sliding_window
     if attention_mask is None and segments is None and not window_cuts and q_len in (1, kv_len):
         return None
+    if segments is not None and attention_mask is None and not window_cuts:
+        return PackedCausalMask(segments)
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     kv_pos = torch.arange(kv_len, device=device)[None, :]
     mask = kv_pos <= q_pos

@@ -41,9 +41,11 @@ from cove.trl.reward_trainer import (
     add_eos,
     column_names,
     disable_dropout,
+    packs_sequences,
     pad_right,
     template_kwargs,
     tokenize,
+    unpad_rows,
 )
 
 
@@ -281,13 +283,23 @@ class DPOTrainer(Trainer):
 
     # -- log-probs and loss ------------------------------------------------------------------
 
-    @staticmethod
-    def _completion_logits(model: nn.Module, inputs: dict[str, torch.Tensor],
+    def _completion_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor],
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits [tokens, vocab] in float32, the tokens they predict, each one's row): only at
         the positions that predict a completion token."""
         input_ids = inputs["input_ids"]
         predicts = inputs["completion_mask"][:, 1:].bool()  # position j predicts token j + 1
+        flat = unpad_rows(input_ids, inputs["attention_mask"]) \
+            if packs_sequences(self.accelerator.unwrap_model(model)) else None
+        where = torch.cat([predicts, predicts.new_zeros(len(predicts), 1)], 1)
+        if flat is not None and not bool((where & ~flat[2]).any()):
+            # Cove's decoders: the rows end to end in one row (each attends to itself only),
+            # without padding, and the LM head only where a completion token is predicted
+            ids, position_ids, keep = flat
+            outputs = model(input_ids=ids, position_ids=position_ids, use_cache=False,
+                            logits_to_keep=where[keep].nonzero()[:, 0])
+            return (outputs.logits[0].float(), input_ids[:, 1:][predicts],
+                    predicts.nonzero()[:, 0])
         columns = predicts.any(0).nonzero()
         start = int(columns[0]) if len(columns) else predicts.shape[1]
         # the LM head runs on the last L - start positions; the very last predicts nothing

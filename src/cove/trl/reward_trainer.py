@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cove.trainer.trainer import Trainer
-from cove.trl.base import apply_peft, load_model, load_processing_class
+from cove.trl.base import apply_peft, is_peft_model, load_model, load_processing_class
 from cove.trl.data_utils import is_conversational, require_format
 from cove.trl.reward_config import RewardConfig
 
@@ -48,6 +48,29 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+
+
+def packs_sequences(model: nn.Module) -> bool:
+    """Whether `model` (or the model under its adapter) is one of Cove's decoders, which read
+    position ids restarting inside a row as sequences packed end to end and attend within each
+    one only: then right-padded rows can go through it as one row without their padding."""
+    from cove.models.gpt2 import GPT2LMHeadModel
+    from cove.models.llama import LlamaForCausalLM
+
+    base = model.get_base_model() if is_peft_model(model) else model
+    return isinstance(base, (LlamaForCausalLM, GPT2LMHeadModel))
+
+
+def unpad_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Right-padded rows [n, L] as one row without the padding: (input ids [1, N], position ids
+    [1, N] restarting at 0 on each row, `keep` [n, L]: True on the real tokens, in the row's
+    order). None unless the padding is on the right only."""
+    keep = attention_mask.bool()
+    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
+    if not torch.equal(keep, positions < keep.sum(1, keepdim=True)):
+        return None
+    return input_ids[keep][None], positions[keep][None], keep
 
 
 def column_names(dataset: Any) -> list[str]:

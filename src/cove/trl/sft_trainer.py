@@ -38,6 +38,7 @@ from cove.trl.data_utils import (
     require_format,
 )
 from cove.trl.packing import pack_dataset
+from cove.trl.reward_trainer import packs_sequences, unpad_rows
 from cove.trl.sft_config import SFTConfig
 
 _FORMATS = ("prompt-completion", "language modeling (conversational)", "language modeling")
@@ -300,10 +301,23 @@ class SFTTrainer(Trainer):
         (the label tokens of the whole accumulated batch), else by this batch's."""
         mode = "train" if self.model.training else "eval"
         forward = {k: v for k, v in inputs.items() if k != "labels"}
-        labels = inputs["labels"][:, 1:]
+        labels = inputs["labels"]
+        fast = self.compute_loss_func is None and not return_outputs
+        if fast and set(forward) == {"input_ids", "attention_mask"} \
+                and packs_sequences(self.accelerator.unwrap_model(model)):
+            # Cove's decoders: the padded rows end to end in one row without their padding,
+            # position ids restarting at each (the same loss; no work on padding)
+            flat = unpad_rows(forward["input_ids"], forward["attention_mask"])
+            if flat is not None and bool((labels[~flat[2]] == -100).all()):
+                ids, position_ids, keep = flat
+                forward = {"input_ids": ids, "position_ids": position_ids}
+                labels = labels.clone()
+                labels[:, 0] = -100  # a row's first token is predicted by no position of it
+                labels = labels[keep][None]
+        labels = labels[:, 1:]
         mask = labels != -100
         targets = labels[mask]
-        if self.compute_loss_func is not None or return_outputs:
+        if not fast:
             outputs = model(**forward, use_cache=False)
             logits = outputs.logits[:, -labels.shape[1] - 1:-1][mask]
         else:
