@@ -74,3 +74,35 @@ def test_segments_and_mask():
     # with a padding mask or cached positions the position ids are not read as packing
     assert causal_mask(torch.ones(1, 6), 6, 6, None, "cpu", position_ids) is None
     assert causal_mask(None, 1, 6, None, "cpu", torch.tensor([[0]])) is None
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_packed_causal_mask_attends_per_sequence(kv_heads):
+    """PackedCausalMask (what causal_mask returns for packed rows) runs SDPA per sequence: the
+    same outputs and gradients as its dense block-diagonal mask; one row of position ids
+    serves a whole batch, several rows each pack their own way; the weights path (eager)
+    uses the dense mask."""
+    from cove.models.layers import PackedCausalMask, attend
+
+    gen = torch.Generator().manual_seed(0)
+    for position_ids in (torch.cat([torch.arange(n) for n in (5, 1, 7)])[None],
+                         torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4],
+                                       [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6]])):
+        mask = causal_mask(None, 13, 13, None, "cpu", position_ids)
+        assert isinstance(mask, PackedCausalMask)
+        q = torch.randn(2, 4, 13, 8, generator=gen, requires_grad=True)
+        k = torch.randn(2, kv_heads, 13, 8, generator=gen, requires_grad=True)
+        v = torch.randn(2, kv_heads, 13, 8, generator=gen, requires_grad=True)
+        out, _ = attend(q, k, v, mask, 0.0, causal=True)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        dense, _ = attend(q, k, v, mask.dense().expand(2, 1, 13, 13), 0.0, causal=True)
+        dense_grads = torch.autograd.grad(dense.square().sum(), (q, k, v))
+        torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-5)
+        for a, b in zip(grads, dense_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        eager, weights = attend(q, k, v, mask, 0.0, need_weights=True, causal=True)
+        torch.testing.assert_close(eager, dense, atol=1e-6, rtol=1e-5)
+        assert bool((weights.masked_select(~mask.dense().expand_as(weights)) == 0).all())
+    # a sliding window that cuts keeps the dense mask
+    window = causal_mask(None, 13, 13, 3, "cpu", position_ids)
+    assert isinstance(window, torch.Tensor) and window.shape == (2, 1, 13, 13)
