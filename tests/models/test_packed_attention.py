@@ -106,3 +106,58 @@ def test_packed_causal_mask_attends_per_sequence(kv_heads):
     # a sliding window that cuts keeps the dense mask
     window = causal_mask(None, 13, 13, 3, "cpu", position_ids)
     assert isinstance(window, torch.Tensor) and window.shape == (2, 1, 13, 13)
+
+
+def test_shared_prefix_layout_equals_separate_sequences(pair):
+    """A prefix once, then two continuations that each see it (a PackedCausalMask layout given
+    as the attention mask, the continuations' position ids following on from the prefix):
+    the logits equal those of prefix+continuation run alone (with a sliding window too), and
+    the gradients stay where they belong."""
+    from cove.models.layers import PackedCausalMask
+
+    _, model = pair
+    gen = torch.Generator().manual_seed(1)
+    p, c, r, other = 6, 4, 5, 3
+    prefix, first, second, alone = (torch.randint(3, 200, (n,), generator=gen)
+                                    for n in (p, c, r, other))
+    input_ids = torch.cat([prefix, first, second, alone])[None]
+    position_ids = torch.cat([torch.arange(p + c), torch.arange(p, p + r),
+                              torch.arange(other)])[None]
+    mask = PackedCausalMask([[(p, c, r), (other,)]])
+    with torch.no_grad():
+        packed = model(input_ids=input_ids, position_ids=position_ids,
+                       attention_mask=mask).logits[0]
+        one = model(input_ids=torch.cat([prefix, first])[None]).logits[0]
+        two = model(input_ids=torch.cat([prefix, second])[None]).logits[0]
+        three = model(input_ids=alone[None]).logits[0]
+        eager = model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                      output_attentions=True).logits[0]
+    torch.testing.assert_close(packed[:p + c], one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[p + c:p + c + r], two[p:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[p + c + r:], three, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager, packed, atol=1e-5, rtol=1e-5)
+    embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+    out = model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask).logits
+    out[0, p + c + r - 1].sum().backward()  # the second continuation's last token
+    grad = embeds.grad[0].abs().sum(-1)
+    windowed = getattr(model.config, "sliding_window", None) is not None  # sees 4 positions
+    assert bool((grad[p + c + r - (4 if windowed else r):p + c + r] > 0).all())
+    assert bool((grad[:p] > 0).all()) != windowed
+    assert bool((grad[p:p + c] == 0).all()) and bool((grad[p + c + r:] == 0).all())
+
+
+def test_shared_prefix_mask_dense():
+    from cove.models.layers import PackedCausalMask
+
+    mask = PackedCausalMask([[(2, 1, 2), (1,)]])
+    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                             [1, 1, 0, 1, 0, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]]).bool()
+    assert mask.shape == (1, 1, 6, 6) and torch.equal(mask[0, 0], expected)
+    assert mask.positions().tolist() == [[0, 1, 2, 2, 3, 0]]
+    assert causal_mask(mask, 6, 6, None, "cpu") is mask
+    # a window of 2 counts positions within each sequence
+    window = causal_mask(mask, 6, 6, 2, "cpu")[0, 0]
+    assert window[4].tolist() == [False, False, False, True, True, False]
+    assert window[3].tolist() == [False, True, False, True, False, False]
+    with pytest.raises(ValueError, match="no cache"):
+        causal_mask(mask, 1, 6, None, "cpu")

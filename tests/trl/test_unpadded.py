@@ -45,11 +45,25 @@ def _compare(trainer, module, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+# prompts long enough for each pair to go through the model once (dpo_trainer._MIN_SHARED)
+LONG = {**PREFERENCE, "prompt": [" ".join([p] * (90 // len(p) + 1))
+                                  for p in PREFERENCE["prompt"]]}
+
+
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_dpo_unpadded_equals_padded(tiny, tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("data", [PREFERENCE, LONG], ids=["short", "shared-prompt"])
+def test_dpo_unpadded_equals_padded(tiny, tmp_path, monkeypatch, kind, data):
     trainer = DPOTrainer(str(tiny[kind]), args=_args(DPOConfig, tmp_path),
-                         train_dataset=Dataset.from_dict(PREFERENCE))
+                         train_dataset=Dataset.from_dict(data))
+    shared = []
+    real = dpo_module._pair_layout
+    monkeypatch.setattr(dpo_module, "_pair_layout",
+                        lambda *a: (out := real(*a)) and shared.append(out[2].blocks) or out)
     _compare(trainer, dpo_module, monkeypatch)
+    prompts = [b[0] for b in shared[0][0]]
+
+    assert all(p >= dpo_module._MIN_SHARED for p in prompts) if data is LONG \
+        else prompts == [0] * 4
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -150,57 +150,125 @@ def packed_segments(position_ids: torch.Tensor) -> torch.Tensor | None:
 
 
 class PackedCausalMask:
-    """Causal attention within each of the sequences packed end to end in a row (position ids
-    restarting): what a block-diagonal causal mask allows, without building it. `attend` runs
-    SDPA's mask-free causal path once per sequence, so the work is the sum of the squared
-    sequence lengths rather than the square of the row's, and no [seq x seq] mask is read.
+    """Causal attention within each of the sequences packed end to end in a row, without a
+    [seq x seq] mask: `attend` runs SDPA's mask-free causal path once per sequence, so the work
+    is the sum of the squared sequence lengths rather than the square of the row's.
+
+    Each row is a list of blocks laid end to end: `(n,)`, a sequence of n tokens; or
+    `(p, b1, b2, ...)`, a prefix of p tokens shared by several continuations: the prefix, then
+    each continuation, which sees the prefix and itself only (preference pairs: the prompt
+    once, then the chosen and the rejected completions). One row of blocks serves every row of
+    the batch. Packed position ids (restarting at 0) give blocks of one sequence each; a
+    layout of shared prefixes is passed to a Cove decoder as its `attention_mask`, with the
+    position ids of each continuation following on from its prefix.
     `dense()` (and indexing) gives the boolean [rows, 1, seq, seq] mask (True = attend)."""
 
-    def __init__(self, segments: torch.Tensor) -> None:
-        self.segments = segments  # [rows, seq]: the index of each position's sequence
-        # each row's sequence lengths (one row: the same sequences in every row of the batch)
-        self.lengths = [torch.unique_consecutive(row, return_counts=True)[1].tolist()
-                        for row in segments]
+    def __init__(self, blocks: list[list[tuple[int, ...]]], device: torch.device | str = "cpu"
+                 ) -> None:
+        self.blocks = [[tuple(int(n) for n in b) for b in row] for row in blocks]
+        self.length = sum(sum(b) for b in self.blocks[0])
+        if any(sum(sum(b) for b in row) != self.length for row in self.blocks):
+            raise ValueError("PackedCausalMask: every row must span the same length")
+        self.device = device
         self._dense: torch.Tensor | None = None
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _continuation_mask(self, n: int, prefix: int, device: torch.device) -> torch.Tensor:
+        """[n, prefix + n]: a continuation's queries see the prefix, then themselves causally
+        (made once, shared by every layer)."""
+        mask = self._masks.get((n, prefix))
+        if mask is None:
+            mask = torch.ones(n, prefix + n, dtype=torch.bool, device=device).tril(prefix)
+            self._masks[(n, prefix)] = mask
+        return mask
+
+    @classmethod
+    def from_segments(cls, segments: torch.Tensor) -> PackedCausalMask:
+        """From [rows, seq] indices of the sequence each position is in."""
+        return cls([[(n,) for n in torch.unique_consecutive(row, return_counts=True)[1].tolist()]
+                    for row in segments], segments.device)
 
     @property
     def shape(self) -> torch.Size:
-        n = self.segments.shape[-1]
-        return torch.Size((self.segments.shape[0], 1, n, n))
+        return torch.Size((len(self.blocks), 1, self.length, self.length))
 
     def dense(self) -> torch.Tensor:
         if self._dense is None:
-            n = self.segments.shape[-1]
-            pos = torch.arange(n, device=self.segments.device)
-            causal = (pos[None, :] <= pos[:, None])[None, None]
-            self._dense = causal & (self.segments[:, None, :, None]
-                                    == self.segments[:, None, None, :])
+            mask = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+            for i, row in enumerate(self.blocks):
+                m, start = mask[i, 0], 0
+                for prefix, *branches in row:
+                    first = prefix + (branches[0] if branches else 0)
+                    m[start:start + first, start:start + first] = torch.ones(
+                        first, first, dtype=torch.bool, device=self.device).tril()
+                    at = start + first
+                    for n in branches[1:]:
+                        m[at:at + n, start:start + prefix] = True
+                        m[at:at + n, at:at + n] = torch.ones(
+                            n, n, dtype=torch.bool, device=self.device).tril()
+                        at += n
+                    start = at
+            self._dense = mask
         return self._dense
 
     def __getitem__(self, index):
         return self.dense()[index]
 
+    def positions(self) -> torch.Tensor:
+        """[rows, seq]: each position's place in its sequence (a continuation's follow on
+        from its prefix)."""
+        rows = []
+        for row in self.blocks:
+            parts = []
+            for prefix, *branches in row:
+                parts.append(torch.arange(prefix + (branches[0] if branches else 0)))
+                parts += [torch.arange(prefix, prefix + n) for n in branches[1:]]
+            rows.append(torch.cat(parts))
+        return torch.stack(rows).to(self.device)
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
                scale: float | None) -> torch.Tensor:
         """SDPA over [batch, heads, seq, dim] queries, keys and values (keys and values may
-        have fewer heads), causal within each packed sequence."""
-        gqa = q.shape[1] != k.shape[1]
+        have fewer heads), as the layout allows."""
+        groups = q.shape[1] // k.shape[1]
 
-        def run(q, k, v, lengths):
-            if len(lengths) == 1:
-                parts = [(q, k, v)]
-            else:
-                parts = zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2),
-                            strict=True)
-            outs = [F.scaled_dot_product_attention(a, b, c, dropout_p=dropout, scale=scale,
-                                                   is_causal=a.shape[2] > 1, enable_gqa=gqa)
-                    for a, b, c in parts]
+        def causal(a, b, c):
+            return F.scaled_dot_product_attention(a, b, c, dropout_p=dropout, scale=scale,
+                                                  is_causal=a.shape[2] > 1,
+                                                  enable_gqa=groups > 1)
+
+        def run(q, k, v, row):
+            outs, start = [], 0
+            for prefix, *branches in row:
+                first = prefix + (branches[0] if branches else 0)
+                if first:
+                    outs.append(causal(q[:, :, start:start + first], k[:, :, start:start + first],
+                                       v[:, :, start:start + first]))
+                at = start + first
+                for n in branches[1:]:
+                    if not n:
+                        continue
+                    if not prefix:
+                        outs.append(causal(q[:, :, at:at + n], k[:, :, at:at + n],
+                                           v[:, :, at:at + n]))
+                    else:
+                        # the continuation's queries see the prefix, then themselves causally
+                        keys = torch.cat([k[:, :, start:start + prefix], k[:, :, at:at + n]], 2)
+                        values = torch.cat([v[:, :, start:start + prefix], v[:, :, at:at + n]],
+                                           2)
+                        mask = self._continuation_mask(n, prefix, q.device)
+                        outs.append(F.scaled_dot_product_attention(
+                            q[:, :, at:at + n], repeat_kv(keys, groups),
+                            repeat_kv(values, groups), attn_mask=mask, dropout_p=dropout,
+                            scale=scale))
+                    at += n
+                start = at
             return outs[0] if len(outs) == 1 else torch.cat(outs, 2)
 
-        if len(self.lengths) == 1:
-            return run(q, k, v, self.lengths[0])
-        return torch.cat([run(q[i:i + 1], k[i:i + 1], v[i:i + 1], lengths)
-                          for i, lengths in enumerate(self.lengths)])
+        if len(self.blocks) == 1:
+            return run(q, k, v, self.blocks[0])
+        return torch.cat([run(q[i:i + 1], k[i:i + 1], v[i:i + 1], row)
+                          for i, row in enumerate(self.blocks)])
 
 
 def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
@@ -211,12 +279,23 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
     The queries are the last q_len of kv_len positions (earlier ones come from the cache).
     `attention_mask` is [batch, >= kv_len] of 1/0 (padding, left or right). With a sliding
     window a query sees only the `sliding_window` latest positions, itself included.
+    `attention_mask` may instead be a PackedCausalMask (its layout, as is; no cache).
     Without an attention mask or cached positions, `position_ids` that restart inside a row
     mark packed sequences (padding-free training): the mask is then block-diagonal, so no
     sequence sees another: a PackedCausalMask, which `attend` runs per sequence (a dense
     block-diagonal mask when a sliding window also cuts).
     None when `attend(..., causal=True)` needs no mask: SDPA then takes its fastest path.
     """
+    window_cuts = sliding_window is not None and kv_len > sliding_window
+    if isinstance(attention_mask, PackedCausalMask):
+        if not q_len == kv_len == attention_mask.length:
+            raise ValueError(f"a PackedCausalMask of {attention_mask.length} positions for "
+                             f"{q_len} queries over {kv_len} keys (it takes no cache)")
+        if not window_cuts:
+            return attention_mask
+        pos = attention_mask.positions()  # within a sequence, as the position ids count
+        return attention_mask.dense() & (pos[:, None, None, :]
+                                         > pos[:, None, :, None] - sliding_window)
     segments = None
     if attention_mask is None and position_ids is not None and 1 < q_len == kv_len:
         segments = packed_segments(position_ids)
@@ -227,11 +306,10 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
         attention_mask = attention_mask[:, :kv_len]
         if bool(attention_mask.all()):
             attention_mask = None
-    window_cuts = sliding_window is not None and kv_len > sliding_window
     if attention_mask is None and segments is None and not window_cuts and q_len in (1, kv_len):
         return None
     if segments is not None and attention_mask is None and not window_cuts:
-        return PackedCausalMask(segments)
+        return PackedCausalMask.from_segments(segments)
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     kv_pos = torch.arange(kv_len, device=device)[None, :]
     mask = kv_pos <= q_pos

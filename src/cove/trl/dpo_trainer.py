@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cove.models.layers import PackedCausalMask
 from cove.trainer.trainer import Trainer
 from cove.trl.base import (
     apply_peft,
@@ -56,6 +57,43 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+# the fewest tokens a pair's two rows must start with for the pair to share them
+_MIN_SHARED = 32
+
+
+def _pair_layout(input_ids: torch.Tensor, keep: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor, PackedCausalMask, torch.Tensor]:
+    """The preference batch's rows (the n prompt+chosen rows, then the n prompt+rejected ones;
+    `keep`: their real tokens, right-padded) as one row for a Cove decoder: per pair, the
+    tokens both rows start with (when at least _MIN_SHARED), the rest of the chosen row, the
+    rest of the rejected row.
+    (input ids [1, N], position ids [1, N], the attention layout, index [2n, L]: where each
+    row's token is in the new row, -1 on padding)."""
+    n = len(input_ids) // 2
+    lengths = keep.sum(1).tolist()
+    device = input_ids.device
+    index = torch.full_like(input_ids, -1)
+    ids, positions, blocks, at = [], [], [], 0
+    for i in range(n):
+        a, b = input_ids[i, :lengths[i]], input_ids[n + i, :lengths[n + i]]
+        m = min(len(a), len(b))
+        differ = (a[:m] != b[:m]).nonzero()
+        p = int(differ[0]) if len(differ) else m
+        if p < _MIN_SHARED:
+            p = 0  # too short to pay for the continuation's extra attention call
+        ids += [a, b[p:]]
+        positions += [torch.arange(len(a), device=device),
+                      torch.arange(p, len(b), device=device)]
+        blocks.append((p, len(a) - p, len(b) - p))
+        index[i, :len(a)] = torch.arange(at, at + len(a), device=device)
+        index[n + i, :p] = index[i, :p]
+        index[n + i, p:len(b)] = torch.arange(at + len(a), at + len(a) + len(b) - p,
+                                              device=device)
+        at += len(a) + len(b) - p
+    return (torch.cat(ids)[None], torch.cat(positions)[None], PackedCausalMask([blocks], device),
+            index)
 
 
 @dataclass
@@ -292,12 +330,14 @@ class DPOTrainer(Trainer):
         flat = unpad_rows(input_ids, inputs["attention_mask"]) \
             if packs_sequences(self.accelerator.unwrap_model(model)) else None
         where = torch.cat([predicts, predicts.new_zeros(len(predicts), 1)], 1)
-        if flat is not None and not bool((where & ~flat[2]).any()):
-            # Cove's decoders: the rows end to end in one row (each attends to itself only),
-            # without padding, and the LM head only where a completion token is predicted
-            ids, position_ids, keep = flat
-            outputs = model(input_ids=ids, position_ids=position_ids, use_cache=False,
-                            logits_to_keep=where[keep].nonzero()[:, 0])
+        if flat is not None and len(input_ids) % 2 == 0 and not bool((where & ~flat[2]).any()):
+            # Cove's decoders: each pair as one sequence without padding, the tokens its two
+            # rows start with (the prompt) once, then the chosen and the rejected continuations
+            # (each sees the prompt and itself); the pairs end to end in one row, and the LM
+            # head only where a completion token is predicted
+            ids, position_ids, mask, index = _pair_layout(input_ids, flat[2])
+            outputs = model(input_ids=ids, position_ids=position_ids, attention_mask=mask,
+                            use_cache=False, logits_to_keep=index[:, :-1][predicts])
             return (outputs.logits[0].float(), input_ids[:, 1:][predicts],
                     predicts.nonzero()[:, 0])
         columns = predicts.any(0).nonzero()
@@ -310,8 +350,11 @@ class DPOTrainer(Trainer):
         return logits, input_ids[:, start + 1:][where], where.nonzero()[:, 0]
 
     @staticmethod
-    def _sum_per_row(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
-        return values.new_zeros(n).index_add(0, rows, values)
+    def _sum_per_row(values: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each row's sum of its completion tokens' `values` (in the rows' order), as a sum
+        over the row's positions (trl's order of summation)."""
+        predicts = inputs["completion_mask"][:, 1:].bool()
+        return values.new_zeros(predicts.shape).masked_scatter(predicts, values).sum(1)
 
     def _reference_logps(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reference's summed completion log-probs of the batch's rows [2 * pairs]."""
@@ -323,7 +366,7 @@ class DPOTrainer(Trainer):
         with torch.no_grad(), context, self.accelerator.autocast():
             logits, targets, rows = self._completion_logits(model, inputs)
             token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
-            return self._sum_per_row(token_logps, rows, inputs["input_ids"].shape[0])
+            return self._sum_per_row(token_logps, inputs)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any],
                      return_outputs: bool = False,
@@ -332,11 +375,10 @@ class DPOTrainer(Trainer):
         num_items_in_batch is unused (a per-pair mean, which the Trainer divides by the
         accumulation steps)."""
         mode = "train" if self.model.training else "eval"
-        n = inputs["input_ids"].shape[0]
         logits, targets, rows = self._completion_logits(model, inputs)
         log_norm = logits.logsumexp(-1)
         token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - log_norm
-        chosen_logps, rejected_logps = self._sum_per_row(token_logps, rows, n).chunk(2)
+        chosen_logps, rejected_logps = self._sum_per_row(token_logps, inputs).chunk(2)
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
