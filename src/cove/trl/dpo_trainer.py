@@ -8,8 +8,11 @@ config, losses and logged metrics, on Cove's Trainer.
     trainer.train()
 
 How a step is made cheap: prompt+chosen and prompt+rejected rows go through the model in one
-forward, padded only to the longest row; the LM head runs only from the first position that
-predicts a completion token, and a completion token's log-prob is its logit minus the
+forward. With Cove's own decoders (Llama family, GPT-2) the batch is one row without padding:
+per pair, the prompt once, then the chosen and the rejected completions, each attending to the
+prompt and itself (a PackedCausalMask layout), and the LM head only at the positions that
+predict a completion token; with other models the rows are padded to the longest and the head
+runs from the first such position. A completion token's log-prob is its logit minus the
 logsumexp of its row of logits (no log-softmax copy of the vocabulary); the reference runs
 under no_grad, once per batch for both completions (or never, with precompute_ref_log_probs).
 """

@@ -8,7 +8,8 @@ prompt-completion data (by default), everything but the assistant turns with
 accumulated batch, divided by their number.
 
 Speed: the LM head runs only on the hidden states whose next token is a label, so no logits are
-made for prompts, padding or masked turns. Packing ("bfd") and `padding_free` flatten a batch
+made for prompts, padding or masked turns. With Cove's own decoders a padded batch goes through
+the model as one row without its padding (the same loss). Packing ("bfd") and `padding_free` flatten a batch
 into one row with position ids restarting per example; Cove's decoders then attend within each
 example only.
 """
