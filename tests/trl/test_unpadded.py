@@ -11,7 +11,7 @@ import cove.trl.dpo_trainer as dpo_module
 import cove.trl.sft_trainer as sft_module
 from cove.datasets import Dataset
 from cove.trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-from cove.trl.reward_trainer import packs_sequences, unpad_rows
+from cove.trl.utils import packs_sequences, unpad_rows
 from tests.trl.conftest import PREFERENCE, PROMPT_COMPLETION
 
 

@@ -181,7 +181,9 @@ def _unpair_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _column_names(dataset: Any) -> list[str]:
+def column_names(dataset: Any) -> list[str]:
+    """A dataset's columns (a DatasetDict's first split's; an iterable dataset of unknown
+    features: its first row's keys)."""
     if hasattr(dataset, "keys") and not hasattr(dataset, "column_names"):
         dataset = next(iter(dataset.values()))
     names = dataset.column_names
@@ -195,14 +197,14 @@ def _column_names(dataset: Any) -> list[str]:
 def unpair_preference_dataset(dataset: Any, **map_kwargs: Any) -> Any:
     """A paired preference dataset as an unpaired one: each pair gives a (prompt, chosen, True)
     and a (prompt, rejected, False) row; other columns are repeated."""
-    return dataset.map(_unpair_batch, batched=True, remove_columns=_column_names(dataset),
+    return dataset.map(_unpair_batch, batched=True, remove_columns=column_names(dataset),
                        **map_kwargs)
 
 
 def maybe_unpair_preference_dataset(dataset: Any, num_proc: int | None = None,
                                     desc: str | None = None) -> Any:
     """`unpair_preference_dataset` if the dataset has "chosen" and "rejected"; else as it is."""
-    names = _column_names(dataset)
+    names = column_names(dataset)
     if "chosen" in names and "rejected" in names:
         return unpair_preference_dataset(dataset, num_proc=num_proc, desc=desc)
     return dataset

@@ -19,7 +19,6 @@ under no_grad, once per batch for both completions (or never, with precompute_re
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cove.models.layers import PackedCausalMask
-from cove.trainer.trainer import Trainer
 from cove.trl.base import (
     apply_peft,
     create_reference_model,
@@ -38,29 +36,22 @@ from cove.trl.base import (
     load_model,
     load_processing_class,
 )
-from cove.trl.data_utils import extract_prompt, is_conversational, require_format
-from cove.trl.dpo_config import DPOConfig
-from cove.trl.reward_trainer import (
-    PREFERENCE_FORMATS,
-    add_eos,
+from cove.trl.data_utils import (
     column_names,
+    extract_prompt,
+    is_conversational,
+    require_format,
+)
+from cove.trl.dpo_config import DPOConfig
+from cove.trl.reward_trainer import PREFERENCE_FORMATS, add_eos, template_kwargs, tokenize
+from cove.trl.utils import (
+    MetricsTrainer,
+    common_prefix_length,
     disable_dropout,
     packs_sequences,
     pad_right,
-    template_kwargs,
-    tokenize,
     unpad_rows,
 )
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
 
 # the fewest tokens a pair's two rows must start with for the pair to share them
 _MIN_SHARED = 32
@@ -133,7 +124,7 @@ class DataCollatorForPreference:
         return out
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(MetricsTrainer):
     """trl.DPOTrainer on Cove's Trainer: trains a causal LM on preference pairs (standard or
     conversational, explicit or implicit prompt; EOS appended to standard completions) with
     the DPO loss on the summed completion log-probs of policy and reference.
@@ -206,8 +197,6 @@ class DPOTrainer(Trainer):
         self.beta = args.beta
         self.loss_types = list(args.loss_type)
         self.loss_weights = list(args.loss_weights or [1.0] * len(self.loss_types))
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
-                                                            "eval": defaultdict(list)}
         self._total_train_tokens = 0
         if args.precompute_ref_log_probs:
             self.train_dataset = self._precompute_ref_logps(
@@ -254,7 +243,7 @@ class DPOTrainer(Trainer):
                         for k in ("chosen", "rejected")}
                 # the prompt's tokens may differ at the boundary once a completion follows
                 # (merges, templates): the completion starts where both full rows part from it
-                start = min(_common_prefix_length(prompt_ids, ids) for ids in full.values())
+                start = min(common_prefix_length(prompt_ids, ids) for ids in full.values())
                 return {"prompt_ids": prompt_ids[:start],
                         "chosen_ids": full["chosen"][start:],
                         "rejected_ids": full["rejected"][start:]}
@@ -464,14 +453,3 @@ class DPOTrainer(Trainer):
             return loss.detach(), None, None
         return loss.detach(), torch.stack([outputs["chosen_logps"],
                                            outputs["rejected_logps"]], 1), None
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The logs with the metrics averaged since the last log (prefixed "eval_" in
-        evaluation)."""
-        mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs.update(metrics)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()

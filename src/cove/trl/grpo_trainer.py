@@ -15,14 +15,12 @@ policy-gradient loss, with an optional KL penalty to a reference model.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from cove.trainer.trainer import Trainer
 from cove.trl.base import (
     apply_peft,
     create_reference_model,
@@ -30,8 +28,14 @@ from cove.trl.base import (
     load_model,
     load_processing_class,
 )
-from cove.trl.data_utils import apply_chat_template, is_conversational, require_format
+from cove.trl.data_utils import (
+    apply_chat_template,
+    column_names,
+    is_conversational,
+    require_format,
+)
 from cove.trl.grpo_config import GRPOConfig
+from cove.trl.utils import MetricsTrainer, disable_dropout
 
 RewardFunc = str | nn.Module | Callable[..., list]
 
@@ -184,22 +188,9 @@ def _keep_rows(features: list[dict]) -> list[dict]:
     return features
 
 
-def _column_names(dataset: Any) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    if isinstance(names, list):
-        return names
-    return list(dataset[0].keys())
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 # -- the trainer --------------------------------------------------------------------------------
 
-class GRPOTrainer(Trainer):
+class GRPOTrainer(MetricsTrainer):
     """Trains a causal LM with GRPO on a prompt-only dataset (column "prompt", standard or
     conversational; other columns go to the reward functions).
 
@@ -211,6 +202,8 @@ class GRPOTrainer(Trainer):
     `peft_config` trains an adapter; with beta > 0 the reference is then the base model with
     the adapter disabled, else a frozen copy of the model.
     """
+
+    skip_nan = True  # a reward function may give None (NaN) for a completion it does not judge
 
     _tag_names = ["trl", "grpo"]
 
@@ -231,14 +224,14 @@ class GRPOTrainer(Trainer):
         for split, dataset in [("train", train_dataset)] + (
                 list(eval_dataset.items()) if isinstance(eval_dataset, dict)
                 else [("eval", eval_dataset)] if eval_dataset is not None else []):
-            require_format(_column_names(dataset), f"GRPOTrainer ({split} dataset)",
+            require_format(column_names(dataset), f"GRPOTrainer ({split} dataset)",
                            ("prompt-only",))
         model = load_model(model, args)
         processing_class = load_processing_class(model, processing_class)
         self._tokenizer = getattr(processing_class, "tokenizer", processing_class)
         model = apply_peft(model, peft_config, args)
         if args.disable_dropout:
-            _disable_dropout(model)
+            disable_dropout(model)
 
         self.reward_funcs, self.reward_processing_classes, self.reward_func_names = \
             self._load_reward_funcs(reward_funcs, reward_processing_classes, args)
@@ -289,8 +282,6 @@ class GRPOTrainer(Trainer):
             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             min_p=args.min_p, repetition_penalty=args.repetition_penalty,
             **(args.generation_kwargs or {}))
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
-                                                             "eval": defaultdict(list)}
         self._step = 0
         self._buffered_inputs: list[dict[str, Any]] | None = None
 
@@ -628,19 +619,6 @@ class GRPOTrainer(Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs).detach()
         return loss, None, None
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's log plus the means of the metrics gathered since the last one."""
-        mode = "train" if self.model.training else "eval"
-        averaged = {}
-        for key, values in self._metrics[mode].items():
-            valid = [v for v in values if v == v]  # NaN (no reward scored) does not count
-            averaged[key] = sum(valid) / len(valid) if valid else None
-        if mode == "eval":
-            averaged = {f"eval_{k}": v for k, v in averaged.items()}
-        logs.update(averaged)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
 
 
 __all__ = ["GRPOTrainer", "group_advantages", "per_token_loss", "aggregate_loss",

@@ -31,7 +31,12 @@ from cove.trl.base import (
     load_model,
     load_processing_class,
 )
-from cove.trl.data_utils import apply_chat_template, is_conversational, require_format
+from cove.trl.data_utils import (
+    apply_chat_template,
+    column_names,
+    is_conversational,
+    require_format,
+)
 from cove.trl.ppo_config import PPOConfig
 from cove.trl.value_head import AutoModelForCausalLMWithValueHead
 
@@ -190,7 +195,7 @@ class PPOTrainer(Trainer):
             raise TypeError(f"args must be a PPOConfig, got {type(args).__name__}")
         if train_dataset is None:
             raise ValueError("PPOTrainer needs a train_dataset of prompts")
-        columns = _column_names(train_dataset)
+        columns = column_names(train_dataset)
         if "input_ids" not in columns:
             require_format(columns, "PPOTrainer (or pass the prompts tokenized as 'input_ids')",
                            ("prompt-only",))
@@ -540,11 +545,6 @@ class PPOTrainer(Trainer):
         self._globalstep_last_logged = self.state.global_step
         logs["loss"] = loss / max(steps, 1)
         return logs
-
-
-def _column_names(dataset: Any) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    return names if isinstance(names, list) else list(dataset[0].keys())
 
 
 __all__ = ["PPOTrainer", "compute_gae", "policy_loss", "value_loss", "masked_whiten",

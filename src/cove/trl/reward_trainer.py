@@ -13,8 +13,7 @@ Each batch holds the chosen sequences then the rejected ones, scored in one forw
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,63 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cove.trainer.trainer import Trainer
-from cove.trl.base import apply_peft, is_peft_model, load_model, load_processing_class
-from cove.trl.data_utils import is_conversational, require_format
+from cove.trl.base import apply_peft, load_model, load_processing_class
+from cove.trl.data_utils import column_names, is_conversational, require_format
 from cove.trl.reward_config import RewardConfig
+from cove.trl.utils import MetricsTrainer, disable_dropout, pad_right
 
 PREFERENCE_FORMATS = ("preference", "preference (implicit prompt)")
-
-
-def pad_right(sequences: Sequence[Sequence[int]], value: int,
-              pad_to_multiple_of: int | None = None) -> torch.Tensor:
-    """Lists of ints as one [n, longest] tensor, padded on the right with `value` (the length
-    rounded up to a multiple of `pad_to_multiple_of` when given)."""
-    length = max(len(s) for s in sequences)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    out = torch.full((len(sequences), length), value, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        out[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return out
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Dropout probabilities to 0: the same sequence must score the same in every forward."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
-def packs_sequences(model: nn.Module) -> bool:
-    """Whether `model` (or the model under its adapter) is one of Cove's decoders, which read
-    position ids restarting inside a row as sequences packed end to end and attend within each
-    one only: then right-padded rows can go through it as one row without their padding."""
-    from cove.models.gpt2 import GPT2LMHeadModel
-    from cove.models.llama import LlamaForCausalLM
-
-    base = model.get_base_model() if is_peft_model(model) else model
-    return isinstance(base, (LlamaForCausalLM, GPT2LMHeadModel))
-
-
-def unpad_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Right-padded rows [n, L] as one row without the padding: (input ids [1, N], position ids
-    [1, N] restarting at 0 on each row, `keep` [n, L]: True on the real tokens, in the row's
-    order). None unless the padding is on the right only."""
-    keep = attention_mask.bool()
-    positions = torch.arange(keep.shape[1], device=keep.device).expand_as(keep)
-    if not torch.equal(keep, positions < keep.sum(1, keepdim=True)):
-        return None
-    return input_ids[keep][None], positions[keep][None], keep
-
-
-def column_names(dataset: Any) -> list[str]:
-    """A dataset's columns (a map-style dataset's, or an iterable one's first row's keys)."""
-    names = getattr(dataset, "column_names", None)
-    if isinstance(names, list):
-        return names
-    return list(next(iter(dataset)))
 
 
 def tokenize(processing_class: Any, text: str | list, **template_kwargs: Any) -> list[int]:
@@ -124,7 +72,7 @@ class DataCollatorForPreference:
         return out
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(MetricsTrainer):
     """trl.RewardTrainer on Cove's Trainer: a one-logit sequence classifier trained on
     preference pairs (standard or conversational, explicit or implicit prompt, an optional
     "margin" column). Loss: mean over pairs of -log sigmoid(r_chosen - r_rejected - margin),
@@ -188,8 +136,6 @@ class RewardTrainer(Trainer):
                          optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         self.label_names = []  # the loss comes from the pairs, not from a labels column
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
-                                                            "eval": defaultdict(list)}
         self._total_train_tokens = 0
 
     def _prepare_eval(self, eval_dataset: Any, processing_class: Any, args: RewardConfig) -> Any:
@@ -282,14 +228,3 @@ class RewardTrainer(Trainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         return loss.detach(), outputs.logits.detach(), None
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The logs with the metrics averaged since the last log (prefixed "eval_" in
-        evaluation)."""
-        mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs.update(metrics)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()

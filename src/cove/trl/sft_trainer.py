@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import re
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,32 +28,27 @@ import torch
 from torch import nn
 
 from cove.seed import set_seed
-from cove.trainer.trainer import Trainer
 from cove.trainer.training_args import TrainingArguments
 from cove.trl.base import apply_peft, load_model, load_processing_class
 from cove.trl.data_utils import (
+    column_names,
     is_conversational,
     is_conversational_from_value,
     maybe_convert_to_chatml,
     require_format,
 )
 from cove.trl.packing import pack_dataset
-from cove.trl.reward_trainer import packs_sequences, unpad_rows
 from cove.trl.sft_config import SFTConfig
+from cove.trl.utils import (
+    MetricsTrainer,
+    common_prefix_length,
+    packs_sequences,
+    pad_right,
+    unpad_rows,
+)
 
 _FORMATS = ("prompt-completion", "language modeling (conversational)", "language modeling")
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-def _pad(rows: list[torch.Tensor], value: int, multiple: int | None) -> torch.Tensor:
-    """Right-padded [len(rows), longest] tensor (the length rounded up to `multiple`)."""
-    length = max(len(r) for r in rows)
-    if multiple:
-        length = -(-length // multiple) * multiple
-    out = torch.full((len(rows), length), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
 
 
 @dataclass
@@ -74,26 +68,21 @@ class DataCollatorForLanguageModeling:
         labels = [torch.as_tensor(e["labels"] if "labels" in e else e["input_ids"],
                                   dtype=torch.long) for e in examples]
         if not self.padding_free:
-            return {"input_ids": _pad(input_ids, self.pad_token_id, self.pad_to_multiple_of),
-                    "attention_mask": _pad([torch.ones_like(i) for i in input_ids], 0,
+            return {"input_ids": pad_right(input_ids, self.pad_token_id, self.pad_to_multiple_of),
+                    "attention_mask": pad_right([torch.ones_like(i) for i in input_ids], 0,
                                            self.pad_to_multiple_of),
-                    "labels": _pad(labels, -100, self.pad_to_multiple_of)}
+                    "labels": pad_right(labels, -100, self.pad_to_multiple_of)}
         lengths = [n for e in examples for n in e.get("seq_lengths") or [len(e["input_ids"])]]
         position_ids = torch.cat([torch.arange(n) for n in lengths])
-        out = {"input_ids": _pad([torch.cat(input_ids)], self.pad_token_id,
+        out = {"input_ids": pad_right([torch.cat(input_ids)], self.pad_token_id,
                                  self.pad_to_multiple_of),
-               "position_ids": _pad([position_ids], 0, self.pad_to_multiple_of),
-               "labels": _pad([torch.cat(labels)], -100, self.pad_to_multiple_of)}
+               "position_ids": pad_right([position_ids], 0, self.pad_to_multiple_of),
+               "labels": pad_right([torch.cat(labels)], -100, self.pad_to_multiple_of)}
         out["labels"][out["position_ids"] == 0] = -100
         return out
 
 
-def _column_names(dataset: Any) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    return list(names) if names is not None else list(next(iter(dataset)).keys())
-
-
-class SFTTrainer(Trainer):
+class SFTTrainer(MetricsTrainer):
     """Supervised fine-tuning (trl.SFTTrainer). `model`: a model, or an id/path loaded with
     `args.model_init_kwargs`; `args`: an SFTConfig (default: SFTConfig("<model name>-SFT"));
     `peft_config`: train a new adapter only; `formatting_func(example) -> str`: the text to
@@ -194,8 +183,6 @@ class SFTTrainer(Trainer):
                          optimizers=optimizers,
                          optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
-                                                            "eval": defaultdict(list)}
         self._total_train_tokens = 0
 
     def _set_eos(self, model: nn.Module, eos_token: str) -> None:
@@ -231,14 +218,14 @@ class SFTTrainer(Trainer):
         # IterableDataset.map takes neither num_proc nor desc
         map_kwargs: dict[str, Any] = ({"num_proc": args.dataset_num_proc}
                                       if isinstance(dataset, Dataset) else {})
-        columns = _column_names(dataset)
+        columns = column_names(dataset)
         if "input_ids" not in columns:
             if formatting_func is not None:
                 dataset = dataset.map(lambda e: {"text": formatting_func(e)}, **map_kwargs)
             if is_conversational_from_value(next(iter(dataset))):
                 dataset = dataset.map(maybe_convert_to_chatml,
                                       remove_columns=["conversations"], **map_kwargs)
-            columns = _column_names(dataset)
+            columns = column_names(dataset)
             text = args.dataset_text_field
             require_format(["text" if c == text else c for c in columns], "SFTTrainer",
                            _FORMATS, {"text": "dataset_text_field"})
@@ -251,7 +238,7 @@ class SFTTrainer(Trainer):
                 _tokenize, fn_kwargs={"processing_class": processing_class, "text": text,
                                       "assistant_only_loss": args.assistant_only_loss},
                 **map_kwargs)
-            columns = _column_names(dataset)
+            columns = column_names(dataset)
         if "labels" not in columns:
             masks = [c for c in ("completion_mask", "assistant_masks") if c in columns
                      and (c != "completion_mask" or self.completion_only_loss)]
@@ -371,17 +358,6 @@ class SFTTrainer(Trainer):
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         return loss.detach(), outputs.logits.detach(), inputs["labels"]
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Trainer.log with the metrics averaged since the last log (eval_-prefixed in
-        evaluation)."""
-        mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if mode == "eval":
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs.update(metrics)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
-
 
 # -- dataset maps (module level: picklable for num_proc) ---------------------------------------
 
@@ -398,15 +374,6 @@ def _encode(processing_class: Any, value: str | list, **kwargs: Any) -> dict[str
         return processing_class.apply_chat_template(value, tokenize=True, return_dict=True,
                                                     **kwargs)
     return processing_class(text=value)
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _tokenize(example: dict[str, Any], processing_class: Any, text: str,
@@ -429,7 +396,7 @@ def _tokenize(example: dict[str, Any], processing_class: Any, text: str,
         ids = list(full["input_ids"])
         # the completion starts where the tokenized prompt stops being a prefix (tokens can
         # merge across the boundary, or a template renders a lone prompt differently)
-        prompt_len = _common_prefix_length(list(prompt_ids), ids)
+        prompt_len = common_prefix_length(list(prompt_ids), ids)
         output["input_ids"] = ids
         output["completion_mask"] = [0] * prompt_len + [1] * (len(ids) - prompt_len)
     elif is_conversational(example):
