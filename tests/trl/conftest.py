@@ -60,3 +60,23 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
         config["chat_template"] = CHATML_GENERATION
         path.write_text(json.dumps(config))
     return out
+
+
+@pytest.fixture(scope="session")
+def reward_model(tiny, tmp_path_factory) -> Path:
+    """A tiny Llama sequence classifier (one logit) saved by transformers with the tiny
+    tokenizer: the reward model of GRPO and PPO runs."""
+    import shutil
+
+    import torch
+
+    folder = tmp_path_factory.mktemp("trl-reward-model")
+    config = json.loads((tiny["llama"] / "config.json").read_text())
+    config = transformers.LlamaConfig(**{k: v for k, v in config.items()
+                                         if k not in ("architectures", "transformers_version")},
+                                      num_labels=1)
+    torch.manual_seed(0)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny["llama"] / name, folder / name)
+    return folder

@@ -4,7 +4,6 @@ short real runs on the tiny Llama."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -206,25 +205,6 @@ def test_training_raises_the_reward(tiny, tmp_path):
     assert trainer.ref_model is None
     metrics = trainer.evaluate(data.select(range(4)))
     assert metrics["eval_completions/mean_length"] > 0 and "eval_reward" in metrics
-
-
-@pytest.fixture(scope="module")
-def reward_model(tiny, tmp_path_factory):
-    """A tiny Llama sequence classifier (one logit) saved with the tiny tokenizer."""
-    import shutil
-
-    import transformers
-
-    folder = tmp_path_factory.mktemp("grpo-rm")
-    config = json.loads((tiny["llama"] / "config.json").read_text())
-    config = transformers.LlamaConfig(**{k: v for k, v in config.items()
-                                         if k not in ("architectures", "transformers_version")},
-                                      num_labels=1)
-    torch.manual_seed(0)
-    transformers.LlamaForSequenceClassification(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny["llama"] / name, folder / name)
-    return folder
 
 
 def test_conversational_reward_model_peft_and_kl(tiny, reward_model, tmp_path):

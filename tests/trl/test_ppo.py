@@ -4,9 +4,7 @@ the LM it wraps; short real runs on the tiny Llama with a tiny reward model."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -123,23 +121,6 @@ def test_value_head_model(tiny, tmp_path):
     again = AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "saved")).eval()
     torch.testing.assert_close(again(input_ids=ids)[2], values + 0.25)
     assert again.v_head.summary.bias.item() == 0.25
-
-
-@pytest.fixture(scope="module")
-def reward_model(tiny, tmp_path_factory):
-    """A tiny Llama sequence classifier (one logit) saved with the tiny tokenizer."""
-    import transformers
-
-    folder = tmp_path_factory.mktemp("ppo-rm")
-    config = json.loads((tiny["llama"] / "config.json").read_text())
-    config = transformers.LlamaConfig(**{k: v for k, v in config.items()
-                                         if k not in ("architectures", "transformers_version")},
-                                      num_labels=1)
-    torch.manual_seed(0)
-    transformers.LlamaForSequenceClassification(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny["llama"] / name, folder / name)
-    return folder
 
 
 def _args(tmp_path, **overrides):
