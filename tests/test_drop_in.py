@@ -179,14 +179,13 @@ SFTTrainer(model=model, train_dataset=dataset, args=training_args).train()
 
 TRL_DPO = '''
 from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2-0.5B-Instruct")
-tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2-0.5B-Instruct")
 dataset = load_dataset("trl-lib/ultrafeedback_binarized", split="train")
 training_args = DPOConfig(output_dir="Qwen2-0.5B-DPO", max_steps=4, per_device_train_batch_size=2, logging_steps=2, bf16=False)
-trainer = DPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer)
+trainer = DPOTrainer(model=model, args=training_args, train_dataset=dataset)
 trainer.train()
 '''
 
