@@ -76,6 +76,14 @@ def test_bf16_autocast_on_cpu():
     assert inside["dtype"] == torch.bfloat16 and out.dtype == torch.float32
     with accelerator.autocast():
         assert (torch.randn(2, 3) @ torch.randn(3, 2)).dtype == torch.bfloat16
+    # a model's output keeps its type (and attribute access) through the float32 conversion
+    from cove.accelerate.utils import convert_to_fp32
+    from cove.models.outputs import CausalLMOutputWithPast
+
+    converted = convert_to_fp32(CausalLMOutputWithPast(
+        logits=torch.zeros(2, dtype=torch.bfloat16), hidden_states=(torch.zeros(1),)))
+    assert isinstance(converted, CausalLMOutputWithPast)
+    assert converted.logits.dtype == torch.float32 and len(converted.hidden_states) == 1
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     assert plain(torch.randn(2, 4)).dtype == torch.float32 and "forward" not in vars(plain)
     inside.clear()

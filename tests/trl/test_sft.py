@@ -302,3 +302,23 @@ def test_accumulated_steps_equal_trl(tiny, tmp_path):
     for x, y in zip(*[[h["loss"] for h in t.state.log_history if "loss" in h] for t in (a, b)],
                     strict=True):
         assert x == pytest.approx(y, rel=1e-5)
+
+
+def test_bf16_by_default_where_the_machine_has_it(tiny, tmp_path):
+    """TRL's bf16 default: on a CPU with use_cpu=True the step runs in bf16 autocast (the
+    Accelerator's float32 outputs keep their model-output type); without it, fp32."""
+    from cove.trl import DPOConfig, DPOTrainer
+    from tests.trl.conftest import PREFERENCE
+
+    common = dict(max_steps=1, per_device_train_batch_size=2, report_to=[], logging_steps=1,
+                  disable_tqdm=True)
+    assert SFTConfig(str(tmp_path / "fp32")).bf16 is False
+    sft = SFTTrainer(model=str(tiny["llama"]), train_dataset=Dataset.from_dict(PROMPT_COMPLETION),
+                     args=SFTConfig(str(tmp_path / "sft"), use_cpu=True, **common))
+    dpo = DPOTrainer(model=str(tiny["llama"]), train_dataset=Dataset.from_dict(PREFERENCE),
+                     args=DPOConfig(str(tmp_path / "dpo"), use_cpu=True, **common))
+    for trainer in (sft, dpo):
+        assert trainer.args.bf16 and trainer.args.mixed_precision == "bf16"
+        trainer.train()
+        loss = trainer.state.log_history[0]["loss"]
+        assert torch.isfinite(torch.tensor(float(loss)))

@@ -41,8 +41,11 @@ def recursively_apply(func: Callable[..., Any], data: Any, *args: Any,
                  for k, v in data.items()}
         try:
             return type(data)(items)
-        except TypeError:  # a Mapping whose constructor takes something else
-            return items
+        except TypeError:
+            try:  # a Mapping built from keywords, such as a model's output (attributes kept)
+                return type(data)(**items)
+            except TypeError:  # one whose constructor takes something else
+                return items
     if test_type(data):
         return func(data, *args, **kwargs)
     if error_on_other_type:
