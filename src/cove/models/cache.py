@@ -126,3 +126,88 @@ def _row_moves(index: list[int]) -> list[tuple[int, int]]:
         if frm in todo and not readers[frm]:
             ready.append(frm)
     return moves
+
+
+class SlotKVCache:
+    """A fixed pool of `num_slots` rows, each holding one sequence of up to `slot_length`
+    positions: the KV cache of a continuous-batching engine.
+
+    A row's position p sits at index p of that row, so each sequence grows in place at its own
+    length, whatever the others hold. Before a forward pass the engine `bind`s the slots the
+    pass runs over (its batch rows, in order) and each one's filled length; `update` then writes
+    each row's new keys and values at that row's own positions and returns, for the bound rows,
+    indices [0, max length + new): the shorter rows' tail past their own length is stale and
+    the engine masks it out with the attention mask (`attention_mask`).
+
+    To a model it reads as a `KVCache` whose `length` is the longest bound row's: the model
+    then attends over `length + new` keys, the position ids say where each row really is.
+    """
+
+    def __init__(self, num_layers: int, num_slots: int, num_kv_heads: int, head_dim: int,
+                 slot_length: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        shape = (2, num_slots, num_kv_heads, slot_length, head_dim)
+        self._kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.num_slots = num_slots
+        self.max_length = slot_length
+        self._slots: list[int] = []
+        self._starts: list[int] = []
+        self._index: torch.Tensor | None = None  # the bound slots, unless a contiguous range
+
+    def bind(self, slots: list[int], lengths: list[int]) -> None:
+        """Run the next forward pass over `slots` (its batch rows, in order), each already
+        holding `lengths[i]` positions: the new ones go right after them."""
+        if len(slots) != len(lengths) or not slots:
+            raise ValueError("bind: one length per slot, and at least one slot.")
+        if not all(0 <= s < self.num_slots for s in slots):
+            raise IndexError(f"bind: slots lie in [0, {self.num_slots}), got {slots}.")
+        self._slots, self._starts = list(slots), list(lengths)
+        contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
+        self._index = None if contiguous else torch.tensor(slots, device=self._kv[0].device)
+
+    @property
+    def length(self) -> int:
+        """The longest bound row's filled positions (what a model counts as cached)."""
+        return max(self._starts) if self._starts else 0
+
+    def get_seq_length(self, layer: int = 0) -> int:  # transformers' name
+        return self.length
+
+    def attention_mask(self, new: int, device: torch.device | str | None = None
+                       ) -> torch.Tensor:
+        """The [bound rows, length + new] 1/0 mask of the positions each row really holds once
+        `new` positions are written after its own: its own filled ones and the new ones."""
+        starts = torch.tensor(self._starts, device=device)
+        return (torch.arange(self.length + new, device=device)[None]
+                < (starts + new)[:, None]).long()
+
+    def position_ids(self, new: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """[bound rows, new]: each row's new positions, after its own filled ones."""
+        starts = torch.tensor(self._starts, device=device)
+        return starts[:, None] + torch.arange(new, device=device)[None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if k.shape[0] != len(self._slots):
+            raise ValueError(f"{k.shape[0]} rows for {len(self._slots)} bound slots; call "
+                             "bind(slots, lengths) before the forward pass.")
+        new = k.shape[2]
+        end = self.length + new
+        if max(self._starts) + new > self.max_length:
+            raise ValueError(f"A slot holds {self.max_length} positions; "
+                             f"{max(self._starts) + new} were asked for.")
+        kv = self._kv[layer]
+        if kv.device != k.device:
+            kv = self._kv[layer] = kv.to(k.device)
+        # one indexed write per tensor: row i's new positions start at its own length
+        slots = torch.tensor(self._slots, device=kv.device)[:, None]
+        pos = (torch.tensor(self._starts, device=kv.device)[:, None]
+               + torch.arange(new, device=kv.device)[None])
+        kv[0][slots, :, pos] = k.transpose(1, 2).to(kv.dtype)
+        kv[1][slots, :, pos] = v.transpose(1, 2).to(kv.dtype)
+        if self._index is None:
+            first = self._slots[0]
+            rows = kv[:, first:first + len(self._slots), :, :end]
+        else:
+            rows = kv[:, :, :, :end].index_select(1, self._index.to(kv.device))
+        return rows[0], rows[1]

@@ -1,0 +1,418 @@
+"""A continuous-batching generation engine over Cove's causal LMs.
+
+Requests are admitted into a running batch between decode steps: each holds one slot of a
+`SlotKVCache` (a fixed pool of rows, each one sequence's keys and values at its own positions),
+its prompt is prefilled in chunks of at most `prefill_chunk` tokens per engine step (so a long
+prompt never stalls the others' decoding for long), and every step ends with one batched decode
+of all the running requests, each at its own position: the position ids say where each row is,
+the attention mask which cached positions each row holds. Each request samples with its own
+parameters and its own seeded generator, so a seeded request gives the same tokens whatever
+else shares the batch; it ends at an EOS or stop token, a stop string, `max_tokens` or when it
+is cancelled, which frees its slot for a waiting request.
+
+`Engine.step()` runs one scheduler iteration; `Engine.start()` runs steps in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from cove.generation.logits_process import apply_temperature, top_k_filter, top_p_filter
+from cove.models.cache import SlotKVCache
+
+_DONE = object()  # the end of a request's stream
+_ids = itertools.count(1)
+
+
+class QueueFullError(RuntimeError):
+    """Every slot is busy and the waiting queue is full: try again later (HTTP 429)."""
+
+
+@dataclass
+class SamplingParams:
+    """How one request samples and when it stops.
+
+    temperature 0 means greedy (top_p and top_k then do nothing). `max_tokens` None fills the
+    slot: as many tokens as the prompt leaves room for. `stop` strings end the request, the
+    returned text stopping before the string; `stop_token_ids` (as the model's EOS ids) end it
+    with the token kept in `output_ids` but not in the text. `seed` seeds the request's own
+    generator: the same seed gives the same tokens whatever else runs in the batch.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int | None = 16
+    stop: Sequence[str] = ()
+    stop_token_ids: Sequence[int] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(s for s in self.stop if s)
+        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+
+
+class Delta(NamedTuple):
+    """One step of a request's stream: the token it produced and the text that became final
+    with it ("" while a possible stop string or an incomplete character is held back)."""
+
+    token_id: int
+    text: str
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request. Iterate it (or `async for` it) for its `Delta`s as they come;
+    `result()` waits for the end. `output_ids`, `text` and `finish_reason` ("stop", "length",
+    "cancelled", or "error" with `error` set) hold the outcome."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    id: int = field(default_factory=lambda: next(_ids))
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    slot: int | None = None
+    _max_tokens: int = 0
+    _prefilled: int = 0  # prompt tokens in the cache
+    _cached: int = 0  # positions in the cache
+    _emitted: int = 0  # characters of text streamed
+    _cancel: bool = False
+    _generator: torch.Generator | None = None
+    _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _done: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """End the request now (a client went away); the engine frees its slot at its next
+        step. Its stream ends at once, with finish_reason "cancelled"."""
+        self._cancel = True
+        self._finish("cancelled")
+
+    def result(self, timeout: float | None = None) -> Request:
+        """Wait until the request ends; itself. TimeoutError if it has not within `timeout`."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.id} has not finished within {timeout} s")
+        return self
+
+    def __iter__(self) -> Iterator[Delta]:
+        while (item := self._queue.get()) is not _DONE:
+            yield item
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        while (item := await asyncio.to_thread(self._queue.get)) is not _DONE:
+            yield item
+
+    def _push(self, delta: Delta) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._queue.put(delta)
+
+    def _finish(self, reason: str, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.finish_reason, self.error = reason, error
+            self._done.set()
+            self._queue.put(_DONE)
+
+
+class Engine:
+    """Continuous batching over `model` (a Cove causal LM) with a slot-based KV cache.
+
+    `max_batch_size` requests run at once, each in a slot of `max_cached_tokens //
+    max_batch_size` positions (at most the model's context length; default: the context length,
+    capped at 4096); a request whose prompt plus `max_tokens` does not fit is refused with a
+    ValueError. Up to `max_waiting` requests queue for a slot; past that `submit` raises
+    QueueFullError. Each step prefills at most `prefill_chunk` prompt tokens in all.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, max_batch_size: int = 16,
+                 max_cached_tokens: int | None = None, prefill_chunk: int = 512,
+                 max_waiting: int = 256) -> None:
+        config = model.config
+        windows = getattr(config, "sliding_windows", None)
+        if callable(windows) and any(w is not None for w in windows()):
+            raise NotImplementedError(
+                "The engine does not serve sliding-window attention models yet: their window "
+                "is cut from the batch's longest row, not each row's own position.")
+        if max_batch_size < 1 or prefill_chunk < 1:
+            raise ValueError("max_batch_size and prefill_chunk must be >= 1.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.prefill_chunk = prefill_chunk
+        self.max_waiting = max_waiting
+        context = (getattr(config, "max_position_embeddings", None)
+                   or getattr(config, "n_positions", None) or 4096)
+        if max_cached_tokens is None:
+            self.slot_length = min(context, 4096)
+        else:
+            self.slot_length = min(max_cached_tokens // max_batch_size, context)
+        if self.slot_length < 2:
+            raise ValueError(f"max_cached_tokens={max_cached_tokens} leaves each of the "
+                             f"{max_batch_size} slots fewer than 2 positions.")
+        probe = model.new_cache(1, 1)  # the layers' shapes, whatever the family
+        _, heads, _, head_dim = probe.keys[0].shape
+        self.cache = SlotKVCache(len(probe.keys), max_batch_size, heads, head_dim,
+                                 self.slot_length, dtype=probe.keys[0].dtype,
+                                 device=probe.keys[0].device)
+        self.device = probe.keys[0].device
+        self.eos_token_ids = _eos_ids(model)
+        self._slots: list[Request | None] = [None] * max_batch_size
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Lock()  # the waiting queue and the slots
+        self._wake = threading.Condition(self._lock)
+        self._step_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- the client side ------------------------------------------------------------------
+
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None
+               ) -> Request:
+        """Queue a prompt (text, tokenized with the engine's tokenizer, or token ids); the
+        request starts at the next step with a free slot."""
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("A text prompt needs the engine's tokenizer.")
+            prompt = self.tokenizer.encode(prompt)
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("The prompt is empty.")
+        if (params.stop and self.tokenizer is None):
+            raise ValueError("Stop strings need the engine's tokenizer.")
+        room = self.slot_length - len(ids)
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        if max_tokens > room or room < 1:
+            raise ValueError(
+                f"The prompt's {len(ids)} tokens plus max_tokens={max_tokens} exceed a slot's "
+                f"{self.slot_length} positions: shorten the prompt or ask for fewer tokens.")
+        request = Request(ids, params, _max_tokens=max_tokens)
+        if params.seed is not None:
+            request._generator = torch.Generator(self.device).manual_seed(params.seed)
+        with self._wake:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting for "
+                                     "a slot; try again later.")
+            self._waiting.append(request)
+            self._wake.notify()
+        return request
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None
+                 ) -> Request:
+        """Submit and run steps here until the request ends (no background loop needed)."""
+        request = self.submit(prompt, params)
+        while not request.finished:
+            if self._thread is None:
+                self.step()
+            else:
+                request.result()
+        return request
+
+    @property
+    def num_running(self) -> int:
+        return sum(r is not None for r in self._slots)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting) or any(r is not None for r in self._slots)
+
+    # -- the background loop --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run steps in a background thread while there is work."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="cove-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the background loop (the requests in flight stay as they are)."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        thread.join(timeout)
+        self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.has_work():
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - fail the requests, keep serving
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            requests = [r for r in self._slots if r is not None] + list(self._waiting)
+            self._slots = [None] * self.max_batch_size
+            self._waiting.clear()
+        for r in requests:
+            r._finish("error", exc)
+
+    # -- the scheduler --------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One scheduler iteration: free finished and cancelled requests' slots, admit
+        waiting requests into free slots, prefill up to `prefill_chunk` prompt tokens, then
+        decode one token for every running request at once. False when there was nothing to
+        do."""
+        with self._step_lock, torch.inference_mode():
+            self._schedule()
+            running = [r for r in self._slots if r is not None]
+            if not running:
+                return False
+            budget = self.prefill_chunk
+            for r in running:
+                if r._prefilled < len(r.prompt_ids) and budget > 0:
+                    budget -= self._prefill(r, budget)
+            decoding = [r for r in running if r._prefilled == len(r.prompt_ids)
+                        and not r.finished and r.output_ids]
+            if decoding:
+                self._decode(decoding)
+            self._schedule()
+            return True
+
+    def _schedule(self) -> None:
+        with self._lock:
+            for i, r in enumerate(self._slots):
+                if r is not None and r.finished:
+                    self._slots[i] = None
+            self._waiting = deque(r for r in self._waiting if not r.finished)
+            for i in range(self.max_batch_size):
+                if self._slots[i] is None and self._waiting:
+                    r = self._waiting.popleft()
+                    r.slot = i
+                    self._slots[i] = r
+
+    def _prefill(self, r: Request, budget: int) -> int:
+        """Prefill the next chunk (at most `budget` tokens) of r's prompt; the last chunk
+        samples its first token. The number of tokens prefilled."""
+        n = min(len(r.prompt_ids) - r._prefilled, budget)
+        chunk = r.prompt_ids[r._prefilled:r._prefilled + n]
+        self.cache.bind([r.slot], [r._cached])
+        ids = torch.tensor([chunk], device=self.device)
+        logits = self.model(input_ids=ids, position_ids=self.cache.position_ids(n, self.device),
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                            return_dict=True).logits
+        r._prefilled += n
+        r._cached += n
+        if r._prefilled == len(r.prompt_ids):
+            self._accept(r, self._sample(r, logits[0, -1]))
+        return n
+
+    def _decode(self, requests: list[Request]) -> None:
+        self.cache.bind([r.slot for r in requests], [r._cached for r in requests])
+        ids = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
+        logits = self.model(input_ids=ids,
+                            attention_mask=self.cache.attention_mask(1, self.device),
+                            position_ids=self.cache.position_ids(1, self.device),
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                            return_dict=True).logits[:, -1]
+        greedy = logits.argmax(-1).tolist()
+        for i, r in enumerate(requests):
+            r._cached += 1
+            token = greedy[i] if r.params.temperature == 0 else self._sample(r, logits[i])
+            self._accept(r, token)
+
+    def _sample(self, r: Request, logits: torch.Tensor) -> int:
+        p = r.params
+        if p.temperature == 0:
+            return int(logits.argmax())
+        scores = apply_temperature(logits[None].float(), p.temperature)
+        if p.top_k:
+            scores = top_k_filter(scores, p.top_k)
+        if p.top_p < 1:
+            scores = top_p_filter(scores, p.top_p)
+        probs = scores.softmax(-1)
+        return int(torch.multinomial(probs, 1, generator=r._generator))
+
+    def _accept(self, r: Request, token: int) -> None:
+        """Record r's new token, stream what became final and end r where it should."""
+        if r.finished:  # cancelled meanwhile
+            return
+        r.output_ids.append(token)
+        p = r.params
+        reason = None
+        if token in self.eos_token_ids or token in p.stop_token_ids:
+            reason = "stop"
+            ids = r.output_ids[:-1]
+        else:
+            ids = r.output_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer else ""
+        if p.stop:
+            searched = max(0, r._emitted - max(map(len, p.stop)))
+            hits = [i for s in p.stop if (i := text.find(s, searched)) >= 0]
+            if hits:
+                text, reason = text[:min(hits)], "stop"
+        if reason is None and len(r.output_ids) >= r._max_tokens:
+            reason = "length"
+        r.text = text
+        final = len(text) if reason else _stream_end(text, p.stop)
+        delta, r._emitted = text[r._emitted:final], max(r._emitted, final)
+        r._push(Delta(token, delta))
+        if reason:
+            r._finish(reason)
+
+
+def _stream_end(text: str, stops: tuple[str, ...]) -> int:
+    """How much of `text` can be streamed: all but a trailing incomplete character and the
+    longest tail that could still begin a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    held = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, end), held, -1):
+            if text[end - k:end] == s[:k]:
+                held = k
+                break
+    return end - held
+
+
+def _eos_ids(model: Any) -> set[int]:
+    ids: set[int] = set()
+    for config in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(config, "eos_token_id", None) if config is not None else None
+        if eos is None:
+            continue
+        ids.update([eos] if isinstance(eos, int) else eos)
+        break  # the generation config's, when it names any: as generate does
+    return {int(i) for i in ids}
