@@ -24,7 +24,9 @@ def serve(args) -> int:
 
     from cove.server import create_app
 
-    app = create_app(_settings(args))
+    settings = _settings(args)
+    settings.serving = not args.no_serving
+    app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=args.log_level == "debug")
     return 0
@@ -560,6 +562,8 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--host", default="127.0.0.1"),
         p.add_argument("--port", type=int, default=8000),
         p.add_argument("--log-level", default="info"),
+        p.add_argument("--no-serving", action="store_true",
+                       help="do not serve models (no OpenAI-compatible /v1 endpoints)"),
         _server_options(p),
     )),
     "admin user create": (admin_user_create, "create a user", lambda p: (

@@ -24,6 +24,9 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         hub.recover()
         yield
+        registry = getattr(app.state, "serving", None)
+        if registry is not None:
+            registry.close()
 
     app = FastAPI(
         title="Cove Hub",
@@ -66,6 +69,13 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
 
     for module in (accounts, repos, refs, tree, upload, lfs, files):
         app.include_router(module.router)
+    if settings.serving:
+        # The inference endpoints; torch and the models load only on a first request.
+        from cove.server.serving import openai as openai_api
+        from cove.server.serving.registry import Registry
+
+        app.include_router(openai_api.router)
+        app.state.serving = Registry(hub)
     openapi.install(app)
     app.add_middleware(RawPathMiddleware)
     return app

@@ -28,6 +28,7 @@ class Settings:
     database_url: str = ""
     secret: bytes = field(default=b"", repr=False)
     upload_url_ttl: int = 3600  # seconds a signed LFS upload URL stays valid
+    serving: bool = True  # the inference endpoints (/v1, OpenAI-compatible): server/serving/
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()

@@ -1,0 +1,248 @@
+"""The OpenAI-compatible endpoints through the official `openai` SDK against a live `cove
+serve`: chat (plain and streamed) and completions give exactly Cove's greedy `generate` on the
+same prompt; embeddings equal the sentence-similarity pipeline's vectors; errors arrive as the
+SDK's exceptions with Cove's message; a private model is hidden without a token that reads it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+import transformers
+
+import cove
+from cove.models import AutoModelForCausalLM
+from cove.tokenizers import AutoTokenizer
+from tests.pipelines.test_text_generation import build_decoders
+from tests.server.conftest import seeded_server
+
+MINILM = Path(__file__).resolve().parents[2] / ".data" / "minilm"
+MESSAGES = [{"role": "system", "content": "you are terse"},
+            {"role": "user", "content": "the quick brown fox"}]
+
+
+def tiny_sentence_model(folder: Path) -> Path:
+    """A random 2-layer BERT with MiniLM's tokenizer and sentence-transformers' modules:
+    mean pooling, then Normalize."""
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.txt"):
+        shutil.copy(MINILM / name, folder / name)
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=128)).save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    from huggingface_hub import HfApi
+
+    root = tmp_path_factory.mktemp("openai")
+    folders = build_decoders(root, kinds=("llama",))
+    folders["sentence"] = tiny_sentence_model(root / "sentence")
+    live = seeded_server(root / "data")
+    api = HfApi(endpoint=live.url, token=live.accounts.alice_write)
+    for repo, folder, private in (("alice/tiny-llama", folders["llama"], False),
+                                  ("alice/secret-llama", folders["llama"], True),
+                                  ("alice/tiny-sentence", folders["sentence"], False)):
+        api.create_repo(repo, private=private)
+        api.upload_folder(repo_id=repo, folder_path=folder)
+    api.create_repo("alice/not-a-model")
+    api.upload_file(path_or_fileobj=b"# hi\n", path_in_repo="README.md",
+                    repo_id="alice/not-a-model")
+    yield live, folders
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def llama(hub):
+    folder = hub[1]["llama"]
+    return AutoModelForCausalLM.from_pretrained(str(folder)), AutoTokenizer.from_pretrained(
+        str(folder))
+
+
+def client(hub, token: str | None = None) -> openai.OpenAI:
+    """The SDK on this Hub with a Cove token; anonymous (no Authorization header) without."""
+    headers = None if token else {"Authorization": ""}
+    return openai.OpenAI(base_url=hub[0].url + "/v1", api_key=token or "anonymous",
+                         max_retries=0, default_headers=headers)
+
+
+def greedy(llama, ids: list[int], n: int) -> tuple[list[int], str]:
+    model, tok = llama
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):]
+    tokens = out.tolist()
+    eos = model.generation_config.eos_token_id
+    text_ids = tokens[:-1] if tokens and tokens[-1] == eos else tokens
+    return tokens, tok.decode(text_ids, skip_special_tokens=True)
+
+
+def test_chat_matches_greedy_generate(hub, llama):
+    _, tok = llama
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                  return_dict=False)
+    tokens, text = greedy(llama, ids, 12)
+    c = client(hub)
+    reply = c.chat.completions.create(model="alice/tiny-llama", messages=MESSAGES,
+                                      temperature=0, max_tokens=12)
+    assert reply.choices[0].message.content == text
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.usage.prompt_tokens == len(ids)
+    assert reply.usage.completion_tokens == len(tokens)
+    assert reply.choices[0].finish_reason == ("length" if len(tokens) == 12 else "stop")
+    # streamed: the deltas join to the same text, then the usage chunk
+    stream = c.chat.completions.create(model="alice/tiny-llama", messages=MESSAGES,
+                                       temperature=0, max_completion_tokens=12, stream=True,
+                                       stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(tokens)
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == \
+        reply.choices[0].finish_reason
+    # n: several choices, each the greedy one
+    many = c.chat.completions.create(model="alice/tiny-llama", messages=MESSAGES,
+                                     temperature=0, max_tokens=12, n=3)
+    assert [ch.message.content for ch in many.choices] == [text] * 3
+
+
+def test_completions_match_greedy_generate(hub, llama):
+    _, tok = llama
+    prompt = "once upon a time"
+    tokens, text = greedy(llama, tok.encode(prompt), 10)
+    c = client(hub)
+    reply = c.completions.create(model="alice/tiny-llama", prompt=prompt, temperature=0,
+                                 max_tokens=10)
+    assert reply.choices[0].text == text
+    assert reply.usage.completion_tokens == len(tokens)
+    streamed = c.completions.create(model="alice/tiny-llama", prompt=prompt, temperature=0,
+                                    max_tokens=10, stream=True)
+    assert "".join(ch.choices[0].text for ch in streamed) == text
+    # a stop string ends the text before it
+    if len(text) > 3:
+        stop = text[2:4]
+        cut = c.completions.create(model="alice/tiny-llama", prompt=prompt, temperature=0,
+                                   max_tokens=10, stop=[stop])
+        assert cut.choices[0].text == text[:text.find(stop)]
+        assert cut.choices[0].finish_reason == "stop"
+
+
+def test_embeddings_equal_the_pipeline(hub):
+    sentences = ["The cat sits outside.", "A man is playing guitar.", "hello"]
+    pipe = cove.pipeline("sentence-similarity", model=str(hub[1]["sentence"]))
+    expected = torch.tensor(pipe(sentences))
+    c = client(hub)
+    got = c.embeddings.create(model="alice/tiny-sentence", input=sentences)  # base64
+    assert [d.index for d in got.data] == [0, 1, 2]
+    torch.testing.assert_close(torch.tensor([d.embedding for d in got.data]), expected)
+    floats = c.embeddings.create(model="alice/tiny-sentence", input=sentences[2],
+                                 encoding_format="float")
+    torch.testing.assert_close(torch.tensor(floats.data[0].embedding), expected[2])
+    assert floats.usage.prompt_tokens == len(pipe.tokenizer(sentences[2])["input_ids"])
+
+
+def test_models_and_private_access(hub):
+    live = hub[0]
+    anonymous = client(hub)
+    listed = {m.id for m in anonymous.models.list()}
+    assert listed == {"alice/tiny-llama", "alice/tiny-sentence"}
+    alice = client(hub, live.accounts.alice_read)
+    assert {m.id for m in alice.models.list()} == listed | {"alice/secret-llama"}
+    assert alice.models.retrieve("alice/secret-llama").owned_by == "alice"
+    with pytest.raises(openai.NotFoundError, match="Repository not found: alice/secret-llama"):
+        anonymous.chat.completions.create(model="alice/secret-llama", messages=MESSAGES)
+    with pytest.raises(openai.NotFoundError, match="Repository not found"):
+        client(hub, live.accounts.bob_write).completions.create(
+            model="alice/secret-llama", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError, match="Invalid credentials"):
+        client(hub, "not-a-token").chat.completions.create(model="alice/tiny-llama",
+                                                           messages=MESSAGES)
+    reply = alice.chat.completions.create(model="alice/secret-llama", messages=MESSAGES,
+                                          temperature=0, max_tokens=3)
+    assert reply.usage.completion_tokens >= 1
+    # raw HTTP: OpenAI's error object
+    r = httpx.post(live.url + "/v1/chat/completions",
+                   json={"model": "alice/secret-llama", "messages": MESSAGES})
+    assert r.status_code == 404
+    assert r.json()["error"]["param"] == "model"
+    assert r.json()["error"]["code"] == "model_not_found"
+
+
+def test_bad_requests_are_openai_errors(hub):
+    c = client(hub)
+    chat = c.chat.completions.create
+    with pytest.raises(openai.BadRequestError, match="Invalid role 'wizard'"):
+        chat(model="alice/tiny-llama", messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="n must lie between 1 and 8"):
+        chat(model="alice/tiny-llama", messages=MESSAGES, n=50)
+    with pytest.raises(openai.BadRequestError, match="exceed a slot's 128 positions"):
+        chat(model="alice/tiny-llama", messages=[{"role": "user", "content": "a " * 200}])
+    with pytest.raises(openai.BadRequestError, match="logprobs are not supported"):
+        chat(model="alice/tiny-llama", messages=MESSAGES, logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="presence_penalty"):
+        chat(model="alice/tiny-llama", messages=MESSAGES, presence_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="JSON mode"):
+        chat(model="alice/tiny-llama", messages=MESSAGES,
+             response_format={"type": "json_object"})
+    with pytest.raises(openai.BadRequestError, match="temperature must lie in"):
+        chat(model="alice/tiny-llama", messages=MESSAGES, temperature=5)
+    with pytest.raises(openai.BadRequestError, match="not a sentence-embedding model"):
+        c.embeddings.create(model="alice/tiny-llama", input="hi")
+    with pytest.raises(openai.BadRequestError, match="not a causal language model"):
+        chat(model="alice/tiny-sentence", messages=MESSAGES)
+    with pytest.raises(openai.NotFoundError, match="not-a-model"):
+        c.models.retrieve("alice/not-a-model")
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        chat(model="no-slash", messages=MESSAGES)
+
+
+def test_seeded_sampling_is_reproducible(hub):
+    c = client(hub)
+    kwargs = dict(model="alice/tiny-llama", prompt="the cat", max_tokens=8, temperature=1.0,
+                  seed=7)
+    assert c.completions.create(**kwargs).choices[0].text == \
+        c.completions.create(**kwargs).choices[0].text
+
+
+def test_disconnect_cancels_the_stream(hub):
+    live = hub[0]
+    body = {"model": "alice/tiny-llama", "prompt": "the", "max_tokens": 100,
+            "temperature": 1.0, "stream": True}
+    with httpx.stream("POST", live.url + "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # one event, then hang up
+    # the server keeps serving (the slot was freed, not leaked): a greedy request still runs
+    reply = client(hub).completions.create(model="alice/tiny-llama", prompt="the",
+                                           temperature=0, max_tokens=4)
+    assert reply.usage.completion_tokens >= 1
+
+
+def test_app_stays_torch_free_and_serving_can_be_off(tmp_path):
+    code = ("import sys\n"
+            "from fastapi.testclient import TestClient\n"
+            "from cove.server.app import create_app\n"
+            "from cove.server.config import Settings\n"
+            f"on = TestClient(create_app(Settings(data_dir={str(tmp_path / 'on')!r})))\n"
+            "assert on.get('/v1/models').json() == {'object': 'list', 'data': []}\n"
+            f"off = create_app(Settings(data_dir={str(tmp_path / 'off')!r}, serving=False))\n"
+            "assert TestClient(off).get('/v1/models').status_code == 404\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
