@@ -33,6 +33,18 @@ PROMPT_COMPLETION = {"prompt": ["the quick brown", "hello world,", "once upon a 
 PREFERENCE = {"prompt": ["the quick brown", "hello world,", "once upon a time", "the cat"],
               "chosen": [" fox jumps", " how are you?", " there was a tiny model", " sat"],
               "rejected": [" dog", " bye", " a cat", " on the mat, the lazy dog"]}
+# preference pairs as conversations, and with the prompt implicit in chosen/rejected
+CONVERSATIONAL_PREFERENCE = {
+    "prompt": [[{"role": "user", "content": "what color is the sky?"}],
+               [{"role": "user", "content": "hello"}]],
+    "chosen": [[{"role": "assistant", "content": "it is blue."}],
+               [{"role": "assistant", "content": "hi there"}]],
+    "rejected": [[{"role": "assistant", "content": "green"}],
+                 [{"role": "assistant", "content": "go away, you"}]],
+}
+IMPLICIT_PREFERENCE = {key: [p + c for p, c in zip(PREFERENCE["prompt"], PREFERENCE[key],
+                                                   strict=True)]
+                       for key in ("chosen", "rejected")}
 MESSAGES = [
     [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how are you?"}],
     [{"role": "system", "content": "you are a tiny model"},

@@ -13,18 +13,10 @@ import torch.nn.functional as F
 from cove.datasets import Dataset
 from cove.models.auto import AutoModelForSequenceClassification
 from cove.trl import RewardConfig, RewardTrainer
+from tests.trl.conftest import CONVERSATIONAL_PREFERENCE as CONVERSATIONAL
+from tests.trl.conftest import IMPLICIT_PREFERENCE as IMPLICIT
 from tests.trl.conftest import PREFERENCE
 
-USER = [{"role": "user", "content": "what color is the sky?"}]
-CONVERSATIONAL = {
-    "prompt": [USER, [{"role": "user", "content": "hello"}]],
-    "chosen": [[{"role": "assistant", "content": "it is blue."}],
-               [{"role": "assistant", "content": "hi there"}]],
-    "rejected": [[{"role": "assistant", "content": "green"}],
-                 [{"role": "assistant", "content": "go away, you"}]],
-}
-IMPLICIT = {key: [p + c for p, c in zip(PREFERENCE["prompt"], PREFERENCE[key], strict=True)]
-            for key in ("chosen", "rejected")}
 MARGIN = {**PREFERENCE, "margin": [0.5, 0.0, -1.0, 2.0]}
 
 
