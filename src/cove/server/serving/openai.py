@@ -407,6 +407,18 @@ async def retrieve_model(request: Request, model: str):
     return await _handled(handler)(request)
 
 
+async def _reply(request: Request, body: Any, requests: list, head: dict, kind: str,
+                 chunk: Any, choice: Any) -> Any:
+    """The requests' answer: a server-sent-event stream of `chunk(i, text, reason, first)`
+    dicts when the body asks to stream, else, once every request has ended, one `kind` object
+    with each request's `choice(i, request)` and the usage."""
+    if body.stream:
+        return _stream(requests, chunk, bool((body.stream_options or {}).get("include_usage")))
+    await _wait(request, requests)
+    return {**head, "object": kind, "choices": [choice(i, r) for i, r in enumerate(requests)],
+            "usage": _usage(requests)}
+
+
 @router.post("/chat/completions", name="openai_chat_completions",
             responses=_RESPONSES)
 @_handled
@@ -435,21 +447,19 @@ async def chat_completions(request: Request):
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "created": int(created), "model": body.model,
             "system_fingerprint": None}
-    if body.stream:
-        def chunk(i, text, reason, first):
-            delta = {"role": "assistant", "content": ""} if first else (
-                {"content": text} if text else {})
-            return {**head, "object": "chat.completion.chunk",
-                    "choices": [{"index": i, "delta": delta, "logprobs": None,
-                                 "finish_reason": reason}]}
 
-        include = bool((body.stream_options or {}).get("include_usage"))
-        return _stream(requests, chunk, include)
-    await _wait(request, requests)
-    choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+    def chunk(i, text, reason, first):
+        delta = {"role": "assistant", "content": ""} if first else (
+            {"content": text} if text else {})
+        return {**head, "object": "chat.completion.chunk",
+                "choices": [{"index": i, "delta": delta, "logprobs": None,
+                             "finish_reason": reason}]}
+
+    def choice(i, r):
+        return {"index": i, "message": {"role": "assistant", "content": r.text},
                 "logprobs": None, "finish_reason": _finish(r)}
-               for i, r in enumerate(requests)]
-    return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(requests)}
+
+    return await _reply(request, body, requests, head, "chat.completion", chunk, choice)
 
 
 @router.post("/completions", name="openai_completions",
@@ -471,20 +481,18 @@ async def completions(request: Request):
     requests = _submit(served.engine, ids, params)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": None}
-    if body.stream:
-        def chunk(i, text, reason, first):
-            if first:
-                return None
-            return {**head, "object": "text_completion",
-                    "choices": [{"index": i, "text": text, "logprobs": None,
-                                 "finish_reason": reason}]}
 
-        include = bool((body.stream_options or {}).get("include_usage"))
-        return _stream(requests, chunk, include)
-    await _wait(request, requests)
-    choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": _finish(r)}
-               for i, r in enumerate(requests)]
-    return {**head, "object": "text_completion", "choices": choices, "usage": _usage(requests)}
+    def chunk(i, text, reason, first):
+        if first:
+            return None
+        return {**head, "object": "text_completion",
+                "choices": [{"index": i, "text": text, "logprobs": None,
+                             "finish_reason": reason}]}
+
+    def choice(i, r):
+        return {"index": i, "text": r.text, "logprobs": None, "finish_reason": _finish(r)}
+
+    return await _reply(request, body, requests, head, "text_completion", chunk, choice)
 
 
 @router.post("/embeddings", name="openai_embeddings",
