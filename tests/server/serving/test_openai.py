@@ -204,9 +204,9 @@ def test_bad_requests_are_openai_errors(hub):
              response_format={"type": "json_object"})
     with pytest.raises(openai.BadRequestError, match="temperature must lie in"):
         chat(model="alice/tiny-llama", messages=MESSAGES, temperature=5)
-    with pytest.raises(openai.BadRequestError, match="not a sentence-embedding model"):
+    with pytest.raises(openai.BadRequestError, match="serves text-generation, not sentence-similarity"):
         c.embeddings.create(model="alice/tiny-llama", input="hi")
-    with pytest.raises(openai.BadRequestError, match="not a causal language model"):
+    with pytest.raises(openai.BadRequestError, match="serves sentence-similarity, not text-generation"):
         chat(model="alice/tiny-sentence", messages=MESSAGES)
     with pytest.raises(openai.NotFoundError, match="not-a-model"):
         c.models.retrieve("alice/not-a-model")

@@ -134,10 +134,10 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
                    "invalid_value") from None
 
 
-async def _served(request: Request, model: str, kind: str):
+async def _served(request: Request, model: str, task: str):
     registry = request.app.state.serving
     who = _caller(request)
-    return await anyio.to_thread.run_sync(registry.get, model, who, kind)
+    return await anyio.to_thread.run_sync(registry.get, model, who, (task,))
 
 
 # -- request bodies -----------------------------------------------------------------------
@@ -371,8 +371,11 @@ def _handled(handler):
 
 # -- the routes ----------------------------------------------------------------------------
 
-def _model_card(repo) -> dict[str, Any]:
-    return {"id": repo.repo_id, "object": "model",
+def _model_card(source) -> dict[str, Any]:
+    repo = source.repo
+    if repo is None:  # a local model (cove serve-model)
+        return {"id": source.name, "object": "model", "created": 0, "owned_by": "cove"}
+    return {"id": source.name, "object": "model",
             "created": int(repo.created_at.timestamp()) if repo.created_at else 0,
             "owned_by": repo.namespace}
 
@@ -384,8 +387,8 @@ async def list_models(request: Request):
     """The models this Hub serves that the caller can read (OpenAI's list shape)."""
     registry = request.app.state.serving
     who = _caller(request)
-    repos = await anyio.to_thread.run_sync(registry.served, who)
-    return {"object": "list", "data": [_model_card(r) for r in repos]}
+    sources = await anyio.to_thread.run_sync(registry.served, who)
+    return {"object": "list", "data": [_model_card(s) for s in sources]}
 
 
 @router.get("/models/{model:repo}", name="openai_retrieve_model",
@@ -397,10 +400,10 @@ async def retrieve_model(request: Request, model: str):
         who = _caller(request)
 
         def lookup():
-            repo, sha = registry.resolve(unslash(model), who)
-            if registry.kind_of(repo, sha) is None:
-                raise errors.repo_not_found(repo.repo_id)
-            return repo
+            source = registry.resolve(unslash(model), who)
+            if registry.facts(source).openai_kind is None:
+                raise errors.repo_not_found(source.name)
+            return source
 
         return _model_card(await anyio.to_thread.run_sync(lookup))
 
@@ -432,7 +435,7 @@ async def chat_completions(request: Request):
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
     params = body.sampling(max_tokens)
-    served = await _served(request, body.model, "generate")
+    served = await _served(request, body.model, "text-generation")
     tokenizer = served.tokenizer
     if not getattr(tokenizer, "chat_template", None):
         raise _bad(f"The model {body.model!r} has no chat template: use /v1/completions.",
@@ -476,7 +479,7 @@ async def completions(request: Request):
                        "invalid_value")
         prompt = prompt[0]
     params = body.sampling(body.max_tokens if body.max_tokens is not None else 16)
-    served = await _served(request, body.model, "generate")
+    served = await _served(request, body.model, "text-generation")
     ids = served.tokenizer.encode(prompt)
     requests = _submit(served.engine, ids, params)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model,
@@ -512,7 +515,7 @@ async def embeddings(request: Request):
     if not texts or any(not t for t in texts):
         raise _bad("input must be a non-empty string or a list of non-empty strings.",
                    "input", "invalid_value")
-    served = await _served(request, body.model, "embed")
+    served = await _served(request, body.model, "sentence-similarity")
 
     def run():
         with served.lock:

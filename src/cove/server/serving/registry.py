@@ -1,22 +1,26 @@
 """The models this Hub serves: loaded on first use, kept in an LRU, unloaded when idle.
 
 A model is named as OpenAI names one, by a string: a repository id on this Hub
-(`alice/smollm2-sft`, at `main`) or `alice/smollm2-sft@revision`. Every lookup goes through the
-Hub's own read rules (`Hub.find_repo`: a private repository is "not found" to a caller who
+(`alice/smollm2-sft`, at `main`), `alice/smollm2-sft@revision`, or an alias of a local model
+(`cove serve-model PATH` serves one under its file name). Every repository lookup goes through
+the Hub's own read rules (`Hub.find_repo`: a private repository is "not found" to a caller who
 cannot read it), then the model is read from the server's own storage (git blobs and LFS
 objects, linked into a snapshot folder under `data/serving/`), never over HTTP.
 
-What a repository serves follows from its files at that commit: a `config.json` whose
-architectures end in `ForCausalLM`/`LMHeadModel` is a causal LM (chat and completions, one
-continuous-batching `Engine` per loaded model, running in its own thread); a `modules.json`
-(sentence-transformers) is an embedding model (the sentence-similarity pipeline).
+What a repository serves follows from its files at that commit (`Facts`): its task is the
+card's `pipeline_tag`, else `sentence-similarity` for a sentence-transformers repository
+(modules.json), `text-generation` for a causal LM (config.json architectures ending in
+`ForCausalLM`/`LMHeadModel`, or only `.gguf` files: the GGUF is converted once, dequantised to
+float32; `owner/name:Q8_0` picks among several by a part of the file name, as llama.cpp's `-hf`
+does), else the task the architectures' head serves. A text-generation model runs on one
+continuous-batching `Engine` per loaded model (in its own thread); every other task on its
+cove pipeline, one call at a time.
 
 Kept simple, on purpose: at most `max_models` loaded models (the least recently used idle one
 is unloaded past that; one with requests in flight is never unloaded, so the count can be
 exceeded while all are busy), and a model unused for `idle_seconds` is unloaded at the next
 lookup. Not done: a byte budget (models are counted, not measured), loading several models at
-once (loads are serialised), GGUF-only repositories, a 503 for clients that would rather not
-wait while a model loads.
+once (loads are serialised), a 503 for clients that would rather not wait while a model loads.
 
 torch and the models are imported only when a model loads: the server core stays torch-free.
 """
@@ -25,28 +29,91 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cove.server import errors
+from cove.server.cards import card_facts
 from cove.server.db import Repository
 from cove.server.hub import Hub, Principal
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+# GGUF file types, most precise first: which file `owner/name` serves among several.
+_GGUF_PRECISION = ("f32", "bf16", "f16", "q8", "q6", "q5", "q4", "q3", "q2")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model's files are: a repository at a commit, or a local folder or file."""
+
+    name: str  # the repository id or the alias
+    key: str  # a path-safe key for the snapshot and conversion folders
+    repo: Repository | None = None
+    sha: str | None = None
+    path: Path | None = None
+    gguf_tag: str = ""  # from `owner/name:TAG`
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a model's files say it serves."""
+
+    task: str | None  # the pipeline task; None when nothing says
+    architectures: tuple[str, ...] = ()
+    gguf: str | None = None  # the GGUF file a text-generation model loads from
+
+    @property
+    def openai_kind(self) -> str | None:
+        """"generate" (chat and completions), "embed" (embeddings) or None."""
+        return {"text-generation": "generate", "sentence-similarity": "embed"}.get(self.task)
+
+
+def _facts(names: set[str], read: Callable[[str], bytes | None], gguf_tag: str = "") -> Facts:
+    card = card_facts(read("README.md"), "model") if "README.md" in names else None
+    archs: tuple[str, ...] = ()
+    if "config.json" in names:
+        try:
+            archs = tuple(str(a) for a in json.loads(read("config.json") or b"{}")
+                          .get("architectures") or [])
+        except (ValueError, AttributeError):
+            pass
+    ggufs = sorted(n for n in names if n.lower().endswith(".gguf") and "/" not in n)
+    gguf = None
+    if "config.json" not in names and ggufs:
+        if gguf_tag:
+            ggufs = [n for n in ggufs if gguf_tag.lower() in n.lower()]
+        gguf = min(ggufs, key=_gguf_rank) if ggufs else None
+    task = card.pipeline_tag if card and card.pipeline_tag else None
+    if task is None:
+        if "modules.json" in names:
+            task = "sentence-similarity"
+        elif gguf is not None or any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
+            task = "text-generation"
+    return Facts(task, archs, gguf)
+
+
+def _gguf_rank(name: str) -> tuple[int, str]:
+    lowered = re.split(r"[.\-_]", name.lower())
+    for i, kind in enumerate(_GGUF_PRECISION):
+        if any(part.startswith(kind) for part in lowered):
+            return i, name
+    return len(_GGUF_PRECISION), name
 
 
 @dataclass
 class ServedModel:
-    """One loaded model: an engine (causal LMs) or a pipeline (embeddings)."""
+    """One loaded model: an engine (text generation) or a pipeline (every other task)."""
 
-    repo_id: str
-    sha: str
-    kind: str  # "generate" | "embed"
+    name: str
+    key: str
+    task: str
     engine: Any = None
     tokenizer: Any = None
     pipeline: Any = None
@@ -70,59 +137,100 @@ class Registry:
             os.environ.get("COVE_SERVING_IDLE_SECONDS", 900))
         self.max_batch_size = max_batch_size
         self.root = hub.settings.data_dir / "serving"
-        self._models: OrderedDict[tuple[str, str, str], ServedModel] = OrderedDict()
+        self._aliases: dict[str, Path] = {}
+        self._models: OrderedDict[tuple[str, str], ServedModel] = OrderedDict()
         self._lock = threading.Lock()  # the dict
         self._load_lock = threading.Lock()  # one load at a time
-        self._kinds: dict[tuple[str, str], str | None] = {}  # (storage_key, sha) -> kind
+        self._facts: dict[str, Facts] = {}  # Source.key -> Facts
+
+    def add_local(self, alias: str, path: str | os.PathLike) -> None:
+        """Serve the model at `path` (a folder, or a .gguf file) as `alias`, to every caller."""
+        path = Path(path).resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"No such model folder or file: {path}")
+        if path.is_file() and path.suffix.lower() != ".gguf":
+            raise ValueError(f"{path} is a file but not a .gguf: name a model folder or a GGUF.")
+        source = self._local(alias, path)
+        if self.facts(source).task is None and self._inferred_task(self.facts(source)) is None:
+            raise ValueError(f"{path} holds no model Cove can serve (no config.json with "
+                             "known architectures, no modules.json, no .gguf file).")
+        self._aliases[alias] = path
 
     # -- lookups (blocking: call from a worker thread) ------------------------------------
 
-    def resolve(self, model: str, who: Principal | None) -> tuple[Repository, str]:
-        """The repository and commit `model` names, as `who` may read them; RepoNotFound
-        (404) otherwise, as the Hub API answers."""
-        repo_id, _, revision = model.partition("@")
+    def resolve(self, model: str, who: Principal | None) -> Source:
+        """Where `model` is, as `who` may read it; RepoNotFound (404) otherwise, as the Hub
+        API answers."""
+        if model in self._aliases:
+            return self._local(model, self._aliases[model])
+        name, _, revision = model.partition("@")
+        repo_id, _, tag = name.partition(":")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            served = f" (served here: {', '.join(sorted(self._aliases))})" if self._aliases \
+                else ""
             raise errors.HubError(404, "RepoNotFound", f"The model {model!r} does not exist: "
-                                  "name a model repository on this Hub as 'owner/name'.")
+                                  f"name a model repository on this Hub as 'owner/name'{served}.")
         with self.hub.session() as s:
             repo = self.hub.find_repo(s, "model", repo_id, who)
             s.expunge(repo)
-        if not revision and repo.sha:
-            return repo, repo.sha
-        git = self.hub.git(repo)
-        try:
-            sha = git.resolve(revision or "main")
-        finally:
-            git.close()
+        sha = repo.sha if not revision else None
         if sha is None:
-            raise errors.revision_not_found(repo.repo_id, revision or "main")
-        return repo, sha
-
-    def kind_of(self, repo: Repository, sha: str) -> str | None:
-        """"generate", "embed", or None when the repository serves neither."""
-        key = (repo.storage_key, sha)
-        if key not in self._kinds:
             git = self.hub.git(repo)
             try:
-                files = {e.path: e for e in git.files(sha)}
-                kind = None
-                if "modules.json" in files:
-                    kind = "embed"
-                elif "config.json" in files and not files["config.json"].lfs:
-                    try:
-                        config = json.loads(git.read_blob(files["config.json"].oid))
-                        archs = config.get("architectures") or []
-                    except (ValueError, AttributeError):
-                        archs = []
-                    if any(str(a).endswith(CAUSAL_SUFFIXES) for a in archs):
-                        kind = "generate"
+                sha = git.resolve(revision or "main")
             finally:
                 git.close()
-            self._kinds[key] = kind
-        return self._kinds[key]
+            if sha is None:
+                raise errors.revision_not_found(repo.repo_id, revision or "main")
+        return Source(repo.repo_id, f"{repo.storage_key}/{sha}", repo=repo, sha=sha,
+                      gguf_tag=tag)
 
-    def served(self, who: Principal | None, limit: int = 1000) -> list[Repository]:
-        """The model repositories `who` can read that this Hub can serve."""
+    def facts(self, source: Source) -> Facts:
+        cache_key = f"{source.key}:{source.gguf_tag}"
+        if cache_key not in self._facts:
+            if source.repo is None:
+                assert source.path is not None
+                folder = source.path if source.path.is_dir() else source.path.parent
+                names = ({p.name for p in folder.iterdir() if p.is_file()}
+                         if source.path.is_dir() else {source.path.name})
+
+                def read(name: str) -> bytes | None:
+                    return (folder / name).read_bytes()
+
+                self._facts[cache_key] = _facts(names, read, source.gguf_tag)
+            else:
+                git = self.hub.git(source.repo)
+                try:
+                    files = {e.path: e for e in git.files(source.sha)}
+
+                    def read(name: str) -> bytes | None:
+                        e = files[name]
+                        return None if e.lfs else git.read_blob(e.oid)
+
+                    self._facts[cache_key] = _facts(set(files), read, source.gguf_tag)
+                finally:
+                    git.close()
+        return self._facts[cache_key]
+
+    def task_of(self, source: Source) -> str | None:
+        """The task `source` serves (inferring it from the architectures if nothing says)."""
+        facts = self.facts(source)
+        return facts.task or self._inferred_task(facts)
+
+    @staticmethod
+    def _inferred_task(facts: Facts) -> str | None:
+        if not facts.architectures:
+            return None
+        from cove.pipelines import _infer_task  # torch: only for a model about to load
+
+        try:
+            return _infer_task(list(facts.architectures), "the model")
+        except ValueError:
+            return None
+
+    def served(self, who: Principal | None, limit: int = 1000) -> list[Source]:
+        """The models `who` can read that answer OpenAI's API (chat, completions, embeddings):
+        the local aliases, then the repositories."""
         from sqlalchemy import select
 
         with self.hub.session() as s:
@@ -132,19 +240,28 @@ class Registry:
                               .limit(limit)).all()
             for r in repos:
                 s.expunge(r)
-        return [r for r in repos if self.hub.can_read(r, who) and self.kind_of(r, r.sha)]
+        sources = [self._local(a, p) for a, p in sorted(self._aliases.items())]
+        sources += [Source(r.repo_id, f"{r.storage_key}/{r.sha}", repo=r, sha=r.sha)
+                    for r in repos if self.hub.can_read(r, who)]
+        return [s for s in sources if self.facts(s).openai_kind]
 
-    def get(self, model: str, who: Principal | None, kind: str) -> ServedModel:
-        """The loaded model `model` names, loading it if needed; 404 when the repository is
-        missing or unreadable to `who`, ValueError when it is not a `kind` model."""
-        repo, sha = self.resolve(model, who)
-        found = self.kind_of(repo, sha)
-        if found != kind:
-            what = {"generate": "a causal language model (config.json architectures "
-                                "ending in ForCausalLM)",
-                    "embed": "a sentence-embedding model (sentence-transformers modules.json)"}
-            raise ValueError(f"The model {repo.repo_id!r} is not {what[kind]}.")
-        key = (repo.repo_id, sha, kind)
+    def get(self, model: str, who: Principal | None, accept: tuple[str, ...] | None = None
+            ) -> ServedModel:
+        """The loaded model `model` names, loading it for its task if needed; 404 when the
+        repository is missing or unreadable to `who`, ValueError when its task is not one of
+        `accept` (None: any task Cove can serve)."""
+        source = self.resolve(model, who)
+        task = self.task_of(source)
+        if task is None:
+            raise ValueError(f"The model {source.name!r} has no task Cove can serve: give its "
+                             "card a pipeline_tag.")
+        if accept is not None and task not in accept:
+            raise ValueError(f"The model {source.name!r} serves {task}, not "
+                             f"{' or '.join(accept)}.")
+        return self._get(source, task)
+
+    def _get(self, source: Source, task: str) -> ServedModel:
+        key = (f"{source.key}:{source.gguf_tag}", task)
         self._evict_idle()
         with self._lock:
             served = self._models.get(key)
@@ -156,7 +273,7 @@ class Registry:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
-            served = self._load(repo, sha, kind)
+            served = self._load(source, task)
             with self._lock:
                 self._models[key] = served
                 self._evict_over_count()
@@ -164,10 +281,22 @@ class Registry:
 
     # -- loading and unloading --------------------------------------------------------------
 
-    def _load(self, repo: Repository, sha: str, kind: str) -> ServedModel:
-        folder = self._snapshot(repo, sha)
-        served = ServedModel(repo.repo_id, sha, kind)
-        if kind == "generate":
+    def _local(self, alias: str, path: Path) -> Source:
+        import hashlib
+
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        return Source(alias, f"local/{digest}", path=path)
+
+    def _load(self, source: Source, task: str) -> ServedModel:
+        if source.repo is not None:
+            folder = self._snapshot(source.repo, source.sha)
+        else:
+            folder = source.path if source.path.is_dir() else source.path.parent
+        facts = self.facts(source)
+        if facts.gguf is not None:
+            folder = self._converted(source, folder, facts.gguf)
+        served = ServedModel(source.name, source.key, task)
+        if task == "text-generation":
             from cove.models import AutoModelForCausalLM
             from cove.server.serving.engine import Engine
             from cove.tokenizers import AutoTokenizer
@@ -179,9 +308,18 @@ class Registry:
         else:
             from cove.pipelines import pipeline
 
-            served.pipeline = pipeline("sentence-similarity", model=str(folder))
+            served.pipeline = pipeline(task, model=str(folder))
             served.tokenizer = served.pipeline.tokenizer
         return served
+
+    def _converted(self, source: Source, folder: Path, gguf: str) -> Path:
+        """The GGUF's Hugging Face folder (float32), converted once per file."""
+        from cove.models.gguf import convert_gguf
+
+        out = self.root / "converted" / source.key / Path(gguf).stem
+        if not (out / "config.json").is_file():
+            convert_gguf(folder / gguf, out, dtype="float32", overwrite=True)
+        return out
 
     def _snapshot(self, repo: Repository, sha: str) -> Path:
         """The repository's files at `sha` in a folder (LFS objects hard-linked when the
@@ -231,7 +369,7 @@ class Registry:
                 return  # all busy (or only the newest is left): over the count for now
             self._models.pop(victim).close()
 
-    def loaded(self) -> list[tuple[str, str, str]]:
+    def loaded(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._models)
 
