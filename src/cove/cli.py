@@ -32,6 +32,42 @@ def serve(args) -> int:
     return 0
 
 
+def serve_model(args) -> int:
+    """Serve one model alone on the inference endpoints, as `llama-server -m` does: a folder,
+    a .gguf file or a repository id (downloaded from --endpoint), under --alias."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from cove.server import create_app
+
+    path = Path(args.model).expanduser()
+    if not path.exists():
+        if args.model.count("/") != 1 or args.model.startswith((".", "/")):
+            raise CliError(f"{args.model}: no such folder or file (and not a repository id).")
+        from cove import hub
+
+        path = Path(hub.snapshot_download(args.model, revision=args.revision,
+                                          endpoint=args.endpoint, token=args.token))
+    alias = args.alias or (args.model if not Path(args.model).exists()
+                           else path.resolve().stem if path.is_file() else path.resolve().name)
+    settings = _settings(args)
+    app = create_app(settings)
+    registry = app.state.serving
+    registry.max_batch_size = args.max_batch_size
+    try:
+        registry.add_local(alias, path)
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"cove serve-model: loading {path} as {alias!r}", file=sys.stderr, flush=True)
+    registry.get(alias, None)  # load now: errors show at start, the first request is not slow
+    print(f"cove serve-model: {alias!r} on http://{args.host}:{args.port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.log_level == "debug")
+    return 0
+
+
 def _hub(args):
     from cove.server.hub import Hub
 
@@ -565,6 +601,23 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--no-serving", action="store_true",
                        help="do not serve models (no OpenAI-compatible /v1 endpoints)"),
         _server_options(p),
+    )),
+    "serve-model": (serve_model, "serve one model (folder, .gguf or repo id) on the inference "
+                    "endpoints alone", lambda p: (
+        p.add_argument("model", help="a model folder, a .gguf file, or a repository id"),
+        p.add_argument("--alias", help="the name clients give as `model` (default: the folder's "
+                       "or file's name, or the repository id)"),
+        p.add_argument("--host", default="127.0.0.1"),
+        p.add_argument("--port", type=int, default=8080),
+        p.add_argument("--max-batch-size", type=int, default=16,
+                       help="requests decoded together (more wait in a queue)"),
+        p.add_argument("--revision", help="of a repository id"),
+        p.add_argument("--log-level", default="info"),
+        p.add_argument("--data", default=os.environ.get(
+            "COVE_SERVE_MODEL_DATA", os.path.expanduser("~/.cache/cove/serve-model")),
+            help="working folder (converted GGUF files are kept here)"),
+        p.add_argument("--database-url", default=None, help=argparse.SUPPRESS),
+        _hub_options(p),
     )),
     "admin user create": (admin_user_create, "create a user", lambda p: (
         p.add_argument("name"), p.add_argument("--fullname"), p.add_argument("--email"),

@@ -393,8 +393,9 @@ async def list_models(request: Request):
 
 @router.get("/models/{model:repo}", name="openai_retrieve_model",
             responses=_RESPONSES)
+@router.get("/models/{model}", name="openai_retrieve_alias", responses=_RESPONSES)
 async def retrieve_model(request: Request, model: str):
-    """One served model (`owner/name`, the slash as-is or percent-encoded)."""
+    """One served model (`owner/name`, the slash as-is or percent-encoded, or an alias)."""
     async def handler(request: Request):
         registry = request.app.state.serving
         who = _caller(request)
