@@ -202,3 +202,41 @@ def test_package_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=Path(__file__).resolve().parents[3])
+
+
+def test_penalties_and_logprobs(decoders):
+    """repetition_penalty gives generate's tokens; presence/frequency penalties and logprobs
+    follow their definitions on the model's own scores, whatever shares the batch."""
+    model, tok = decoders["llama"]
+    ids = [tok.encode(p) for p in PROMPTS[4:7]]  # prompts whose greedy tokens repeat
+    engine = Engine(model, tok, max_batch_size=4, max_cached_tokens=4 * 64)
+    rep = SamplingParams(temperature=0, max_tokens=10, repetition_penalty=1.7)
+    pen = SamplingParams(temperature=0, max_tokens=10, presence_penalty=1.5,
+                         frequency_penalty=0.75, logprobs=3)
+    requests = [engine.submit(ids[0], rep), engine.submit(ids[1], pen),
+                engine.submit(ids[2], GREEDY)]
+    run_all(engine, requests)
+    expected = model.generate(torch.tensor([ids[0]]), max_new_tokens=10, do_sample=False,
+                              repetition_penalty=1.7)[0, len(ids[0]):].tolist()
+    assert requests[0].output_ids == expected[:len(requests[0].output_ids)]
+    assert requests[0].output_ids != solo(model, ids[0], 10)  # the penalty did something
+    assert requests[2].output_ids == solo(model, ids[2], 12)[:len(requests[2].output_ids)]
+
+    # presence/frequency by hand: full forwards, the penalty on each token seen so far
+    r, seq, out = requests[1], list(ids[1]), []
+    assert len(r.logprobs) == len(r.output_ids)
+    for step, token in enumerate(r.output_ids):
+        with torch.no_grad():
+            logits = model(torch.tensor([seq])).logits[0, -1].float()
+        logprobs = logits.log_softmax(-1)
+        scores = logits.clone()
+        for t in set(out):
+            scores[t] -= 1.5 + 0.75 * out.count(t)
+        assert token == int(scores.argmax()), step
+        lp = r.logprobs[step]
+        assert lp.token_id == token and abs(lp.logprob - float(logprobs[token])) < 1e-4
+        assert [t for t, _ in lp.top] == logprobs.topk(3).indices.tolist()
+        seq.append(token)
+        out.append(token)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Delta", "Engine", "QueueFullError", "Request", "SamplingParams"]
+__all__ = ["Delta", "Engine", "QueueFullError", "Request", "SamplingParams", "TokenLogprob"]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,6 +46,13 @@ class SamplingParams:
     returned text stopping before the string; `stop_token_ids` (as the model's EOS ids) end it
     with the token kept in `output_ids` but not in the text. `seed` seeds the request's own
     generator: the same seed gives the same tokens whatever else runs in the batch.
+
+    Penalties change the scores before sampling: `repetition_penalty` as transformers' (over
+    the prompt and the output: a positive score divided by it, a negative one multiplied),
+    `presence_penalty` and `frequency_penalty` as OpenAI's (over the output: minus the penalty
+    once for a token that occurred, minus frequency times its count). `logprobs` k (not None)
+    records each chosen token's log-probability and the k most likely tokens', under the
+    model's own distribution (before penalties, temperature and top-p).
     """
 
     temperature: float = 1.0
@@ -55,6 +62,10 @@ class SamplingParams:
     stop: Sequence[str] = ()
     stop_token_ids: Sequence[int] = ()
     seed: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -69,26 +80,49 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}.")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}.")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}.")
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing to change the scores or record: the batch's argmax will do."""
+        return (self.temperature == 0 and self.repetition_penalty == 1 and
+                not self.presence_penalty and not self.frequency_penalty and
+                self.logprobs is None)
+
+
+class TokenLogprob(NamedTuple):
+    """A chosen token's log-probability and the `top` (token id, log-probability) pairs."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 class Delta(NamedTuple):
-    """One step of a request's stream: the token it produced and the text that became final
-    with it ("" while a possible stop string or an incomplete character is held back)."""
+    """One step of a request's stream: the token it produced, the text that became final
+    with it ("" while a possible stop string or an incomplete character is held back), and
+    the token's log-probabilities when the request asked for them."""
 
     token_id: int
     text: str
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(eq=False)
 class Request:
     """One generation request. Iterate it (or `async for` it) for its `Delta`s as they come;
     `result()` waits for the end. `output_ids`, `text` and `finish_reason` ("stop", "length",
-    "cancelled", or "error" with `error` set) hold the outcome."""
+    "cancelled", or "error" with `error` set) hold the outcome; `logprobs` one TokenLogprob per
+    output id when the parameters asked for them."""
 
     prompt_ids: list[int]
     params: SamplingParams
     id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
     error: BaseException | None = None
@@ -335,7 +369,7 @@ class Engine:
         r._prefilled += n
         r._cached += n
         if r._prefilled == len(r.prompt_ids):
-            self._accept(r, self._sample(r, logits[0, -1]))
+            self._accept(r, *self._choose(r, logits[0, -1]))
         return n
 
     def _decode(self, requests: list[Request]) -> None:
@@ -349,26 +383,42 @@ class Engine:
         greedy = logits.argmax(-1).tolist()
         for i, r in enumerate(requests):
             r._cached += 1
-            token = greedy[i] if r.params.temperature == 0 else self._sample(r, logits[i])
-            self._accept(r, token)
+            if r.params.plain_greedy:
+                self._accept(r, greedy[i])
+            else:
+                self._accept(r, *self._choose(r, logits[i]))
 
-    def _sample(self, r: Request, logits: torch.Tensor) -> int:
+    def _choose(self, r: Request, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
+        """r's next token from its row of scores, and its log-probabilities if asked for."""
         p = r.params
+        scores = logits.float()
+        if p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty:
+            scores = _penalised(scores, r, p)
         if p.temperature == 0:
-            return int(logits.argmax())
-        scores = apply_temperature(logits[None].float(), p.temperature)
-        if p.top_k:
-            scores = top_k_filter(scores, p.top_k)
-        if p.top_p < 1:
-            scores = top_p_filter(scores, p.top_p)
-        probs = scores.softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=r._generator))
+            token = int(scores.argmax())
+        else:
+            scores = apply_temperature(scores[None], p.temperature)
+            if p.top_k:
+                scores = top_k_filter(scores, p.top_k)
+            if p.top_p < 1:
+                scores = top_p_filter(scores, p.top_p)
+            token = int(torch.multinomial(scores.softmax(-1), 1, generator=r._generator))
+        if p.logprobs is None:
+            return token, None
+        logprobs = logits.float().log_softmax(-1)
+        pairs: list[tuple[int, float]] = []
+        if p.logprobs:
+            top = logprobs.topk(min(p.logprobs, logprobs.numel()))
+            pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        return token, TokenLogprob(token, float(logprobs[token]), pairs)
 
-    def _accept(self, r: Request, token: int) -> None:
+    def _accept(self, r: Request, token: int, logprob: TokenLogprob | None = None) -> None:
         """Record r's new token, stream what became final and end r where it should."""
         if r.finished:  # cancelled meanwhile
             return
         r.output_ids.append(token)
+        if logprob is not None:
+            r.logprobs.append(logprob)
         p = r.params
         reason = None
         if token in self.eos_token_ids or token in p.stop_token_ids:
@@ -387,9 +437,23 @@ class Engine:
         r.text = text
         final = len(text) if reason else _stream_end(text, p.stop)
         delta, r._emitted = text[r._emitted:final], max(r._emitted, final)
-        r._push(Delta(token, delta))
+        r._push(Delta(token, delta, logprob))
         if reason:
             r._finish(reason)
+
+
+def _penalised(scores: torch.Tensor, r: Request, p: SamplingParams) -> torch.Tensor:
+    scores = scores.clone()
+    if p.repetition_penalty != 1:
+        seen = torch.tensor(r.prompt_ids + r.output_ids, device=scores.device).unique()
+        picked = scores[seen]
+        scores[seen] = torch.where(picked > 0, picked / p.repetition_penalty,
+                                   picked * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and r.output_ids:
+        out, counts = torch.tensor(r.output_ids, device=scores.device).unique(
+            return_counts=True)
+        scores[out] -= p.presence_penalty + p.frequency_penalty * counts.to(scores.dtype)
+    return scores
 
 
 def _stream_end(text: str, stops: tuple[str, ...]) -> int:
