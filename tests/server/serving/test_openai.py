@@ -19,6 +19,7 @@ import transformers
 
 import cove
 from cove.models import AutoModelForCausalLM
+from cove.server.serving import Engine, SamplingParams
 from cove.tokenizers import AutoTokenizer
 from tests.pipelines.test_text_generation import build_decoders
 from tests.server.conftest import seeded_server
@@ -145,6 +146,44 @@ def test_completions_match_greedy_generate(hub, llama):
         assert cut.choices[0].finish_reason == "stop"
 
 
+def test_logprobs_and_penalties(hub, llama):
+    """logprobs are the model's log-softmax at each step (top ones in order), in the chat and
+    completions shapes, streamed or not; penalties reach the engine."""
+    model, tok = llama
+    ids = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
+                                  return_dict=False)
+    tokens, text = greedy(llama, ids, 6)
+    with torch.no_grad():
+        full = model(torch.tensor([ids + tokens])).logits[0, len(ids) - 1:-1].log_softmax(-1)
+    c = client(hub)
+    reply = c.chat.completions.create(model="alice/tiny-llama", messages=MESSAGES,
+                                      temperature=0, max_tokens=6, logprobs=True,
+                                      top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == len(tokens)
+    for step, entry in enumerate(content):
+        assert entry.token == tok.decode([tokens[step]])
+        assert abs(entry.logprob - float(full[step, tokens[step]])) < 1e-4
+        assert [t.token for t in entry.top_logprobs] == [
+            tok.decode([t]) for t in full[step].topk(2).indices.tolist()]
+    stream = c.chat.completions.create(model="alice/tiny-llama", messages=MESSAGES,
+                                       temperature=0, max_tokens=6, logprobs=True, stream=True)
+    streamed = [e.logprob for ch in stream if ch.choices and ch.choices[0].logprobs
+                for e in ch.choices[0].logprobs.content]
+    assert streamed == [e.logprob for e in content]
+    completion = c.completions.create(model="alice/tiny-llama", prompt="once upon a time",
+                                      temperature=0, max_tokens=5, logprobs=3)
+    lp = completion.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert all(len(top) <= 3 for top in lp.top_logprobs) and lp.text_offset[0] == 0
+    penalised = c.chat.completions.create(model="alice/tiny-llama", messages=MESSAGES,
+                                          temperature=0, max_tokens=12, presence_penalty=2,
+                                          frequency_penalty=2)
+    expected = Engine(model, tok, max_batch_size=1).generate(ids, SamplingParams(
+        temperature=0, max_tokens=12, presence_penalty=2, frequency_penalty=2))
+    assert penalised.choices[0].message.content == expected.text
+
+
 def test_embeddings_equal_the_pipeline(hub):
     sentences = ["The cat sits outside.", "A man is playing guitar.", "hello"]
     pipe = cove.pipeline("sentence-similarity", model=str(hub[1]["sentence"]))
@@ -195,10 +234,10 @@ def test_bad_requests_are_openai_errors(hub):
         chat(model="alice/tiny-llama", messages=MESSAGES, n=50)
     with pytest.raises(openai.BadRequestError, match="exceed a slot's 128 positions"):
         chat(model="alice/tiny-llama", messages=[{"role": "user", "content": "a " * 200}])
-    with pytest.raises(openai.BadRequestError, match="logprobs are not supported"):
-        chat(model="alice/tiny-llama", messages=MESSAGES, logprobs=True)
-    with pytest.raises(openai.BadRequestError, match="presence_penalty"):
-        chat(model="alice/tiny-llama", messages=MESSAGES, presence_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs must lie in"):
+        chat(model="alice/tiny-llama", messages=MESSAGES, logprobs=True, top_logprobs=50)
+    with pytest.raises(openai.BadRequestError, match="presence_penalty must lie in"):
+        chat(model="alice/tiny-llama", messages=MESSAGES, presence_penalty=3)
     with pytest.raises(openai.BadRequestError, match="JSON mode"):
         chat(model="alice/tiny-llama", messages=MESSAGES,
              response_format={"type": "json_object"})

@@ -7,9 +7,10 @@ and errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` (still
 X-Error-Code header). Streams are server-sent events ending in `data: [DONE]`; a client that
 goes away mid-stream cancels its requests, which frees their engine slots.
 
-Not implemented, refused with a 400 naming the parameter: logprobs/top_logprobs,
-presence/frequency penalties, logit_bias, response_format other than text, tools, `echo`,
-`suffix`, `best_of`, token-id prompts, embedding `dimensions`.
+Log-probabilities are the model's own (before penalties, temperature and top-p), each token
+shown as its decoded text. Not implemented, refused with a 400 naming the parameter:
+logit_bias, response_format other than text, tools, `echo`, `suffix`, `best_of`, token-id
+prompts, embedding `dimensions`.
 
 torch loads only with the first model (registry.py); this module imports none of it.
 """
@@ -154,11 +155,11 @@ class _Generation(BaseModel):
     n: int | None = None
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    # Refused when set to anything but their defaults (not implemented):
-    logprobs: Any = None
-    top_logprobs: Any = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logprobs: Any = None  # chat: a bool (with top_logprobs); completions: the top count
+    top_logprobs: int | None = None
+    # Refused when set to anything but their defaults (not implemented):
     logit_bias: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     tools: list | None = None
@@ -167,13 +168,6 @@ class _Generation(BaseModel):
     best_of: int | None = None
 
     def refuse_unsupported(self) -> None:
-        if self.logprobs not in (None, False) or self.top_logprobs not in (None, 0):
-            raise _bad("logprobs are not supported by Cove's server yet.", "logprobs",
-                       "unsupported_parameter")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0):
-                raise _bad(f"{name} is not supported by Cove's server yet.", name,
-                           "unsupported_parameter")
         if self.logit_bias:
             raise _bad("logit_bias is not supported by Cove's server yet.", "logit_bias",
                        "unsupported_parameter")
@@ -187,6 +181,10 @@ class _Generation(BaseModel):
             param = "echo" if self.echo else "suffix" if self.suffix else "best_of"
             raise _bad(f"{param} is not supported by Cove's server yet.", param,
                        "unsupported_parameter")
+
+    def logprob_count(self) -> int | None:
+        """How many top tokens to report with each token's logprob; None: no logprobs."""
+        raise NotImplementedError
 
     def sampling(self, max_tokens: int | None):
         from cove.server.serving import SamplingParams
@@ -202,13 +200,20 @@ class _Generation(BaseModel):
             raise _bad(f"temperature must lie in [0, 2], got {temperature}.", "temperature",
                        "invalid_value")
         top_p = 1.0 if self.top_p is None else self.top_p
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= (getattr(self, name) or 0) <= 2:
+                raise _bad(f"{name} must lie in [-2, 2], got {getattr(self, name)}.", name,
+                           "invalid_value")
         if max_tokens is not None and max_tokens < 1:
             raise _bad(f"max_tokens must be >= 1, got {max_tokens}.", "max_tokens",
                        "invalid_value")
         try:
             params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                      stop=tuple(stops),
-                                     seed=None if self.seed is None else self.seed + i)
+                                     seed=None if self.seed is None else self.seed + i,
+                                     presence_penalty=self.presence_penalty or 0.0,
+                                     frequency_penalty=self.frequency_penalty or 0.0,
+                                     logprobs=self.logprob_count())
                       for i in range(n)]
         except ValueError as exc:
             raise _bad(str(exc), "top_p" if "top_p" in str(exc) else None,
@@ -220,9 +225,28 @@ class ChatBody(_Generation):
     messages: list[dict[str, Any]]
     max_completion_tokens: int | None = None
 
+    def logprob_count(self) -> int | None:
+        if self.logprobs not in (None, False, True):
+            raise _bad("logprobs must be a boolean.", "logprobs", "invalid_value")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _bad("top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value")
+        if not 0 <= (self.top_logprobs or 0) <= 20:
+            raise _bad(f"top_logprobs must lie in [0, 20], got {self.top_logprobs}.",
+                       "top_logprobs", "invalid_value")
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionBody(_Generation):
     prompt: str | list[str]
+
+    def logprob_count(self) -> int | None:
+        if self.logprobs is None:
+            return None
+        if isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) \
+                or not 0 <= self.logprobs <= 5:
+            raise _bad(f"logprobs must be an integer in [0, 5], got {self.logprobs!r}.",
+                       "logprobs", "invalid_value")
+        return self.logprobs
 
 
 class EmbeddingBody(BaseModel):
@@ -307,12 +331,14 @@ async def _merged(requests: list):
 
 
 def _stream(requests: list, chunk, include_usage: bool) -> StreamingResponse:
-    """SSE: `chunk(index, text, finish_reason, first)` per delta; the usage chunk; [DONE]."""
+    """SSE: `chunk(index, text, finish_reason, first, logprobs)` per delta (logprobs: the
+    TokenLogprobs of the tokens since the last chunk); the usage chunk; [DONE]."""
 
     async def events():
+        pending: list[list] = [[] for _ in requests]
         try:
             for i in range(len(requests)):
-                first = chunk(i, "", None, True)
+                first = chunk(i, "", None, True, [])
                 if first is not None:
                     yield _sse(first)
             async for i, delta in _merged(requests):
@@ -323,11 +349,16 @@ def _stream(requests: list, chunk, include_usage: bool) -> StreamingResponse:
                     except OpenAIError as exc:
                         yield _sse(json.loads(exc.response().body))
                         return
-                    yield _sse(chunk(i, "", reason, False))
-                elif delta.text:
-                    yield _sse(chunk(i, delta.text, None, False))
+                    yield _sse(chunk(i, "", reason, False, pending[i]))
+                    continue
+                if delta.logprob is not None:
+                    pending[i].append(delta.logprob)
+                if delta.text:
+                    yield _sse(chunk(i, delta.text, None, False, pending[i]))
+                    pending[i] = []
             if include_usage:
-                yield _sse({**chunk(0, "", None, False), "choices": [], "usage": _usage(requests)})
+                yield _sse({**chunk(0, "", None, False, []), "choices": [],
+                            "usage": _usage(requests)})
             yield b"data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): free the slots
             for r in requests:
@@ -336,6 +367,29 @@ def _stream(requests: list, chunk, include_usage: bool) -> StreamingResponse:
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _chat_logprobs(tokenizer, logprobs: list) -> dict[str, Any] | None:
+    """OpenAI's chat `logprobs` object for TokenLogprobs (None when none were asked for)."""
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**entry(lp.token_id, lp.logprob),
+                         "top_logprobs": [entry(t, v) for t, v in lp.top]}
+                        for lp in logprobs], "refusal": None}
+
+
+def _completion_logprobs(tokenizer, logprobs: list, offset: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy completions `logprobs` object; `offset` is where the text starts."""
+    tokens = [tokenizer.decode([lp.token_id]) for lp in logprobs]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs],
+            "top_logprobs": [{tokenizer.decode([t]): v for t, v in lp.top}
+                             for lp in logprobs], "text_offset": offsets}
 
 
 async def _wait(request: Request, requests: list) -> None:
@@ -452,16 +506,21 @@ async def chat_completions(request: Request):
     head = {"id": cid, "created": int(created), "model": body.model,
             "system_fingerprint": None}
 
-    def chunk(i, text, reason, first):
+    wants_logprobs = params[0].logprobs is not None
+
+    def logprobs(lps):
+        return _chat_logprobs(tokenizer, lps) if wants_logprobs else None
+
+    def chunk(i, text, reason, first, lps):
         delta = {"role": "assistant", "content": ""} if first else (
             {"content": text} if text else {})
         return {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": i, "delta": delta, "logprobs": None,
+                "choices": [{"index": i, "delta": delta, "logprobs": logprobs(lps),
                              "finish_reason": reason}]}
 
     def choice(i, r):
         return {"index": i, "message": {"role": "assistant", "content": r.text},
-                "logprobs": None, "finish_reason": _finish(r)}
+                "logprobs": logprobs(r.logprobs), "finish_reason": _finish(r)}
 
     return await _reply(request, body, requests, head, "chat.completion", chunk, choice)
 
@@ -486,15 +545,22 @@ async def completions(request: Request):
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": None}
 
-    def chunk(i, text, reason, first):
+    wants_logprobs = params[0].logprobs is not None
+    streamed = [0] * len(params)  # characters streamed per choice: the text offsets
+
+    def chunk(i, text, reason, first, lps):
         if first:
             return None
+        lp = _completion_logprobs(served.tokenizer, lps, streamed[i]) if wants_logprobs \
+            else None
+        streamed[i] += len(text)
         return {**head, "object": "text_completion",
-                "choices": [{"index": i, "text": text, "logprobs": None,
+                "choices": [{"index": i, "text": text, "logprobs": lp,
                              "finish_reason": reason}]}
 
     def choice(i, r):
-        return {"index": i, "text": r.text, "logprobs": None, "finish_reason": _finish(r)}
+        lp = _completion_logprobs(served.tokenizer, r.logprobs) if wants_logprobs else None
+        return {"index": i, "text": r.text, "logprobs": lp, "finish_reason": _finish(r)}
 
     return await _reply(request, body, requests, head, "text_completion", chunk, choice)
 
