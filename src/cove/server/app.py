@@ -71,10 +71,14 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.serving:
         # The inference endpoints; torch and the models load only on a first request.
+        from cove.server.serving import metrics as serving_metrics
         from cove.server.serving import openai as openai_api
+        from cove.server.serving import tasks as tasks_api
         from cove.server.serving.registry import Registry
 
         app.include_router(openai_api.router)
+        app.include_router(tasks_api.router)
+        app.include_router(serving_metrics.router)
         app.state.serving = Registry(hub)
     openapi.install(app)
     app.add_middleware(RawPathMiddleware)

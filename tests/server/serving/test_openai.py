@@ -5,8 +5,6 @@ SDK's exceptions with Cove's message; a private model is hidden without a token 
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +13,6 @@ import httpx
 import openai
 import pytest
 import torch
-import transformers
 
 import cove
 from cove.models import AutoModelForCausalLM
@@ -23,33 +20,10 @@ from cove.server.serving import Engine, SamplingParams
 from cove.tokenizers import AutoTokenizer
 from tests.pipelines.test_text_generation import build_decoders
 from tests.server.conftest import seeded_server
+from tests.server.serving.conftest import greedy, push, tiny_sentence_model
 
-MINILM = Path(__file__).resolve().parents[2] / ".data" / "minilm"
 MESSAGES = [{"role": "system", "content": "you are terse"},
             {"role": "user", "content": "the quick brown fox"}]
-
-
-def tiny_sentence_model(folder: Path) -> Path:
-    """A random 2-layer BERT with MiniLM's tokenizer and sentence-transformers' modules:
-    mean pooling, then Normalize."""
-    folder.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "vocab.txt"):
-        shutil.copy(MINILM / name, folder / name)
-    torch.manual_seed(0)
-    transformers.BertModel(transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=37, max_position_embeddings=128)).save_pretrained(folder)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"}]))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +34,10 @@ def hub(tmp_path_factory):
     folders = build_decoders(root, kinds=("llama",))
     folders["sentence"] = tiny_sentence_model(root / "sentence")
     live = seeded_server(root / "data")
+    push(live, [("alice/tiny-llama", folders["llama"], False),
+                ("alice/secret-llama", folders["llama"], True),
+                ("alice/tiny-sentence", folders["sentence"], False)])
     api = HfApi(endpoint=live.url, token=live.accounts.alice_write)
-    for repo, folder, private in (("alice/tiny-llama", folders["llama"], False),
-                                  ("alice/secret-llama", folders["llama"], True),
-                                  ("alice/tiny-sentence", folders["sentence"], False)):
-        api.create_repo(repo, private=private)
-        api.upload_folder(repo_id=repo, folder_path=folder)
     api.create_repo("alice/not-a-model")
     api.upload_file(path_or_fileobj=b"# hi\n", path_in_repo="README.md",
                     repo_id="alice/not-a-model")
@@ -85,15 +57,6 @@ def client(hub, token: str | None = None) -> openai.OpenAI:
     headers = None if token else {"Authorization": ""}
     return openai.OpenAI(base_url=hub[0].url + "/v1", api_key=token or "anonymous",
                          max_retries=0, default_headers=headers)
-
-
-def greedy(llama, ids: list[int], n: int) -> tuple[list[int], str]:
-    model, tok = llama
-    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):]
-    tokens = out.tolist()
-    eos = model.generation_config.eos_token_id
-    text_ids = tokens[:-1] if tokens and tokens[-1] == eos else tokens
-    return tokens, tok.decode(text_ids, skip_special_tokens=True)
 
 
 def test_chat_matches_greedy_generate(hub, llama):

@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class Request:
     finish_reason: str | None = None
     error: BaseException | None = None
     slot: int | None = None
+    _arrived: float = field(default_factory=time.monotonic)
     _max_tokens: int = 0
     _prefilled: int = 0  # prompt tokens in the cache
     _cached: int = 0  # positions in the cache
@@ -183,11 +185,12 @@ class Engine:
     capped at 4096); a request whose prompt plus `max_tokens` does not fit is refused with a
     ValueError. Up to `max_waiting` requests queue for a slot; past that `submit` raises
     QueueFullError. Each step prefills at most `prefill_chunk` prompt tokens in all.
+    `metrics` (a serving.metrics.ModelMetrics) counts tokens, waits and endings.
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, max_batch_size: int = 16,
                  max_cached_tokens: int | None = None, prefill_chunk: int = 512,
-                 max_waiting: int = 256) -> None:
+                 max_waiting: int = 256, metrics: Any = None) -> None:
         config = model.config
         windows = getattr(config, "sliding_windows", None)
         if callable(windows) and any(w is not None for w in windows()):
@@ -224,6 +227,8 @@ class Engine:
         self._step_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.metrics = metrics
+        self._step_tokens: list[float] = []  # per token accepted this step: its request's wait
 
     # -- the client side ------------------------------------------------------------------
 
@@ -342,19 +347,29 @@ class Engine:
             if decoding:
                 self._decode(decoding)
             self._schedule()
+            if self.metrics is not None:
+                self.metrics.generated(len(self._step_tokens),
+                                       [w for w in self._step_tokens if w >= 0])
+            self._step_tokens.clear()
             return True
 
     def _schedule(self) -> None:
         with self._lock:
+            ended = []
             for i, r in enumerate(self._slots):
                 if r is not None and r.finished:
                     self._slots[i] = None
+                    ended.append(r)
+            ended += [r for r in self._waiting if r.finished]
             self._waiting = deque(r for r in self._waiting if not r.finished)
             for i in range(self.max_batch_size):
                 if self._slots[i] is None and self._waiting:
                     r = self._waiting.popleft()
                     r.slot = i
                     self._slots[i] = r
+        if self.metrics is not None:
+            for r in ended:
+                self.metrics.finished(r.finish_reason)
 
     def _prefill(self, r: Request, budget: int) -> int:
         """Prefill the next chunk (at most `budget` tokens) of r's prompt; the last chunk
@@ -368,6 +383,8 @@ class Engine:
                             return_dict=True).logits
         r._prefilled += n
         r._cached += n
+        if self.metrics is not None:
+            self.metrics.prefilled(n)
         if r._prefilled == len(r.prompt_ids):
             self._accept(r, *self._choose(r, logits[0, -1]))
         return n
@@ -417,6 +434,9 @@ class Engine:
         if r.finished:  # cancelled meanwhile
             return
         r.output_ids.append(token)
+        # the first token's wait since arrival (time to first token); -1 for the others
+        self._step_tokens.append(time.monotonic() - r._arrived if len(r.output_ids) == 1
+                                 else -1.0)
         if logprob is not None:
             r.logprobs.append(logprob)
         p = r.params

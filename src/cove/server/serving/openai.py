@@ -65,6 +65,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "No such model, or a private one the caller may not read (model_not_found)."),
         (429, "The model's queue is full: retry after `Retry-After` seconds."),
         (500, "Generation failed."),
+        (503, "The model is loading and the client asked not to wait (X-Wait-For-Model: "
+              "false): retry after `Retry-After` seconds."),
     )
 }
 
@@ -91,9 +93,14 @@ def _bad(message: str, param: str | None = None, code: str | None = None) -> Ope
 
 def _from_exception(exc: Exception) -> OpenAIError:
     from cove.server.serving import QueueFullError
+    from cove.server.serving.registry import ModelLoading
 
     if isinstance(exc, OpenAIError):
         return exc
+    if isinstance(exc, ModelLoading):
+        return OpenAIError(503, f"{exc}: retry in a moment.", "model", "model_loading",
+                           "server_error",
+                           {"Retry-After": str(max(1, round(exc.estimated_seconds)))})
     if isinstance(exc, errors.HubError):
         kind = {401: "authentication_error", 403: "permission_error"}.get(
             exc.status, "invalid_request_error")
@@ -135,10 +142,18 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
                    "invalid_value") from None
 
 
+def waits_for_model(request: Request) -> bool:
+    """False when the client said it would rather have a 503 than wait while a model loads
+    (the `X-Wait-For-Model: false` header of HF's inference API)."""
+    return request.headers.get("x-wait-for-model", "true").strip().lower() not in (
+        "false", "0", "no")
+
+
 async def _served(request: Request, model: str, task: str):
     registry = request.app.state.serving
     who = _caller(request)
-    return await anyio.to_thread.run_sync(registry.get, model, who, (task,))
+    return await anyio.to_thread.run_sync(registry.get, model, who, (task,),
+                                          waits_for_model(request))
 
 
 # -- request bodies -----------------------------------------------------------------------
@@ -400,7 +415,9 @@ async def _wait(request: Request, requests: list) -> None:
                 for r in requests:
                     r.cancel()
                 return
-            pending = next(r for r in requests if not r.finished)
+            pending = next((r for r in requests if not r.finished), None)
+            if pending is None:  # it ended since the check above (the engine's thread)
+                break
             try:
                 await anyio.to_thread.run_sync(pending.result, 0.25)
             except TimeoutError:

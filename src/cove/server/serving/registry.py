@@ -19,15 +19,18 @@ cove pipeline, one call at a time.
 Kept simple, on purpose: at most `max_models` loaded models (the least recently used idle one
 is unloaded past that; one with requests in flight is never unloaded, so the count can be
 exceeded while all are busy), and a model unused for `idle_seconds` is unloaded at the next
-lookup. Not done: a byte budget (models are counted, not measured), loading several models at
-once (loads are serialised), a 503 for clients that would rather not wait while a model loads.
+lookup. A caller that would rather not wait (`wait=False`) gets ModelLoading (503) while the
+model loads in the background. Not done: a byte budget (models are counted, not measured),
+loading several models at once (loads are serialised).
 
 torch and the models are imported only when a model loads: the server core stays torch-free.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,6 +46,8 @@ from cove.server import errors
 from cove.server.cards import card_facts
 from cove.server.db import Repository
 from cove.server.hub import Hub, Principal
+
+log = logging.getLogger(__name__)
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 # GGUF file types, most precise first: which file `owner/name` serves among several.
@@ -107,6 +112,14 @@ def _gguf_rank(name: str) -> tuple[int, str]:
     return len(_GGUF_PRECISION), name
 
 
+class ModelLoading(Exception):
+    """The model is being loaded and the caller asked not to wait (HTTP 503)."""
+
+    def __init__(self, model: str, estimated_seconds: float) -> None:
+        super().__init__(f"Model {model} is currently loading")
+        self.model, self.estimated_seconds = model, estimated_seconds
+
+
 @dataclass
 class ServedModel:
     """One loaded model: an engine (text generation) or a pipeline (every other task)."""
@@ -114,6 +127,7 @@ class ServedModel:
     name: str
     key: str
     task: str
+    label: str = ""  # its name in /metrics
     engine: Any = None
     tokenizer: Any = None
     pipeline: Any = None
@@ -142,6 +156,11 @@ class Registry:
         self._lock = threading.Lock()  # the dict
         self._load_lock = threading.Lock()  # one load at a time
         self._facts: dict[str, Facts] = {}  # Source.key -> Facts
+        self._loading: set[tuple[str, str]] = set()
+        self._failed: dict[tuple[str, str], Exception] = {}  # background loads' errors
+        from cove.server.serving.metrics import ServingMetrics
+
+        self.metrics = ServingMetrics(self._live, lambda: len(self._loading))
 
     def add_local(self, alias: str, path: str | os.PathLike) -> None:
         """Serve the model at `path` (a folder, or a .gguf file) as `alias`, to every caller."""
@@ -245,11 +264,12 @@ class Registry:
                     for r in repos if self.hub.can_read(r, who)]
         return [s for s in sources if self.facts(s).openai_kind]
 
-    def get(self, model: str, who: Principal | None, accept: tuple[str, ...] | None = None
-            ) -> ServedModel:
+    def get(self, model: str, who: Principal | None, accept: tuple[str, ...] | None = None,
+            wait: bool = True) -> ServedModel:
         """The loaded model `model` names, loading it for its task if needed; 404 when the
         repository is missing or unreadable to `who`, ValueError when its task is not one of
-        `accept` (None: any task Cove can serve)."""
+        `accept` (None: any task Cove can serve). With `wait=False` a model not loaded yet
+        starts loading in the background and ModelLoading is raised meanwhile."""
         source = self.resolve(model, who)
         task = self.task_of(source)
         if task is None:
@@ -258,9 +278,9 @@ class Registry:
         if accept is not None and task not in accept:
             raise ValueError(f"The model {source.name!r} serves {task}, not "
                              f"{' or '.join(accept)}.")
-        return self._get(source, task)
+        return self._get(source, task, wait)
 
-    def _get(self, source: Source, task: str) -> ServedModel:
+    def _get(self, source: Source, task: str, wait: bool) -> ServedModel:
         key = (f"{source.key}:{source.gguf_tag}", task)
         self._evict_idle()
         with self._lock:
@@ -269,21 +289,49 @@ class Registry:
                 self._models.move_to_end(key)
                 served.last_used = time.monotonic()
                 return served
+            if key in self._failed:  # a background load failed: say why, once
+                raise self._failed.pop(key)
+            if not wait:
+                if key not in self._loading:
+                    self._loading.add(key)  # claimed here, so one thread loads it
+                    threading.Thread(target=self._load_in_background, args=(source, task, key),
+                                     daemon=True, name="cove-model-load").start()
+                raise ModelLoading(source.name, 20.0)
+        return self._load_into(source, task, key)
+
+    def _load_into(self, source: Source, task: str, key: tuple[str, str]) -> ServedModel:
         with self._load_lock:
             with self._lock:
                 if key in self._models:
+                    self._loading.discard(key)
                     return self._models[key]
-            served = self._load(source, task)
+                self._loading.add(key)
+            try:
+                served = self._load(source, task)
+            finally:
+                with self._lock:
+                    self._loading.discard(key)
             with self._lock:
                 self._models[key] = served
                 self._evict_over_count()
         return served
 
+    def _load_in_background(self, source: Source, task: str, key: tuple[str, str]) -> None:
+        try:
+            self._load_into(source, task, key)
+        except Exception as exc:  # noqa: BLE001 - kept for the next request to report
+            log.exception("loading %s failed", source.name)
+            with self._lock:
+                self._failed[key] = exc
+
+    def _live(self) -> list[tuple[str, Any]]:
+        """(metrics label, engine or None) of the loaded models."""
+        with self._lock:
+            return [(m.label, m.engine) for m in self._models.values()]
+
     # -- loading and unloading --------------------------------------------------------------
 
     def _local(self, alias: str, path: Path) -> Source:
-        import hashlib
-
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
         return Source(alias, f"local/{digest}", path=path)
 
@@ -295,7 +343,7 @@ class Registry:
         facts = self.facts(source)
         if facts.gguf is not None:
             folder = self._converted(source, folder, facts.gguf)
-        served = ServedModel(source.name, source.key, task)
+        served = ServedModel(source.name, source.key, task, label=self._label(source))
         if task == "text-generation":
             from cove.models import AutoModelForCausalLM
             from cove.server.serving.engine import Engine
@@ -303,7 +351,8 @@ class Registry:
 
             model = AutoModelForCausalLM.from_pretrained(str(folder))
             served.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            served.engine = Engine(model, served.tokenizer, max_batch_size=self.max_batch_size)
+            served.engine = Engine(model, served.tokenizer, max_batch_size=self.max_batch_size,
+                                   metrics=self.metrics.for_model(served.label))
             served.engine.start()
         else:
             from cove.pipelines import pipeline
@@ -311,6 +360,14 @@ class Registry:
             served.pipeline = pipeline(task, model=str(folder))
             served.tokenizer = served.pipeline.tokenizer
         return served
+
+    @staticmethod
+    def _label(source: Source) -> str:
+        """The model's name in /metrics, which anyone may read: a private repository's name is
+        not shown, a hash of it stands in."""
+        if source.repo is None or not source.repo.private:
+            return source.name
+        return "private-" + hashlib.sha256(source.name.encode()).hexdigest()[:12]
 
     def _converted(self, source: Source, folder: Path, gguf: str) -> Path:
         """The GGUF's Hugging Face folder (float32), converted once per file."""
