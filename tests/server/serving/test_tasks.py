@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -76,7 +77,8 @@ def hub(tmp_path_factory):
     with mock.patch.dict(os.environ, {"COVE_SERVING_MAX_MODELS": "16"}):  # no reloads
         live = seeded_server(root / "data")
     push(live, [(f"alice/tiny-{name}", folder, False) for name, folder in folders.items()]
-         + [("alice/secret-classifier", folders["classifier"], True)])
+         + [("alice/secret-classifier", folders["classifier"], True),
+            ("alice/tiny-cold", folders["mlm"], False)])  # loaded by one test only
     yield live, folders
     live.stop()
 
@@ -138,6 +140,10 @@ def test_chat_completion_through_base_url(hub, llama):
     chunks = list(c.chat_completion(MESSAGES, model="alice/tiny-llama", max_tokens=12,
                                     temperature=0, stream=True))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == text
+    # a model URL: /models/{id}/v1/chat/completions, whatever the body's model ("dummy")
+    reply = client(hub, "alice/tiny-llama").chat_completion(MESSAGES, max_tokens=12,
+                                                            temperature=0)
+    assert reply.choices[0].message.content == text
 
 
 def test_text_generation_equals_greedy_generate(hub, llama):
@@ -200,6 +206,9 @@ def test_text_generation_stop_sequence_and_sampling(hub, llama):
                              details=True).details.seed is not None  # a warper samples
     penalised = c.text_generation(PROMPT, max_new_tokens=10, repetition_penalty=1.5)
     assert isinstance(penalised, str)
+    ids = tok.encode(PROMPT)
+    assert c.text_generation(PROMPT, max_new_tokens=5, truncate=3) == \
+        greedy(llama, ids[-3:], 5)[1]  # as TGI: the prompt's last tokens
 
 
 # -- the pipeline tasks -------------------------------------------------------------------------
@@ -290,6 +299,21 @@ def test_private_models_need_a_token_that_reads_them(hub, pipes):
              pipes["classifier"](text, top_k=None))
     with pytest.raises(RepositoryNotFoundError):
         client(hub, "alice/no-such-model").fill_mask("[MASK]")
+
+
+def test_a_loading_model_is_a_503_to_who_would_not_wait(hub, pipes):
+    url = f"{hub[0].url}/models/alice/tiny-cold"
+    r = httpx.post(url, json={"inputs": "[MASK]", "options": {"wait_for_model": False}})
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    assert r.json()["error"] == "Model alice/tiny-cold is currently loading"
+    assert r.json()["estimated_time"] > 0
+    deadline = time.monotonic() + 30
+    while (r := httpx.post(url, json={"inputs": "[MASK]"},
+                           headers={"X-Wait-For-Model": "false"})).status_code == 503:
+        assert time.monotonic() < deadline, "the model never loaded"
+        time.sleep(0.2)
+    assert r.status_code == 200
+    same(r.json(), pipes["mlm"]("[MASK]"))
 
 
 def test_bad_requests_are_hf_errors(hub):

@@ -10,6 +10,8 @@ sentence-similarity (inputs: {"source_sentence", "sentences"} -> cosine similari
 plain URL tells them apart by the inputs' shape. The model is named as on /v1: `owner/name`,
 `owner/name@revision` (a revision's slashes percent-encoded) or a served alias, under the Hub's
 read rules (a private repository is 404 to a caller who cannot read it).
+`/models/{model}/v1/chat/completions` is /v1's chat with that model, whatever the body's
+`model` says: `InferenceClient(model=URL).chat_completion` posts there, as to a TGI endpoint.
 
 Answers are HF's shapes, each the Cove pipeline's output for the same inputs and parameters:
 text-classification `[[{label, score}]]` (every label unless `top_k`, as HF's API),
@@ -28,7 +30,9 @@ text includes a stop sequence that ended it (finish_reason "stop_sequence"; "eos
 Errors are HF's `{"error": message}` with the Hub's X-Error-Code header (RepoNotFound makes
 the client raise RepositoryNotFoundError): 400 bad inputs or parameters (text-generation: 422
 with `"error_type": "validation"`, as TGI), 401 an invalid token, 404 an unknown or unreadable
-model, 429 a full queue (Retry-After; TGI's "overloaded"). Not done: TGI's
+model, 429 a full queue (Retry-After; TGI's "overloaded"), 503 `{"error", "estimated_time"}`
+while the model loads for a caller who would rather not wait (`options.wait_for_model` false, or
+the `X-Wait-For-Model: false` header). Not done: TGI's
 decoder_input_details (prompt log-probabilities), watermark, typical_p, best_of, grammar,
 adapters; TEI's prompt_name, dimensions, left truncation; other tasks.
 
@@ -37,6 +41,7 @@ torch loads only with the first model (registry.py); this module imports none of
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
@@ -56,6 +61,8 @@ from cove.server.serving.openai import (
     _sse,
     _submit,
     _wait,
+    chat_completions,
+    waits_for_model,
 )
 
 # Not in the Hub's /openapi.json: this is HF's inference API, documented by HF.
@@ -65,20 +72,21 @@ EMBEDDING_TASKS = ("feature-extraction", "sentence-similarity")
 MAX_STOP = 4  # stop sequences per request, as TGI's default
 MAX_TOP_N_TOKENS = 5  # as TGI's default
 DEFAULT_MAX_NEW_TOKENS = 100  # as TGI's GenerateParameters
-OPTIONS = ("use_cache", "wait_for_model")  # HF's request options: accepted, nothing to do
+OPTIONS = ("use_cache", "wait_for_model")  # HF's request options (use_cache: nothing to do)
 
 
 class TaskError(Exception):
     """An error answered as HF's `{"error": message}` (TGI's adds `error_type`)."""
 
     def __init__(self, status: int, message: str, code: str = "BadRequest",
-                 error_type: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 error_type: str | None = None, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
-        self.error_type, self.headers = error_type, headers or {}
+        self.error_type, self.headers, self.extra = error_type, headers or {}, extra or {}
 
     def response(self) -> JSONResponse:
-        body: dict[str, Any] = {"error": self.message}
+        body: dict[str, Any] = {"error": self.message, **self.extra}
         if self.error_type:
             body["error_type"] = self.error_type
         headers = {"X-Error-Code": self.code,
@@ -93,11 +101,16 @@ def _bad(message: str) -> TaskError:
 def _task_error(exc: Exception, tgi: bool) -> TaskError:
     """`exc` as HF's error; for text-generation (`tgi`) with TGI's statuses and error types."""
     from cove.server.serving import QueueFullError
+    from cove.server.serving.registry import ModelLoading
 
     if isinstance(exc, OpenAIError):  # from the shared body parser
         error = TaskError(exc.status, exc.message)
     elif isinstance(exc, TaskError):
         error = exc
+    elif isinstance(exc, ModelLoading):  # HF's answer while a model loads
+        error = TaskError(503, str(exc), "ModelLoading",
+                          headers={"Retry-After": str(max(1, round(exc.estimated_seconds)))},
+                          extra={"estimated_time": exc.estimated_seconds})
     elif isinstance(exc, errors.HubError):
         error = TaskError(exc.status, exc.message, exc.code, headers=exc.headers)
     elif isinstance(exc, QueueFullError):
@@ -461,6 +474,8 @@ async def _answer(request: Request, model: str, task: str | None) -> Any:
             raise _bad("The request needs inputs.")
         registry = request.app.state.serving
         who = _caller(request)
+        # HF's legacy body option, else its X-Wait-For-Model header (waiting by default)
+        wait = bool((body.options or {}).get("wait_for_model", waits_for_model(request)))
 
         def lookup():
             source = registry.resolve(model, who)
@@ -468,7 +483,7 @@ async def _answer(request: Request, model: str, task: str | None) -> Any:
             if serves not in TASKS:
                 raise _bad(f"The model {source.name!r} serves {serves or 'no known task'}, "
                            "which Cove's inference API does not answer yet.")
-            return registry.get(model, who, (serves,))
+            return registry.get(model, who, (serves,), wait)
 
         served = await anyio.to_thread.run_sync(lookup)
         wanted = task or served.task
@@ -505,3 +520,26 @@ async def inference_pipeline(request: Request, model: str, task: str):
         return TaskError(404, f"Unknown task {task!r}: Cove answers {', '.join(TASKS)}.",
                          "NotFound").response()
     return await _answer(request, unslash(model), task)
+
+
+@router.post("/models/{model:repo}/v1/chat/completions", name="hf_inference_chat")
+async def inference_chat(request: Request, model: str):
+    """OpenAI's chat completions with the model the URL names, whatever the body's `model`
+    says (`InferenceClient(model=URL).chat_completion` sends "dummy"), as a TGI endpoint."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None  # the chat endpoint answers the error
+    if isinstance(data, dict):
+        raw = json.dumps({**data, "model": unslash(model)}).encode()
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await request.receive()  # a disconnect, seen by the chat endpoint
+
+    return await chat_completions(Request(request.scope, receive))
