@@ -329,7 +329,59 @@ def _chat_source(args) -> tuple[str, dict]:
 
 
 def chat(args) -> int:
-    """Talk with a causal LM: one user turn per line of stdin, the reply streamed to stdout."""
+    """Talk with a causal LM: one user turn per line of stdin, the reply streamed to stdout.
+    The model runs here, or on a Cove server (--url, its OpenAI-compatible endpoint)."""
+    reply, where = _remote_replier(args) if args.url else _local_replier(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        print(f"cove chat: {args.model} {where}. /reset clears the conversation, "
+              "/exit (or Ctrl-D) ends; Ctrl-C stops a reply.", file=sys.stderr)
+    ctrl_c = _StopOnCtrlC()
+    while True:
+        try:
+            line = input(">>> ") + "\n" if interactive else sys.stdin.readline()
+        except EOFError:
+            line = ""
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
+            if interactive:
+                print()
+            return 130
+        if not line or line.strip() == "/exit":
+            if interactive and not line:
+                print()
+            return 0
+        text = line.strip()
+        if text == "/reset":
+            history = []
+            if interactive:
+                print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        try:
+            with ctrl_c.armed():
+                answer = reply(system, history, ctrl_c)
+        except KeyboardInterrupt:  # a second Ctrl-C before the reply stopped
+            print(flush=True)  # end the reply's line
+            return 130
+        if ctrl_c.pressed:
+            if interactive:
+                print("(reply stopped; Ctrl-C at the prompt ends the chat)", file=sys.stderr)
+            if not answer:  # stopped before its first word: the question goes too
+                history.pop()
+                continue
+        # A stopped reply stays as it was shown: the conversation is what the user saw.
+        history.append({"role": "assistant", "content": answer})
+
+
+def _local_replier(args) -> tuple[Callable, str]:
+    """The model loaded here: reply(system, history, ctrl_c) streams a reply to stdout and
+    returns it; the oldest exchanges leave `history` when the context would overflow."""
     import torch
 
     from cove.generation import TextStreamer
@@ -357,60 +409,77 @@ def chat(args) -> int:
     if args.seed is not None:
         torch.manual_seed(args.seed)
     limit = getattr(model.config, "max_position_embeddings", None)
-    system = [{"role": "system", "content": args.system}] if args.system else []
-    history: list[dict] = []
-    interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401  (line editing and history for input())
-
-        print(f"cove chat: {args.model} on {device}. /reset clears the conversation, "
-              "/exit (or Ctrl-D) ends; Ctrl-C stops a reply.", file=sys.stderr)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    ctrl_c = _StopOnCtrlC()
-    while True:
-        try:
-            line = input(">>> ") + "\n" if interactive else sys.stdin.readline()
-        except EOFError:
-            line = ""
-        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
-            if interactive:
-                print()
-            return 130
-        if not line or line.strip() == "/exit":
-            if interactive and not line:
-                print()
-            return 0
-        text = line.strip()
-        if text == "/reset":
-            history = []
-            if interactive:
-                print("(conversation cleared)", file=sys.stderr)
-            continue
-        if not text:
-            continue
-        history.append({"role": "user", "content": text})
+
+    def reply(system: list[dict], history: list[dict], ctrl_c: _StopOnCtrlC) -> str:
         while True:
             ids = tokenizer.apply_chat_template(system + history, add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)["input_ids"]
             if limit is None or ids.shape[1] + args.max_new_tokens <= limit or len(history) < 3:
                 break
-            history = history[2:]  # the oldest exchange goes, to fit the context
+            del history[:2]  # the oldest exchange goes, to fit the context
+        out = model.generate(ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                             streamer=streamer, stopping_criteria=[ctrl_c], **settings)
+        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    return reply, f"on {device}"
+
+
+def _remote_replier(args) -> tuple[Callable, str]:
+    """A Cove server's /v1/chat/completions (any OpenAI-compatible server): the reply streamed
+    as its server-sent events arrive; Ctrl-C closes the stream, which frees the server's slot."""
+    import httpx
+
+    from cove.hub import get_token
+
+    url = args.url.rstrip("/")
+    url = url if url.endswith("/v1") else url + "/v1"
+    token = args.token or get_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    options: dict[str, Any] = {"max_tokens": args.max_new_tokens,
+                               "temperature": args.temperature or 0.0}
+    if args.temperature and args.temperature > 0:
+        options["top_p"] = args.top_p
+    if args.seed is not None:
+        options["seed"] = args.seed
+    model = f"{args.model}@{args.revision}" if args.revision else args.model
+    client = httpx.Client(timeout=httpx.Timeout(10, read=None), headers=headers)
+
+    def reply(system: list[dict], history: list[dict], ctrl_c: _StopOnCtrlC) -> str:
+        body = {"model": model, "messages": system + history, "stream": True, **options}
+        parts: list[str] = []
         try:
-            with ctrl_c.armed():
-                out = model.generate(ids.to(device), attention_mask=torch.ones_like(ids).to(device),
-                                     streamer=streamer, stopping_criteria=[ctrl_c], **settings)
-        except KeyboardInterrupt:  # a second Ctrl-C before the reply stopped
-            print(flush=True)  # end the reply's line
-            return 130
-        reply = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        if ctrl_c.pressed:
-            if interactive:
-                print("(reply stopped; Ctrl-C at the prompt ends the chat)", file=sys.stderr)
-            if not reply:  # stopped before its first word: the question goes too
-                history.pop()
-                continue
-        # A stopped reply stays as it was shown: the conversation is what the user saw.
-        history.append({"role": "assistant", "content": reply})
+            with client.stream("POST", url + "/chat/completions", json=body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise CliError(f"{url}: {_error_message(r)}")
+                for line in r.iter_lines():
+                    if ctrl_c.pressed or line == "data: [DONE]":
+                        break
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise CliError(f"{url}: {event['error'].get('message')}")
+                    for choice in event.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        parts.append(text)
+                        print(text, end="", flush=True)
+        except httpx.HTTPError as exc:
+            raise CliError(f"{url}: {exc}") from None
+        print(flush=True)
+        return "".join(parts).strip()
+
+    return reply, f"at {url}"
+
+
+def _error_message(r: Any) -> str:
+    """An error answer's message: OpenAI's {"error": {"message"}} or the Hub's header."""
+    try:
+        error = r.json().get("error")
+        return error.get("message") if isinstance(error, dict) else str(error)
+    except (ValueError, AttributeError):
+        return r.headers.get("x-error-message") or f"HTTP {r.status_code}"
 
 
 _CHAT_DESCRIPTION = (
@@ -748,7 +817,12 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
     "chat": (chat, "chat with a causal LM: a user turn per line of stdin; /reset, /exit",
              lambda p: (
         setattr(p, "description", _CHAT_DESCRIPTION),
-        p.add_argument("model", metavar="MODEL", help="a folder, a Hub id, or a .gguf file"),
+        p.add_argument("model", metavar="MODEL", help="a folder, a Hub id, or a .gguf file; "
+                       "with --url, the name the server knows the model by"),
+        p.add_argument("--url", help="a Cove server (or any OpenAI-compatible one) to talk "
+                       "to instead of loading the model here, e.g. http://127.0.0.1:8000"),
+        p.add_argument("--token", help="the server's access token, with --url (default: "
+                       "COVE_TOKEN / HF_TOKEN, else the one saved by `cove login`)"),
         p.add_argument("--gguf-file", help="the GGUF file to load in the MODEL folder or repo"),
         p.add_argument("--revision", help="branch, tag or commit (default: main)"),
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],

@@ -253,3 +253,46 @@ def test_the_second_ctrl_c_during_a_reply_interrupts():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture(scope="module")
+def served_chat(tiny_chat, tmp_path_factory):
+    """`cove serve-model` serving the tiny chat model as `tiny`; its URL."""
+    from tests.server.live import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    data = tmp_path_factory.mktemp("serve-model")
+    log = open(data / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cove", "serve-model", str(tiny_chat),
+                             "--alias", "tiny", "--port", str(port), "--data", str(data),
+                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, (data / "log").read_text()
+        try:
+            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "serve-model did not start"
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_chat_with_a_server(tiny_chat, served_chat):
+    """--url: the same conversation, greedy, gives the same replies as the model run here."""
+    turns = "hello\nhello\n/reset\nhello\n"
+    local = ok(run_chat(tiny_chat, "--max-new-tokens", 5, input=turns))
+    remote = ok(run_chat("tiny", "--url", served_chat, "--max-new-tokens", 5, input=turns))
+    assert remote == local and len(remote) == 3
+    result = run_chat("nobody/nothing", "--url", served_chat, input="hello\n", timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("cove: http://127.0.0.1") and \
+        "Repository not found: nobody/nothing" in result.stderr
