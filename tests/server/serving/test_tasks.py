@@ -6,6 +6,7 @@ with Cove's message; a private model is hidden without a token that reads it."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -209,6 +210,25 @@ def test_text_generation_stop_sequence_and_sampling(hub, llama):
     ids = tok.encode(PROMPT)
     assert c.text_generation(PROMPT, max_new_tokens=5, truncate=3) == \
         greedy(llama, ids[-3:], 5)[1]  # as TGI: the prompt's last tokens
+
+
+def test_a_disconnect_cancels_the_generation(hub):
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 100, "do_sample": True},
+            "stream": True}
+    with httpx.stream("POST", f"{hub[0].url}/models/alice/tiny-llama", json=body) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # one event, then hang up
+    # the slot was freed, not leaked: the model still answers
+    assert client(hub, "alice/tiny-llama").text_generation(PROMPT, max_new_tokens=2)
+
+
+def test_a_full_queue_is_tgi_overloaded():
+    from cove.server.serving import QueueFullError
+    from cove.server.serving.tasks import _task_error
+
+    error = _task_error(QueueFullError("busy"), tgi=True).response()
+    assert error.status_code == 429 and error.headers["Retry-After"] == "1"
+    assert json.loads(error.body) == {"error": "busy", "error_type": "overloaded"}
 
 
 # -- the pipeline tasks -------------------------------------------------------------------------

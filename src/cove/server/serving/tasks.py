@@ -450,6 +450,7 @@ def _tgi_stream(r, tokens: _Tokens, p: TGIParameters, prefix: str) -> StreamingR
                     sent += held.text
                     yield _sse(event(index, held, held.text, False))
                 held = delta
+            tokens.reason(r)  # it ended without a token: only a failure does (raised)
         except TaskError as exc:
             yield _sse({"error": exc.message, "error_type": exc.error_type})
         finally:  # the client went away (or the stream ended): free the slot
