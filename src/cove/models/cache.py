@@ -154,6 +154,11 @@ class SlotKVCache:
         self._starts: list[int] = []
         self._index: torch.Tensor | None = None  # the bound slots, unless a contiguous range
 
+    @property
+    def nbytes(self) -> int:
+        """The memory the pool holds."""
+        return sum(kv.numel() * kv.element_size() for kv in self._kv)
+
     def bind(self, slots: list[int], lengths: list[int]) -> None:
         """Run the next forward pass over `slots` (its batch rows, in order), each already
         holding `lengths[i]` positions: the new ones go right after them."""

@@ -16,12 +16,14 @@ does), else the task the architectures' head serves. A text-generation model run
 continuous-batching `Engine` per loaded model (in its own thread); every other task on its
 cove pipeline, one call at a time.
 
-Kept simple, on purpose: at most `max_models` loaded models (the least recently used idle one
-is unloaded past that; one with requests in flight is never unloaded, so the count can be
-exceeded while all are busy), and a model unused for `idle_seconds` is unloaded at the next
-lookup. A caller that would rather not wait (`wait=False`) gets ModelLoading (503) while the
-model loads in the background. Not done: a byte budget (models are counted, not measured),
-loading several models at once (loads are serialised).
+Loaded models are kept in an LRU under two bounds: at most `max_models` of them
+(COVE_SERVING_MAX_MODELS, default 2) and at most `memory_budget` bytes (COVE_SERVING_MEMORY_GB,
+default half the machine's memory) of weights and KV caches. Before a load the least recently
+used idle models are unloaded until the new one's weight files fit; one with requests in
+flight is never unloaded, so the bounds can be exceeded while all are busy; a model whose
+weights alone exceed the budget is refused (503). A model unused for `idle_seconds` is
+unloaded at the next lookup. A caller that would rather not wait (`wait=False`) gets
+ModelLoading (503) while the model loads in the background. Loads are serialised.
 
 torch and the models are imported only when a model loads: the server core stays torch-free.
 """
@@ -137,6 +139,15 @@ class ServedModel:
     def busy(self) -> bool:
         return self.engine is not None and self.engine.has_work()
 
+    @property
+    def nbytes(self) -> int:
+        """The memory its tensors hold: weights and buffers, and the engine's KV cache."""
+        model = self.engine.model if self.engine is not None else self.pipeline.model
+        tensors = [*model.parameters(), *model.buffers()] if hasattr(model, "parameters") \
+            else []
+        cache = self.engine.cache.nbytes if self.engine is not None else 0
+        return cache + sum(t.numel() * t.element_size() for t in tensors)
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.stop(timeout=5)
@@ -144,9 +155,13 @@ class ServedModel:
 
 class Registry:
     def __init__(self, hub: Hub, max_models: int | None = None,
-                 idle_seconds: float | None = None, max_batch_size: int = 16) -> None:
+                 idle_seconds: float | None = None, max_batch_size: int = 16,
+                 memory_budget: int | None = None) -> None:
         self.hub = hub
         self.max_models = max_models or int(os.environ.get("COVE_SERVING_MAX_MODELS", 2))
+        gigabytes = os.environ.get("COVE_SERVING_MEMORY_GB")
+        self.memory_budget = memory_budget or (int(float(gigabytes) * 2**30) if gigabytes
+                                               else _physical_memory() // 2)
         self.idle_seconds = idle_seconds or float(
             os.environ.get("COVE_SERVING_IDLE_SECONDS", 900))
         self.max_batch_size = max_batch_size
@@ -343,6 +358,7 @@ class Registry:
         facts = self.facts(source)
         if facts.gguf is not None:
             folder = self._converted(source, folder, facts.gguf)
+        self._make_room(source.name, _weights_bytes(folder))
         served = ServedModel(source.name, source.key, task, label=self._label(source))
         if task == "text-generation":
             from cove.models import AutoModelForCausalLM
@@ -426,6 +442,24 @@ class Registry:
                 return  # all busy (or only the newest is left): over the count for now
             self._models.pop(victim).close()
 
+    def _make_room(self, name: str, needed: int) -> None:
+        """Unload least recently used idle models until `needed` more bytes fit the budget."""
+        if needed > self.memory_budget:
+            raise errors.HubError(503, "InsufficientMemory", (
+                f"The model {name!r} needs {needed / 2**30:.1f} GiB for its weights, more than "
+                f"the serving memory budget of {self.memory_budget / 2**30:.1f} GiB "
+                "(COVE_SERVING_MEMORY_GB)."))
+        dropped = []
+        with self._lock:
+            while sum(m.nbytes for m in self._models.values()) + needed > self.memory_budget:
+                victim = next((k for k, m in self._models.items() if not m.busy()), None)
+                if victim is None:
+                    log.warning("serving memory budget exceeded: every loaded model is busy")
+                    break
+                dropped.append(self._models.pop(victim))
+        for m in dropped:
+            m.close()
+
     def loaded(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._models)
@@ -436,3 +470,18 @@ class Registry:
             self._models.clear()
         for m in models:
             m.close()
+
+
+def _weights_bytes(folder: Path) -> int:
+    """The size of a model folder's weight files (safetensors, else PyTorch pickles): what
+    loading it will take, roughly."""
+    files = [p for p in folder.rglob("*.safetensors") if p.is_file()] or [
+        p for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth") and p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume 16 GiB
+        return 16 * 2**30
