@@ -98,6 +98,8 @@ def _facts(names: set[str], read: Callable[[str], bytes | None], gguf_tag: str =
             ggufs = [n for n in ggufs if gguf_tag.lower() in n.lower()]
         gguf = min(ggufs, key=_gguf_rank) if ggufs else None
     task = card.pipeline_tag if card and card.pipeline_tag else None
+    if task == "feature-extraction" and "modules.json" in names:
+        task = "sentence-similarity"  # pooled embeddings, as HF serves a BGE-like model
     if task is None:
         if "modules.json" in names:
             task = "sentence-similarity"
