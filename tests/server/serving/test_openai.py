@@ -201,9 +201,9 @@ def test_bad_requests_are_openai_errors(hub):
         chat(model="alice/tiny-llama", messages=MESSAGES, logprobs=True, top_logprobs=50)
     with pytest.raises(openai.BadRequestError, match="presence_penalty must lie in"):
         chat(model="alice/tiny-llama", messages=MESSAGES, presence_penalty=3)
-    with pytest.raises(openai.BadRequestError, match="JSON mode"):
+    with pytest.raises(openai.BadRequestError, match="tools are not supported"):
         chat(model="alice/tiny-llama", messages=MESSAGES,
-             response_format={"type": "json_object"})
+             tools=[{"type": "function", "function": {"name": "f"}}])
     with pytest.raises(openai.BadRequestError, match="temperature must lie in"):
         chat(model="alice/tiny-llama", messages=MESSAGES, temperature=5)
     with pytest.raises(openai.BadRequestError, match="serves text-generation, not sentence-similarity"):

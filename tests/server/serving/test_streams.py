@@ -125,3 +125,24 @@ def test_the_private_model_needs_a_token(hub):
                       json={"model": REPO, "messages": message}).status_code == 404
     assert httpx.post(hub.url + "/v1/chat/completions", json={"model": REPO, "messages": message},
                       headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_json_mode_gives_an_object(hub):
+    import json
+
+    client = openai.OpenAI(base_url=hub.url + "/v1", api_key=hub.accounts.alice_read,
+                           max_retries=0)
+    ask = [{"role": "user", "content": "Give the capital of France as JSON with keys country "
+                                       "and capital."}]
+    reply = client.chat.completions.create(model=REPO, messages=ask, temperature=0,
+                                           max_tokens=60,
+                                           response_format={"type": "json_object"})
+    assert reply.choices[0].finish_reason == "stop"
+    answer = json.loads(reply.choices[0].message.content)
+    assert answer["capital"] == "Paris" and set(answer) == {"country", "capital"}
+    with pytest.raises(openai.BadRequestError, match="must contain the word 'json'"):
+        client.chat.completions.create(model=REPO, messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_object"})
+    with pytest.raises(openai.BadRequestError, match="'json_schema' is not supported"):
+        client.chat.completions.create(model=REPO, messages=ask, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {}}})

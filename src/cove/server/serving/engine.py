@@ -31,6 +31,7 @@ from cove.generation.logits_process import apply_temperature, top_k_filter, top_
 from cove.models.cache import SlotKVCache
 
 _DONE = object()  # the end of a request's stream
+JSON_CANDIDATES = 64  # the model's best tokens JSON mode tries before its punctuation
 _ids = itertools.count(1)
 
 
@@ -53,7 +54,8 @@ class SamplingParams:
     `presence_penalty` and `frequency_penalty` as OpenAI's (over the output: minus the penalty
     once for a token that occurred, minus frequency times its count). `logprobs` k (not None)
     records each chosen token's log-probability and the k most likely tokens', under the
-    model's own distribution (before penalties, temperature and top-p).
+    model's own distribution (before penalties, temperature and top-p). `json_object` holds
+    the output to one JSON object (json_mode.py) and ends the request when it is whole.
     """
 
     temperature: float = 1.0
@@ -67,6 +69,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    json_object: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -91,7 +94,7 @@ class SamplingParams:
         """Greedy with nothing to change the scores or record: the batch's argmax will do."""
         return (self.temperature == 0 and self.repetition_penalty == 1 and
                 not self.presence_penalty and not self.frequency_penalty and
-                self.logprobs is None)
+                self.logprobs is None and not self.json_object)
 
 
 class TokenLogprob(NamedTuple):
@@ -134,6 +137,7 @@ class Request:
     _cached: int = 0  # positions in the cache
     _emitted: int = 0  # characters of text streamed
     _cancel: bool = False
+    _json_complete: bool = False
     _generator: torch.Generator | None = None
     _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     _done: threading.Event = field(default_factory=threading.Event)
@@ -228,6 +232,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.metrics = metrics
+        self._punctuation: list[int] | None = None  # JSON mode's fallback tokens
         self._step_tokens: list[float] = []  # per token accepted this step: its request's wait
 
     # -- the client side ------------------------------------------------------------------
@@ -244,8 +249,8 @@ class Engine:
         ids = [int(t) for t in prompt]
         if not ids:
             raise ValueError("The prompt is empty.")
-        if (params.stop and self.tokenizer is None):
-            raise ValueError("Stop strings need the engine's tokenizer.")
+        if (params.stop or params.json_object) and self.tokenizer is None:
+            raise ValueError("Stop strings and JSON mode need the engine's tokenizer.")
         room = self.slot_length - len(ids)
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         if max_tokens > room or room < 1:
@@ -411,15 +416,20 @@ class Engine:
         scores = logits.float()
         if p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty:
             scores = _penalised(scores, r, p)
-        if p.temperature == 0:
-            token = int(scores.argmax())
-        else:
+        probs = None
+        if p.temperature > 0:
             scores = apply_temperature(scores[None], p.temperature)
             if p.top_k:
                 scores = top_k_filter(scores, p.top_k)
             if p.top_p < 1:
                 scores = top_p_filter(scores, p.top_p)
-            token = int(torch.multinomial(scores.softmax(-1), 1, generator=r._generator))
+            probs = scores[0].softmax(-1)
+        if p.json_object:
+            token = self._json_token(r, scores, probs)
+        elif probs is None:
+            token = int(scores.argmax())
+        else:
+            token = int(torch.multinomial(probs, 1, generator=r._generator))
         if p.logprobs is None:
             return token, None
         logprobs = logits.float().log_softmax(-1)
@@ -428,6 +438,42 @@ class Engine:
             top = logprobs.topk(min(p.logprobs, logprobs.numel()))
             pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
         return token, TokenLogprob(token, float(logprobs[token]), pairs)
+
+    def _json_token(self, r: Request, scores: torch.Tensor, probs: torch.Tensor | None) -> int:
+        """JSON mode: the first of the model's candidates (best first, or drawn without
+        replacement when sampling) that keeps the output the beginning of a JSON object; the
+        single-character tokens of JSON's punctuation, best first, if none of them does."""
+        from cove.server.serving.json_mode import first_valid
+
+        if probs is None:
+            candidates = scores.reshape(-1).topk(min(JSON_CANDIDATES, scores.numel()))
+            candidates = candidates.indices.tolist()
+        else:
+            n = min(JSON_CANDIDATES, int((probs > 0).sum()))
+            candidates = torch.multinomial(probs, n, generator=r._generator).tolist()
+        base = self.tokenizer.decode(r.output_ids, skip_special_tokens=True)
+
+        def text_with(token: int) -> str:
+            text = self.tokenizer.decode(r.output_ids + [token], skip_special_tokens=True)
+            return "" if text == base else text  # a special token adds nothing: not JSON
+
+        found = first_valid(candidates, text_with)
+        if found is None:
+            flat = scores.reshape(-1)
+            found = first_valid(sorted(self._json_punctuation(), key=lambda t: -float(flat[t])),
+                                text_with)
+        if found is None:
+            raise RuntimeError("JSON mode: no token continues the JSON object.")
+        token, state = found
+        r._json_complete = state.complete
+        return token
+
+    def _json_punctuation(self) -> list[int]:
+        if self._punctuation is None:
+            ids = (self.tokenizer.encode(c, add_special_tokens=False)
+                   for c in '{}[]":, 0123456789-.eEtrufalsn')
+            self._punctuation = sorted({i[0] for i in ids if len(i) == 1})
+        return self._punctuation
 
     def _accept(self, r: Request, token: int, logprob: TokenLogprob | None = None) -> None:
         """Record r's new token, stream what became final and end r where it should."""
@@ -452,6 +498,8 @@ class Engine:
             hits = [i for s in p.stop if (i := text.find(s, searched)) >= 0]
             if hits:
                 text, reason = text[:min(hits)], "stop"
+        if reason is None and r._json_complete:
+            reason = "stop"  # JSON mode: the object is whole
         if reason is None and len(r.output_ids) >= r._max_tokens:
             reason = "length"
         r.text = text

@@ -8,8 +8,9 @@ X-Error-Code header). Streams are server-sent events ending in `data: [DONE]`; a
 goes away mid-stream cancels its requests, which frees their engine slots.
 
 Log-probabilities are the model's own (before penalties, temperature and top-p), each token
-shown as its decoded text. Not implemented, refused with a 400 naming the parameter:
-logit_bias, response_format other than text, tools, `echo`, `suffix`, `best_of`, token-id
+shown as its decoded text. `response_format` `json_object` (JSON mode) holds the output to one
+JSON object (json_mode.py). Not implemented, refused with a 400 naming the parameter:
+logit_bias, response_format `json_schema`, tools, `echo`, `suffix`, `best_of`, token-id
 prompts, embedding `dimensions`.
 
 torch loads only with the first model (registry.py); this module imports none of it.
@@ -186,9 +187,11 @@ class _Generation(BaseModel):
         if self.logit_bias:
             raise _bad("logit_bias is not supported by Cove's server yet.", "logit_bias",
                        "unsupported_parameter")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise _bad("response_format other than text (JSON mode) is not supported by "
-                       "Cove's server yet.", "response_format", "unsupported_parameter")
+        if self.response_format and self.response_format.get("type", "text") not in (
+                "text", "json_object"):
+            raise _bad(f"response_format {self.response_format.get('type')!r} is not supported "
+                       "by Cove's server yet: use 'text' or 'json_object'.", "response_format",
+                       "unsupported_parameter")
         if self.tools:
             raise _bad("tools are not supported by Cove's server yet.", "tools",
                        "unsupported_parameter")
@@ -200,6 +203,10 @@ class _Generation(BaseModel):
     def logprob_count(self) -> int | None:
         """How many top tokens to report with each token's logprob; None: no logprobs."""
         raise NotImplementedError
+
+    @property
+    def json_mode(self) -> bool:
+        return (self.response_format or {}).get("type") == "json_object"
 
     def sampling(self, max_tokens: int | None):
         from cove.server.serving import SamplingParams
@@ -228,7 +235,8 @@ class _Generation(BaseModel):
                                      seed=None if self.seed is None else self.seed + i,
                                      presence_penalty=self.presence_penalty or 0.0,
                                      frequency_penalty=self.frequency_penalty or 0.0,
-                                     logprobs=self.logprob_count())
+                                     logprobs=self.logprob_count(),
+                                     json_object=self.json_mode)
                       for i in range(n)]
         except ValueError as exc:
             raise _bad(str(exc), "top_p" if "top_p" in str(exc) else None,
@@ -504,6 +512,10 @@ async def chat_completions(request: Request):
     if not body.messages:
         raise _bad("messages must not be empty.", "messages", "invalid_value")
     messages = [_message_text(m, i) for i, m in enumerate(body.messages)]
+    if body.json_mode and not any("json" in m["content"].lower() for m in messages):
+        # OpenAI's rule: a model not told to write JSON pads with whitespace until max_tokens
+        raise _bad("'messages' must contain the word 'json' in some form, to use "
+                   "'response_format' of type 'json_object'.", "messages", "invalid_value")
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None \
         else body.max_tokens
     params = body.sampling(max_tokens)
