@@ -240,3 +240,14 @@ def test_penalties_and_logprobs(decoders):
         out.append(token)
     with pytest.raises(ValueError, match="repetition_penalty"):
         SamplingParams(repetition_penalty=0)
+
+
+def test_the_cache_keeps_to_its_byte_bound(decoders):
+    model, tok = decoders["llama"]
+    per_token = Engine(model, tok, max_batch_size=1, max_cached_tokens=2).cache.nbytes // 2
+    engine = Engine(model, tok, max_batch_size=4, max_cache_bytes=per_token * 4 * 50)
+    assert engine.slot_length == 50 and engine.cache.nbytes <= per_token * 4 * 50
+    assert Engine(model, tok, max_batch_size=2).slot_length == min(
+        4096, model.config.max_position_embeddings)  # the default 2 GiB: the context caps it
+    with pytest.raises(ValueError, match="fewer than 2 positions"):
+        Engine(model, tok, max_batch_size=4, max_cache_bytes=per_token * 4)

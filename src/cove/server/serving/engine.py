@@ -185,8 +185,10 @@ class Engine:
     """Continuous batching over `model` (a Cove causal LM) with a slot-based KV cache.
 
     `max_batch_size` requests run at once, each in a slot of `max_cached_tokens //
-    max_batch_size` positions (at most the model's context length; default: the context length,
-    capped at 4096); a request whose prompt plus `max_tokens` does not fit is refused with a
+    max_batch_size` positions, at most the model's context length. By default the cache takes
+    at most `max_cache_bytes` (2 GiB: slots are allocated whole, so a byte bound, not the
+    context length, is what keeps a small model's cache from taking gigabytes), each slot at
+    most 4096 positions. A request whose prompt plus `max_tokens` does not fit is refused with a
     ValueError. Up to `max_waiting` requests queue for a slot; past that `submit` raises
     QueueFullError. Each step prefills at most `prefill_chunk` prompt tokens in all.
     `metrics` (a serving.metrics.ModelMetrics) counts tokens, waits and endings.
@@ -194,7 +196,8 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any = None, max_batch_size: int = 16,
                  max_cached_tokens: int | None = None, prefill_chunk: int = 512,
-                 max_waiting: int = 256, metrics: Any = None) -> None:
+                 max_waiting: int = 256, metrics: Any = None,
+                 max_cache_bytes: int = 2 * 2**30) -> None:
         config = model.config
         windows = getattr(config, "sliding_windows", None)
         if callable(windows) and any(w is not None for w in windows()):
@@ -210,15 +213,15 @@ class Engine:
         self.max_waiting = max_waiting
         context = (getattr(config, "max_position_embeddings", None)
                    or getattr(config, "n_positions", None) or 4096)
+        probe = model.new_cache(1, 1)  # the layers' shapes, whatever the family
+        _, heads, _, head_dim = probe.keys[0].shape
         if max_cached_tokens is None:
-            self.slot_length = min(context, 4096)
-        else:
-            self.slot_length = min(max_cached_tokens // max_batch_size, context)
+            per_token = 2 * len(probe.keys) * heads * head_dim * probe.keys[0].element_size()
+            max_cached_tokens = min(4096 * max_batch_size, max_cache_bytes // per_token)
+        self.slot_length = min(max_cached_tokens // max_batch_size, context)
         if self.slot_length < 2:
             raise ValueError(f"max_cached_tokens={max_cached_tokens} leaves each of the "
                              f"{max_batch_size} slots fewer than 2 positions.")
-        probe = model.new_cache(1, 1)  # the layers' shapes, whatever the family
-        _, heads, _, head_dim = probe.keys[0].shape
         self.cache = SlotKVCache(len(probe.keys), max_batch_size, heads, head_dim,
                                  self.slot_length, dtype=probe.keys[0].dtype,
                                  device=probe.keys[0].device)

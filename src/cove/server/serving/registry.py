@@ -164,6 +164,8 @@ class Registry:
         gigabytes = os.environ.get("COVE_SERVING_MEMORY_GB")
         self.memory_budget = memory_budget or (int(float(gigabytes) * 2**30) if gigabytes
                                                else _physical_memory() // 2)
+        # each text-generation model's KV cache (its slots are allocated whole)
+        self.cache_bytes = int(float(os.environ.get("COVE_SERVING_KV_GB", 2)) * 2**30)
         self.idle_seconds = idle_seconds or float(
             os.environ.get("COVE_SERVING_IDLE_SECONDS", 900))
         self.max_batch_size = max_batch_size
@@ -370,7 +372,8 @@ class Registry:
             model = AutoModelForCausalLM.from_pretrained(str(folder))
             served.tokenizer = AutoTokenizer.from_pretrained(str(folder))
             served.engine = Engine(model, served.tokenizer, max_batch_size=self.max_batch_size,
-                                   metrics=self.metrics.for_model(served.label))
+                                   metrics=self.metrics.for_model(served.label),
+                                   max_cache_bytes=self.cache_bytes)
             served.engine.start()
         else:
             from cove.pipelines import pipeline
