@@ -313,9 +313,17 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, kv_len: int,
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     kv_pos = torch.arange(kv_len, device=device)[None, :]
     mask = kv_pos <= q_pos
-    if sliding_window is not None:
+    rows_own_positions = window_cuts and attention_mask is not None and position_ids is not None
+    if sliding_window is not None and not rows_own_positions:
         mask = mask & (kv_pos > q_pos - sliding_window)
     mask = mask[None, None]
+    if rows_own_positions:
+        # Rows at different positions (padding, or a continuous-batching cache whose rows end
+        # at their own lengths): the window counts each row's own positions, the keys'
+        # from the attention mask, the queries' from their position ids.
+        key_pos = attention_mask.long().cumsum(-1) - 1
+        mask = mask & (key_pos[:, None, None, :]
+                       > position_ids[:, None, -q_len:, None] - sliding_window)
     if segments is not None:
         mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
     if attention_mask is not None:

@@ -1,5 +1,5 @@
-"""The continuous-batching engine on tiny random Llama (grouped-query attention, a pad token)
-and GPT-2: batched, staggered and chunked runs give exactly Cove's solo greedy `generate`;
+"""The continuous-batching engine on tiny random Llama (grouped-query attention, a pad token),
+GPT-2 and SmolLM3 (a sliding window, cut at each row's own position): batched, staggered and chunked runs give exactly Cove's solo greedy `generate`;
 seeded sampling does not depend on the batch; cancellation, stop strings and stop tokens,
 the queue bound and the slot bound."""
 
@@ -26,7 +26,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12)
 
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory) -> dict[str, tuple]:
-    folders = build_decoders(tmp_path_factory.mktemp("serving"), kinds=("llama", "gpt2"))
+    folders = build_decoders(tmp_path_factory.mktemp("serving"),
+                             kinds=("llama", "gpt2", "smollm3"))
     return {k: (AutoModelForCausalLM.from_pretrained(str(f)), AutoTokenizer.from_pretrained(str(f)))
             for k, f in folders.items()}
 
@@ -44,7 +45,7 @@ def run_all(engine: Engine, requests) -> None:
     raise AssertionError("the requests did not finish")
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "smollm3"])  # smollm3: a 4-token window
 def test_batched_and_staggered_match_solo_greedy(decoders, kind):
     model, tok = decoders[kind]
     ids = [tok.encode(p) for p in PROMPTS]

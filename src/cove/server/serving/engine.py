@@ -199,11 +199,6 @@ class Engine:
                  max_waiting: int = 256, metrics: Any = None,
                  max_cache_bytes: int = 2 * 2**30) -> None:
         config = model.config
-        windows = getattr(config, "sliding_windows", None)
-        if callable(windows) and any(w is not None for w in windows()):
-            raise NotImplementedError(
-                "The engine does not serve sliding-window attention models yet: their window "
-                "is cut from the batch's longest row, not each row's own position.")
         if max_batch_size < 1 or prefill_chunk < 1:
             raise ValueError("max_batch_size and prefill_chunk must be >= 1.")
         self.model = model.eval()
