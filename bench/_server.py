@@ -55,7 +55,7 @@ def start_cove(data: Path) -> tuple[subprocess.Popen, str]:
     log = data / "server.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cove", "serve", "--port", str(port), "--data", str(data),
-         "--log-level", "warning"],
+         "--log-level", "warning", "--no-demo"],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -27,6 +27,10 @@ def serve(args) -> int:
     settings = _settings(args)
     settings.serving = not args.no_serving
     app = create_app(settings)
+    if not args.no_demo:
+        from cove.server.demo import import_demo
+
+        import_demo(app.state.hub)  # a first start only: see cove/server/demo.py
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=args.log_level == "debug")
     return 0
@@ -669,6 +673,9 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--log-level", default="info"),
         p.add_argument("--no-serving", action="store_true",
                        help="do not serve models (no OpenAI-compatible /v1 endpoints)"),
+        p.add_argument("--no-demo", action="store_true",
+                       help="on a first start (empty data folder), do not import the demo "
+                       "content (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, an Iris dataset)"),
         _server_options(p),
     )),
     "serve-model": (serve_model, "serve one model (folder, .gguf or repo id) on the inference "

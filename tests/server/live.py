@@ -34,6 +34,9 @@ class LiveServer:
     data: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    # The demo content a first start imports (cove/server/demo.py): off unless a test asks.
+    demo: bool = False
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -43,8 +46,9 @@ class LiveServer:
         log = open(self.data / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cove", "serve", "--port", str(self.port),
-             "--data", str(self.data), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+             "--data", str(self.data), "--log-level", "warning",
+             *([] if self.demo else ["--no-demo"])],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
