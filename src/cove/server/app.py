@@ -69,6 +69,9 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
 
     for module in (accounts, repos, refs, tree, upload, lfs, files):
         app.include_router(module.router)
+    from cove.server.xet import routes as xet_routes  # the CAS: /v1/xorbs, /v1/shards, ...
+
+    app.include_router(xet_routes.router)
     if settings.serving:
         # The inference endpoints; torch and the models load only on a first request.
         from cove.server.serving import metrics as serving_metrics

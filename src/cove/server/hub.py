@@ -39,6 +39,7 @@ from cove.server.db import (
 )
 from cove.server.gitrepo import GitRepo, PathConflict, RefConflict
 from cove.server.storage import LocalObjectStore, ObjectStore
+from cove.server.xet.store import XetStore
 
 log = logging.getLogger("cove.server")
 
@@ -81,6 +82,7 @@ class Hub:
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.objects: ObjectStore = objects or LocalObjectStore(settings.lfs_dir)
+        self.xet = XetStore(self)  # Xet files and xorbs, on the same object store
         self.settings.repos_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import quote
 
@@ -16,6 +17,7 @@ from cove.server.deps import (
     RepoIdParam,
     RepoPathParam,
     RevisionParam,
+    base_url,
     clean_path,
     hub_of,
     load_repo,
@@ -88,11 +90,16 @@ async def _resolve(
             data = None if entry.lfs else git.read_blob(entry.oid)
         finally:
             git.close()
+        # An LFS file uploaded through Xet: no object, its bytes are rebuilt from xorbs.
+        xet_file = (
+            hub.xet.file_by_sha256(entry.lfs.oid)
+            if entry.lfs and hub.objects.size(entry.lfs.oid) is None else None
+        )
         if request.method == "GET":
             hub.count_download(repo, path, request.client.host if request.client else "?")
-        return repo, sha, entry, data
+        return repo, sha, entry, data, xet_file
 
-    repo, sha, entry, data = await anyio.to_thread.run_sync(lookup)
+    repo, sha, entry, data, xet_file = await anyio.to_thread.run_sync(lookup)
     size = entry.size
     etag = entry.lfs.oid if entry.lfs else entry.oid
     name = path.rsplit("/", 1)[-1]
@@ -105,9 +112,14 @@ async def _resolve(
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
         "Cache-Control": "private, max-age=0, must-revalidate",
     }
+    if xet_file is not None:
+        # Xet clients download through CAS; the others read the bytes below.
+        token_url = f"{base_url(request)}/api/{rtype}s/{repo.repo_id}/xet-read-token/{sha}"
+        headers["X-Xet-Hash"] = xet_file.hash
+        headers["Link"] = f'<{token_url}>; rel="xet-auth"'
     media = mimetypes.guess_type(name)[0] or "application/octet-stream"
     local = None
-    if entry.lfs:
+    if entry.lfs and xet_file is None:
         local = hub.objects.local_path(entry.lfs.oid)
         if local is None and hub.objects.size(entry.lfs.oid) is None:
             raise errors.HubError(
@@ -125,10 +137,21 @@ async def _resolve(
         return Response(status_code=status, headers=headers, media_type=media)
     if data is not None:
         return Response(data[start : end + 1], status_code=status, headers=headers, media_type=media)
+    if xet_file is not None:
+        return StreamingResponse(
+            iterate_in_thread(hub.xet.stream(xet_file, start, length)),
+            status_code=status, headers=headers, media_type=media,
+        )
     opener = (lambda: open(local, "rb")) if local else (lambda: hub.objects.open(entry.lfs.oid))
     return StreamingResponse(
         file_stream(opener, start, length), status_code=status, headers=headers, media_type=media
     )
+
+
+async def iterate_in_thread(pieces: Iterator[bytes]):
+    """The items of a blocking iterator, each produced off the event loop."""
+    while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
+        yield piece
 
 
 async def file_stream(opener, start: int, length: int):

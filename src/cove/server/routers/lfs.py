@@ -20,7 +20,7 @@ from starlette.responses import StreamingResponse
 from cove.server import errors
 from cove.server.deps import RepoIdParam, RequestBody, base_url, hub_of, load_repo, principal
 from cove.server.openapi import NO_TOKEN, error_responses
-from cove.server.routers.files import file_stream
+from cove.server.routers.files import file_stream, iterate_in_thread
 from cove.server.storage import UploadMismatch, is_oid
 
 router = APIRouter()
@@ -95,7 +95,7 @@ async def _batch(request: Request, rtype: str, repo_id: str, body: LfsBatch) -> 
             objects.append({"oid": oid, "size": size,
                             "error": {"code": 422, "message": "Invalid oid or size"}})
             continue
-        stored = hub.objects.size(oid)
+        stored = _stored_size(hub, oid)
         item: dict = {"oid": oid, "size": size, "authenticated": True}
         query = urlencode({"size": size, "expires": expires,
                            "sig": _sign(settings.secret, oid, size, expires)})
@@ -114,6 +114,15 @@ async def _batch(request: Request, rtype: str, repo_id: str, body: LfsBatch) -> 
         objects.append(item)
     return Response(json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}),
                     media_type=LFS_JSON)
+
+
+def _stored_size(hub, oid: str) -> int | None:
+    """The size of the object, stored as such or as a file uploaded through Xet."""
+    size = hub.objects.size(oid)
+    if size is None:
+        xet_file = hub.xet.file_by_sha256(oid)
+        size = xet_file.size if xet_file else None
+    return size
 
 
 def _batch_kind(rtype: str):
@@ -217,12 +226,17 @@ async def download_object(
 ) -> Response:
     """Download an object from the signed URL the batch API gave."""
     _check_signature(request, oid, size, expires, sig)
-    objects = hub_of(request).objects
+    hub = hub_of(request)
+    objects = hub.objects
     stored = objects.size(oid)
-    if stored is None:
+    if stored is not None:
+        body = file_stream(lambda: objects.open(oid), 0, stored)
+    elif (xet_file := await anyio.to_thread.run_sync(hub.xet.file_by_sha256, oid)) is not None:
+        stored, body = xet_file.size, iterate_in_thread(hub.xet.stream(xet_file, 0, xet_file.size))
+    else:
         raise errors.HubError(404, "EntryNotFound", f"LFS object {oid} does not exist.")
     return StreamingResponse(
-        file_stream(lambda: objects.open(oid), 0, stored),
+        body,
         headers={"Content-Length": str(stored), "Accept-Ranges": "none"},
         media_type="application/octet-stream",
     )

@@ -170,6 +170,7 @@ async def commit(
     header: CommitHeader | None = None
     changes: list[tuple[str, bytes | None]] = []
     folders: list[str] = []
+    xet_files: list[str] = []  # committed Xet files, readable through CAS with this repo's tokens
     raw = await request.body()
     for n, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -196,6 +197,10 @@ async def commit(
             if not is_oid(oid):
                 raise errors.bad_request(f"Invalid LFS reference for {path}.")
             stored = hub.objects.size(oid)
+            xet_file = None
+            if stored is None:  # uploaded through Xet: huggingface_hub names it by sha256
+                xet_file = await run_in_threadpool(hub.xet.file_by_sha256, oid)
+                stored = xet_file.size if xet_file else None
             if size is None:  # CommitOperationCopy of an LFS file sends the oid alone
                 size = stored
             if stored is None or stored != size:
@@ -204,6 +209,8 @@ async def commit(
                     f"LFS object {oid} for {path} was not uploaded (or not verified): upload it "
                     "through the LFS batch API before committing.",
                 )
+            if xet_file is not None:
+                xet_files.append(xet_file.hash)
             changes.append((path, lfs_pointer(oid, size)))
         elif isinstance(item, DeletedFileLine):
             changes.append((clean_path(value.path), None))
@@ -214,6 +221,10 @@ async def commit(
         raise errors.bad_request("The commit needs a summary (the header's 'summary').")
     description = (header.description or "").strip()
     message = summary + ("\n\n" + description if description else "")
+    # Granted before the commit, so that no crash leaves a committed file unreadable through
+    # CAS; a failed commit's grants reveal nothing: committing its sha256 would do the same.
+    for name in xet_files:
+        await run_in_threadpool(hub.xet.grant, repo.id, name)
     sha = await run_in_threadpool(
         hub.commit, repo, _branch(revision), changes, folders, message, who, header.parentCommit
     )
