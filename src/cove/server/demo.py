@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from sqlalchemy import func, select
 
 from cove.server.config import DEFAULT_LFS_PATTERNS, LFS_SIZE_THRESHOLD
@@ -331,7 +332,14 @@ def _write_marker(path: Path, state: str, **extra) -> None:
 
 def import_demo(hub: Hub) -> list[str]:
     """Import the demo content on a first start (see the module's docstring); the ids of the
-    repositories imported now. Never raises for a missing package: says what to install."""
+    repositories imported now. Never raises: a missing package or a failure is said (with
+    what to do) and the server starts without that part."""
+    # One importer at a time, should two servers start on the folder together.
+    with FileLock(str(hub.settings.data_dir / "demo.lock")):
+        return _import_demo(hub)
+
+
+def _import_demo(hub: Hub) -> list[str]:
     marker = hub.settings.data_dir / MARKER
     state = (_read_marker(marker) or {}).get("state")
     if state in ("done", "skipped"):
@@ -342,6 +350,8 @@ def import_demo(hub: Hub) -> list[str]:
         if count:
             _write_marker(marker, "skipped", reason="the data folder had repositories")
             return []
+    else:  # an import cut short: mend what the crash left (as the server's start-up does)
+        hub.recover()
     _write_marker(marker, "importing")
     start = time.monotonic()
     imported, missing = [], []
@@ -353,10 +363,10 @@ def import_demo(hub: Hub) -> list[str]:
         except DemoSourceMissing as e:
             missing.append(demo.repo_id)
             _say(f"skipping {demo.repo_id}: {e}")
-        except (OSError, subprocess.CalledProcessError) as e:
+        except Exception as e:  # the demo is a convenience: never a reason not to serve
             missing.append(demo.repo_id)
-            log.exception("demo content: %s failed", demo.repo_id)
-            _say(f"skipping {demo.repo_id}: {e}")
+            log.exception("demo content: importing %s failed", demo.repo_id)
+            _say(f"skipping {demo.repo_id}: {type(e).__name__}: {e}")
     if missing:
         if not any(_find(hub, d.repo_type, d.repo_id) for d in DEMO_REPOS):
             marker.unlink(missing_ok=True)  # as if never tried: a first start again
