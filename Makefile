@@ -65,7 +65,15 @@ tests/.data/.fetched: tests/fetch_data.py | $(VENV)/.dev
 	rm -f $@
 	$(BIN)/python tests/fetch_data.py
 
-test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.installed tests/.data/.fetched
+# Debian's Chromium for tests/web (driven by playwright with executable_path; playwright never
+# downloads a browser). Installed with apt as root when missing; nothing to do when present.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@test -x $(CHROMIUM) || command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.installed tests/.data/.fetched chromium
 	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q tests
 
 lint: $(VENV)/.dev

@@ -26,6 +26,8 @@ def serve(args) -> int:
 
     settings = _settings(args)
     settings.serving = not args.no_serving
+    if args.no_join:
+        settings.allow_join = False
     app = create_app(settings)
     if not args.no_demo:
         from cove.server.demo import import_demo
@@ -81,7 +83,10 @@ def _hub(args):
 def admin_user_create(args) -> int:
     from cove.server import admin
 
-    admin.create_account(_hub(args), args.name, "user", args.fullname or "", args.email)
+    password = args.password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    admin.create_account(_hub(args), args.name, "user", args.fullname or "", args.email, password)
     print(f"created user {args.name}")
     return 0
 
@@ -676,6 +681,9 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--no-demo", action="store_true",
                        help="on a first start (empty data folder), do not import the demo "
                        "content (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, an Iris dataset)"),
+        p.add_argument("--no-join", action="store_true",
+                       help="no sign-up page (/join): accounts only from `cove admin` "
+                       "(or COVE_ALLOW_JOIN=0)"),
         _server_options(p),
     )),
     "serve-model": (serve_model, "serve one model (folder, .gguf or repo id) on the inference "
@@ -697,6 +705,9 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
     )),
     "admin user create": (admin_user_create, "create a user", lambda p: (
         p.add_argument("name"), p.add_argument("--fullname"), p.add_argument("--email"),
+        p.add_argument("--password", help="a password to sign in on the web pages"),
+        p.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of stdin"),
         _server_options(p),
     )),
     "admin org create": (admin_org_create, "create an organisation", lambda p: (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from cove.server import auth
 from cove.server.db import Account, Membership, Token, hash_token, new_token
 from cove.server.hub import RESERVED, Hub, validate_name
 
@@ -20,8 +21,14 @@ def _account(s, name: str, type_: str | None = None) -> Account:
 
 
 def create_account(hub: Hub, name: str, type_: str, fullname: str = "",
-                   email: str | None = None) -> Account:
+                   email: str | None = None, password: str | None = None) -> Account:
+    """A new user or organisation; a user given a `password` can sign in on the pages."""
     validate_name(name, "account name")
+    if password is not None:
+        try:
+            auth.check_strength(password)
+        except ValueError as e:
+            raise AdminError(str(e)) from None
     if name.lower() in RESERVED:
         raise AdminError(f"{name!r} is reserved for the server's routes.")
     with hub.session() as s:
@@ -30,7 +37,9 @@ def create_account(hub: Hub, name: str, type_: str, fullname: str = "",
         row = Account(name=name, type=type_, fullname=fullname or name, email=email)
         s.add(row)
         s.commit()
-        return row
+    if password is not None:
+        auth.set_password(hub, row.id, password)
+    return row
 
 
 def add_member(hub: Hub, org: str, user: str, role: str = "write") -> None:

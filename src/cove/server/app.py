@@ -84,5 +84,9 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
         app.include_router(serving_metrics.router)
         app.state.serving = Registry(hub)
     openapi.install(app)
+    # The pages last: the API and the docs win any path both could match.
+    from cove.server import web
+
+    web.install(app)
     app.add_middleware(RawPathMiddleware)
     return app

@@ -29,6 +29,11 @@ class Settings:
     secret: bytes = field(default=b"", repr=False)
     upload_url_ttl: int = 3600  # seconds a signed LFS upload URL stays valid
     serving: bool = True  # the inference endpoints (/v1, OpenAI-compatible): server/serving/
+    # The web sign-up page (/join); `cove serve --no-join` or COVE_ALLOW_JOIN=0 turn it off.
+    allow_join: bool = field(
+        default_factory=lambda: os.environ.get("COVE_ALLOW_JOIN", "1").lower()
+        not in ("0", "false", "no", "off")
+    )
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()

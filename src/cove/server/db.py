@@ -65,6 +65,21 @@ class Token(Base):
     user: Mapped[Account] = relationship()
 
 
+class Password(Base):
+    """A user's web sign-in password, as `auth.hash_password` writes it (salted scrypt).
+
+    A table of its own: `create_all` adds it to existing databases, and accounts without a
+    row simply cannot sign in on the pages.
+    """
+
+    __tablename__ = "passwords"
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    hash: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Repository(Base):
     __tablename__ = "repositories"
     __table_args__ = (

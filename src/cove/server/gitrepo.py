@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dulwich.diff_tree import tree_changes
 from dulwich.errors import NotCommitError
 from dulwich.object_store import commit_tree_changes
 from dulwich.objects import Blob, Commit, Tag, Tree
@@ -183,6 +184,47 @@ class GitRepo:
     def history(self, commit_sha: str) -> Iterator[Commit]:
         for walk_entry in self.repo.get_walker(include=[commit_sha.encode()]):
             yield walk_entry.commit
+
+    def last_changes(self, commit_sha: str, folder: str, limit: int = 1000) -> dict[str, Commit]:
+        """For each name directly in `folder`, the newest commit that changed it, following
+        first parents back at most `limit` commits (names older than that are left out)."""
+
+        def children(sha: str) -> tuple[bytes | None, dict[str, bytes]]:
+            tree = self._tree_at(sha, folder)
+            if tree is None:
+                return None, {}
+            return tree.id, {i.path.decode(): i.sha for i in tree.iteritems()}
+
+        tree_id, left = children(commit_sha)
+        out: dict[str, Commit] = {}
+        commit = self.commit(commit_sha)
+        for _ in range(limit):
+            if not left:
+                break
+            parent = self.commit(commit.parents[0].decode()) if commit.parents else None
+            parent_tree, parent_children = children(parent.id.decode()) if parent else (None, {})
+            if parent_tree != tree_id:  # the folder changed here: which of its names did
+                for name, oid in list(left.items()):
+                    if parent_children.get(name) != oid:
+                        out[name] = commit
+                        del left[name]
+            if parent is None:
+                break
+            commit, tree_id = parent, parent_tree
+        return out
+
+    def changes(self, commit_sha: str) -> list[tuple[str, str | None, str | None]]:
+        """(path, old blob id, new blob id) of each file a commit changed against its first
+        parent (None where the file did not exist)."""
+        commit = self.commit(commit_sha)
+        old = self.commit(commit.parents[0].decode()).tree if commit.parents else None
+        out = []
+        for change in tree_changes(self.store, old, commit.tree):
+            before, after = (e if e is not None and e.sha else None
+                             for e in (change.old, change.new))
+            path = (after or before).path.decode()
+            out.append((path, before and before.sha.decode(), after and after.sha.decode()))
+        return sorted(out)
 
     # -- writing (callers hold the repository's write lock) ------------------------------
     def write_commit(

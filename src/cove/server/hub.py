@@ -47,7 +47,10 @@ REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # Names that would collide with routes of the server.
-RESERVED = {"api", "datasets", "spaces", "models", "settings", "new", "login", "logout", "static"}
+RESERVED = {
+    "api", "datasets", "spaces", "models", "settings", "new", "new-dataset", "login", "logout",
+    "join", "static",
+}
 
 
 def validate_name(part: str, what: str) -> None:
@@ -116,19 +119,30 @@ class Hub:
             row = s.scalar(select(Token).where(Token.hash == hash_token(token)))
             if row is None:
                 return None
-            account = row.user
-            orgs = s.execute(
-                select(Account.name, Membership.role)
-                .join(Membership, Membership.org_id == Account.id)
-                .where(Membership.user_id == account.id)
-            ).all()
-            return Principal(
-                account=account,
-                role=row.role,
-                token_name=row.name,
-                orgs=[o for o, _ in orgs],
-                writable_orgs=[o for o, r in orgs if r in ("write", "admin")],
-            )
+            return self._principal(s, row.user, row.role, row.name)
+
+    def principal_for_account(self, account_id: int) -> Principal | None:
+        """A signed-in web session's caller: the user with write rights, as a write token."""
+        with self.session() as s:
+            account = s.get(Account, account_id)
+            if account is None or account.type != "user":
+                return None
+            return self._principal(s, account, "write", "web session")
+
+    @staticmethod
+    def _principal(s: Session, account: Account, role: str, token_name: str) -> Principal:
+        orgs = s.execute(
+            select(Account.name, Membership.role)
+            .join(Membership, Membership.org_id == Account.id)
+            .where(Membership.user_id == account.id)
+        ).all()
+        return Principal(
+            account=account,
+            role=role,
+            token_name=token_name,
+            orgs=[o for o, _ in orgs],
+            writable_orgs=[o for o, r in orgs if r in ("write", "admin")],
+        )
 
     # -- access rules --------------------------------------------------------------------
     @staticmethod
@@ -247,6 +261,11 @@ class Hub:
                 s.commit()
             except IntegrityError:
                 raise errors.conflict(f"Repository {new_id} already exists.") from None
+
+    def set_private(self, repo: Repository, private: bool) -> None:
+        with self.session() as s:
+            s.get(Repository, repo.id).private = private
+            s.commit()
 
     @staticmethod
     def author(who: Principal | None) -> str:

@@ -1,0 +1,100 @@
+"""Repository search for the listings (API and pages): filters, visibility, facet counts.
+
+Everything is SQL on indexed columns and the `repo_tags` table, LIMIT/OFFSET and GROUP BY:
+no git access, so a listing costs the same with 10 or 10,000 repositories behind it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session
+
+from cove.server.db import Repository, RepoTag
+from cove.server.hub import Principal
+
+# Tag prefixes that make a facet of their own, as the Hub's filters (the rest: "other").
+FACET_PREFIXES = {"license": "license:", "language": "language:", "dataset": "dataset:",
+                  "task_categories": "task_categories:"}
+
+
+@dataclass
+class RepoQuery:
+    """Which repositories of one type a caller asks for, all conditions ANDed."""
+
+    repo_type: str
+    who: Principal | None = None
+    search: list[str] = field(default_factory=list)  # parts of the id, any case
+    author: str | None = None
+    tags: list[str] = field(default_factory=list)
+    pipeline_tag: str | None = None
+    library: str | None = None
+
+    def conditions(self) -> list:
+        visible = [self.who.name, *self.who.orgs] if self.who else []
+        out = [
+            Repository.type == self.repo_type,
+            or_(Repository.private.is_(False), Repository.namespace.in_(visible)),
+        ]
+        if self.author:
+            out.append(Repository.namespace == self.author)
+        for term in self.search:
+            pattern = f"%{term.lower()}%"
+            out.append(func.lower(Repository.namespace + "/" + Repository.name).like(pattern))
+        if self.pipeline_tag and self.repo_type == "model":
+            out.append(Repository.pipeline_tag == self.pipeline_tag)
+        if self.library:
+            out.append(Repository.library_name == self.library)
+        for tag in self.tags:
+            out.append(Repository.id.in_(select(RepoTag.repo_id).where(RepoTag.tag == tag)))
+        return out
+
+    def select(self) -> Select:
+        return select(Repository).where(*self.conditions())
+
+
+def count(s: Session, q: RepoQuery) -> int:
+    return s.scalar(select(func.count()).select_from(Repository).where(*q.conditions())) or 0
+
+
+def facets(s: Session, q: RepoQuery, top: int = 12) -> dict[str, list[tuple[str, int]]]:
+    """The most frequent values of each facet among the repositories `q` finds, with counts:
+    task (pipeline_tag, or a dataset's task_categories), library, license, language, other."""
+    conditions = q.conditions()
+    ids = select(Repository.id).where(*conditions)
+
+    def grouped(column) -> list[tuple[str, int]]:
+        rows = s.execute(
+            select(column, func.count()).where(*conditions, column.is_not(None))
+            .group_by(column).order_by(func.count().desc(), column).limit(top)
+        ).all()
+        return [(v, n) for v, n in rows]
+
+    tag_rows = s.execute(
+        select(RepoTag.tag, func.count()).where(RepoTag.repo_id.in_(ids))
+        .group_by(RepoTag.tag).order_by(func.count().desc(), RepoTag.tag)
+    ).all()
+    out: dict[str, list[tuple[str, int]]] = {name: [] for name in FACET_PREFIXES}
+    out["other"] = []
+    out["library"] = grouped(Repository.library_name)
+    out["task"] = grouped(Repository.pipeline_tag) if q.repo_type == "model" else []
+    # A model's language, library and task are also plain tags: "other" leaves them out.
+    known = {v for v, _ in out["library"] + out["task"]}
+    languages = set()
+    for tag, n in tag_rows:
+        prefix = next((k for k, p in FACET_PREFIXES.items() if tag.startswith(p)), None)
+        if prefix is not None:
+            value = tag[len(FACET_PREFIXES[prefix]):]
+            if prefix == "language":
+                languages.add(value)
+            if len(out[prefix]) < top:
+                out[prefix].append((value, n))
+        elif ":" not in tag:
+            out["other"].append((tag, n))
+    out["other"] = [(t, n) for t, n in out["other"] if t not in known and t not in languages][:top]
+    if q.repo_type != "model":
+        out["task"] = out.pop("task_categories")
+    else:
+        out.pop("task_categories")
+    return out
