@@ -1,7 +1,8 @@
 """Checks that a data folder is consistent, as it must be after any crash and a restart.
 
 - every ref of every bare repository resolves to a commit whose whole tree is readable, and
-  every LFS pointer in those trees names a stored object;
+  every LFS pointer in those trees names a stored object, or a file uploaded through Xet whose
+  xorbs are all stored;
 - `git fsck --full --strict` is clean on every repository (dangling objects are fine);
 - no stale git lock file is left;
 - the LFS store holds only complete objects (sha256 matches the name) and its temp area is
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -85,7 +87,9 @@ def check_git_repo(path: Path, lfs_dir: Path) -> dict[str, str]:
     assert "refs/heads/main" in refs, f"{path} has no main branch"
     for oid in lfs_oids:
         stored = lfs_dir / oid[:2] / oid[2:4] / oid
-        assert stored.is_file(), f"LFS object {oid} referenced in {path} is missing"
+        assert stored.is_file() or xet_file_stored(lfs_dir.parent, oid), (
+            f"LFS object {oid} referenced in {path} is missing"
+        )
     fsck = subprocess.run(
         ["git", "-C", str(path), "fsck", "--full", "--strict", "--no-progress"],
         capture_output=True, text=True,
@@ -98,6 +102,19 @@ def check_git_repo(path: Path, lfs_dir: Path) -> dict[str, str]:
     ]
     assert not problems, f"git fsck reported problems on {path}:\n{report}"
     return refs
+
+
+def xet_file_stored(data: Path, oid: str) -> bool:
+    """Whether the file of sha256 `oid` was uploaded through Xet, with all its xorbs stored."""
+    with sqlite3.connect(data / "cove.db") as db:
+        row = db.execute("select terms from xet_files where sha256 = ?", (oid,)).fetchone()
+        if row is None:
+            return False
+        for xorb, *_ in json.loads(row[0]):
+            found = db.execute("select object_oid from xet_xorbs where hash = ?", (xorb,)).fetchone()
+            if found is None or not (data / "lfs" / found[0][:2] / found[0][2:4] / found[0]).is_file():
+                return False
+    return True
 
 
 def check_lfs_store(lfs_dir: Path) -> None:
