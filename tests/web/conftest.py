@@ -73,6 +73,23 @@ def safetensors_file() -> bytes:
     return struct.pack("<Q", len(raw)) + raw + bytes(40)
 
 
+def gguf_file(tmp: Path) -> bytes:
+    """A GGUF file of two tensors, written by the `gguf` package."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp / "tiny.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("tok_embd.weight", np.zeros((5, 3), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.zeros((3,), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
 def parquet_file(rows: int) -> bytes:
     table = pa.table({"idx": list(range(rows)), "text": [f"row number {i}" for i in range(rows)]})
     out = io.BytesIO()
@@ -101,7 +118,7 @@ def _seed(data: Path) -> dict[str, str]:
                        data=data) for user in ("alice", "bob")}
 
 
-def _push(url: str, token: str) -> None:
+def _push(url: str, token: str, tmp: Path) -> None:
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(endpoint=url, token=token)
@@ -114,7 +131,7 @@ def _push(url: str, token: str) -> None:
     api.create_commit("alice/tiny-model", [
         add("README.md", CARD), add("config.json", '{"hidden_size": 2}\n'),
         add("model.safetensors", safetensors_file()), add("docs/notes.txt", "notes\n"),
-        add("logo.png", png()),
+        add("logo.png", png()), add("tiny.gguf", gguf_file(tmp)),
     ], commit_message="Add the model")
     api.create_commit("alice/tiny-model", [add("config.json", '{"hidden_size": 4}\n')],
                       commit_message="Widen the model")
@@ -124,6 +141,7 @@ def _push(url: str, token: str) -> None:
     api.create_repo("alice/secret-model", private=True)
     api.upload_file(path_or_fileobj=b"classified\n", path_in_repo="secret.txt",
                     repo_id="alice/secret-model")
+    api.create_repo("acme/org-secret", private=True)  # alice's through her organisation
     api.create_repo("alice/tiny-data", repo_type="dataset")
     api.create_commit("alice/tiny-data", [
         add("README.md", "---\nlicense: mit\ntask_categories: [text-classification]\n---\n# Data\n"),
@@ -138,7 +156,7 @@ def site(tmp_path_factory) -> Site:
     tokens = _seed(data)
     live = LiveServer(data).start()
     try:
-        _push(live.url, tokens["alice"])
+        _push(live.url, tokens["alice"], data)
         yield Site(live, tokens)
     finally:
         live.stop()

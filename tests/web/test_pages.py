@@ -75,6 +75,10 @@ def test_browse_files_and_open_them(page):
     expect(table).to_contain_text("[4, 2]")
     expect(page.locator("h2#tensors")).to_contain_text("2 tensors, 10 parameters")
     shot(page, "blob-safetensors")
+    page.goto("/alice/tiny-model/blob/main/tiny.gguf")
+    expect(page.locator("h2#tensors")).to_contain_text("GGUF header: 2 tensors, 18 parameters")
+    expect(page.locator("table.tensors")).to_contain_text("tok_embd.weight")
+    expect(page.locator("table.kv")).to_contain_text("general.architecture")
     page.goto("/alice/tiny-model/blob/main/logo.png")
     image = page.locator(".image img")
     expect(image).to_be_visible()
@@ -146,7 +150,7 @@ def test_sign_in_create_a_token_and_a_repo(page, site):
     assert info.json()["private"] is True
 
 
-PRIVATE_PAGES = ["/alice/secret-model", "/alice/secret-model/tree/main",
+PRIVATE_PAGES = ["/acme/org-secret", "/alice/secret-model", "/alice/secret-model/tree/main",
                  "/alice/secret-model/blob/main/secret.txt", "/alice/secret-model/commits/main",
                  "/alice/secret-model/settings", "/alice/secret-model/resolve/main/secret.txt"]
 
@@ -154,9 +158,10 @@ PRIVATE_PAGES = ["/alice/secret-model", "/alice/secret-model/tree/main",
 def _hidden_from(page) -> None:
     for path in PRIVATE_PAGES:
         assert page.goto(path).status == 404, path
-    for listing in ("/models", "/models?search=secret", "/alice", "/"):
+    for listing in ("/models", "/models?search=secret", "/alice", "/acme", "/"):
         page.goto(listing)
-        assert "secret-model" not in page.content(), listing
+        for hidden in ("secret-model", "org-secret"):
+            assert hidden not in page.content(), (listing, hidden)
 
 
 def test_private_repo_is_invisible_signed_out_and_to_others(page):
@@ -172,6 +177,8 @@ def test_owner_sees_the_private_repo_and_its_settings(page):
     sign_in(page, "alice")
     page.goto("/alice")
     expect(page.get_by_role("link", name="alice/secret-model")).to_be_visible()
+    # A session sees what the user's token sees: her organisation's private repository too.
+    assert page.goto("/acme/org-secret").status == 200
     page.goto("/alice/secret-model/blob/main/secret.txt")
     expect(page.locator("pre.hl")).to_contain_text("classified")
     page.goto("/alice/chatty-model/settings")
@@ -216,3 +223,31 @@ def test_join_signs_up_and_signs_in(page):
     page.wait_for_url("**/carol")
     expect(page.locator("[data-user]")).to_have_text("carol")
     shot(page, "joined")
+
+
+def test_pages_fit_a_phone(browser, site):
+    context = browser.new_context(base_url=site.url, viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    for path, name in (("/alice/tiny-model", "phone-model"), ("/models", "phone-models")):
+        phone.goto(path)
+        # No sideways scrolling: the layout folds to one column.
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(phone, name)
+    context.close()
+
+
+def test_join_can_be_turned_off(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cove.server.app import create_app
+    from cove.server.config import Settings
+
+    client = TestClient(create_app(Settings(data_dir=tmp_path, serving=False,
+                                            allow_join=False)))
+    assert client.get("/join").status_code == 404
+    page = client.get("/login")
+    assert 'href="/join"' not in page.text
+    csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    refused = client.post("/join", data={"username": "mallory", "password": "long-enough-1",
+                                         "csrf_token": csrf})
+    assert refused.status_code == 404

@@ -1,14 +1,18 @@
 """Repository search for the listings (API and pages): filters, visibility, facet counts.
 
 Everything is SQL on indexed columns and the `repo_tags` table, LIMIT/OFFSET and GROUP BY:
-no git access, so a listing costs the same with 10 or 10,000 repositories behind it.
+no git access. A page's total and facet counts (GROUP BY over every matching repository, the
+costly part with 10,000 of them) are cached until the database's next commit, see `summary`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import astuple, dataclass, field
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, event, func, or_, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from cove.server.db import Repository, RepoTag
@@ -98,3 +102,36 @@ def facets(s: Session, q: RepoQuery, top: int = 12) -> dict[str, list[tuple[str,
     else:
         out.pop("task_categories")
     return out
+
+
+# Commits seen per engine: any commit may change what a listing finds, so it empties the cache.
+# A TTL covers writers in other processes (`cove admin`, a second worker).
+_COMMITS: WeakKeyDictionary[Engine, list[int]] = WeakKeyDictionary()
+_CACHE: dict[tuple, tuple[float, tuple[int, dict]]] = {}
+CACHE_TTL = 60.0
+_CACHE_MAX = 1024
+
+
+def _commits(engine: Engine) -> int:
+    box = _COMMITS.get(engine)
+    if box is None:
+        box = _COMMITS[engine] = [0]
+        event.listen(engine, "commit", lambda _conn: box.__setitem__(0, box[0] + 1))
+    return box[0]
+
+
+def summary(s: Session, q: RepoQuery) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    """(`count`, `facets`) of `q`, computed once per database state (and CACHE_TTL)."""
+    engine = s.get_bind()
+    visible = tuple([q.who.name, *q.who.orgs]) if q.who else ()
+    key = (id(engine), _commits(engine), visible,
+           *(tuple(v) if isinstance(v, list) else v for v in astuple(q)[2:]), q.repo_type)
+    hit = _CACHE.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < CACHE_TTL:
+        return hit[1]
+    value = (count(s, q), facets(s, q))
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    _CACHE[key] = (now, value)
+    return value

@@ -70,10 +70,9 @@ def _listing(request: Request, plural: str) -> HTMLResponse:
         page = 0
     column = SORTS[sort][1]
     with hub_of(request).session() as s:
-        total = search.count(s, q)
+        total, facets = search.summary(s, q)
         rows = s.scalars(q.select().order_by(desc(column), desc(Repository.id))
                          .offset(page * PAGE_SIZE).limit(PAGE_SIZE)).all()
-        facets = search.facets(s, q)
 
     def link(**change: str | int | None) -> str:
         """This listing's URL with some parameters changed (None removes one; p resets)."""
