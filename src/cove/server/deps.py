@@ -164,10 +164,14 @@ def next_page(request: Request, key: str, value: int) -> str:
     return f'<{base_url(request)}{path}?{urlencode(params)}>; rel="next"'
 
 
-def tree_entry_json(e: Entry) -> dict:
+def tree_entry_json(e: Entry, xet_hashes: dict[str, str] | None = None) -> dict:
+    """A tree entry; `xet_hashes` (sha256 -> Xet file hash) adds `xetHash` to LFS files
+    uploaded through Xet, which huggingface_hub >= 1.22 downloads through CAS without a HEAD."""
     out = {"type": e.type, "oid": e.oid, "size": e.size, "path": e.path}
     if e.lfs:
         out["lfs"] = {"oid": e.lfs.oid, "size": e.lfs.size, "pointerSize": e.lfs.pointer_size}
+        if xet_hashes and e.lfs.oid in xet_hashes:
+            out["xetHash"] = xet_hashes[e.lfs.oid]
     return out
 
 

@@ -53,7 +53,8 @@ def _tree(request: Request, response: Response, rtype: str, repo_id: str, revisi
     if len(page) > limit:
         page = page[:limit]
         response.headers["Link"] = next_page(request, "cursor", offset + limit)
-    return [tree_entry_json(e) for e in page]
+    xet = hub.xet.files_by_sha256([e.lfs.oid for e in page if e.lfs])
+    return [tree_entry_json(e, xet) for e in page]
 
 
 @router.get(
@@ -114,14 +115,13 @@ async def paths_info(
         form = await request.form()
         paths = form.getlist("paths")
     repo, _ = load_repo(request, rtype, repo_id)
-    git = hub_of(request).git(repo)
+    hub = hub_of(request)
+    git = hub.git(repo)
     try:
         sha = resolve_revision(git, repo, revision)
-        out = []
-        for p in paths:
-            entry = git.entry(sha, clean_path(str(p)))
-            if entry is not None:
-                out.append(tree_entry_json(entry))
-        return out
+        entries = [git.entry(sha, clean_path(str(p))) for p in paths]
     finally:
         git.close()
+    entries = [e for e in entries if e is not None]
+    xet = hub.xet.files_by_sha256([e.lfs.oid for e in entries if e.lfs])
+    return [tree_entry_json(e, xet) for e in entries]
