@@ -1,6 +1,7 @@
 """End to end: huggingface_hub 2.x with hf_xet, as installed, uploads a model folder to Cove
-through Xet and reads it back through CAS; huggingface_hub 0.36 and transformers read the
-same files over plain HTTP, Cove's own client too, and LFS files live beside Xet ones."""
+through Xet and reads it back through CAS; huggingface_hub 0.36 reads the same files over
+plain HTTP (Xet off) and through Xet (its hf_xet), transformers and Cove's own client over
+plain HTTP; LFS files live beside Xet ones."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def test_hf_client_downloads_through_xet(server, folder, tmp_path, monkeypatch):
     assert len(calls) == len(lfs_names(folder))
 
 
-def test_hf036_and_transformers_read_over_plain_http(server, folder, tmp_path):
+def test_hf036_and_transformers_read_it(server, folder, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(HF_ENDPOINT=server.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "home"),
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -113,20 +114,28 @@ def test_hf036_and_transformers_read_over_plain_http(server, folder, tmp_path):
     script = textwrap.dedent("""
         import hashlib, json, sys
         import huggingface_hub
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import file_download, hf_hub_download
+        calls = []
+        real = file_download.xet_get
+        file_download.xet_get = lambda **kw: calls.append(1) or real(**kw)
         out = {"version": huggingface_hub.__version__}
         for name in sys.argv[2:]:
             path = hf_hub_download(sys.argv[1], name)
             out[name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        out["xet downloads"] = len(calls)
         print(json.dumps(out))
     """)
     names = lfs_names(folder)
-    proc = subprocess.run([str(hf036), "-c", script, REPO, *names], env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got.pop("version").startswith("0.36")
-    assert got == {name: sha256(folder / name) for name in names}
+    # .venv-hf036 has hf_xet too: without it (Xet disabled) over plain HTTP, then through Xet.
+    for xet_env, xet_downloads in (({}, 0), ({"HF_HUB_DISABLE_XET": "0"}, len(names))):
+        proc = subprocess.run([str(hf036), "-c", script, REPO, *names], env={**env, **xet_env},
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert got.pop("version").startswith("0.36")
+        assert got.pop("xet downloads") == xet_downloads
+        assert got == {name: sha256(folder / name) for name in names}
+        env["HF_HOME"] = str(tmp_path / "home-xet")  # a cold cache for the second run
 
     loader = textwrap.dedent("""
         import sys
