@@ -228,13 +228,16 @@ class XetStore:
         runs = []
         skip = 0
         pos = 0  # file offset of the current chunk
+        xorbs: dict[str, StoredXorb] = {}  # a deduplicated file names the same xorbs often
         for xorb_name, t_start, t_end, t_size in terms:
             if pos + t_size <= start:
                 pos += t_size
                 continue
             if pos >= end:
                 break
-            x = self.xorb(xorb_name)
+            if xorb_name not in xorbs:
+                xorbs[xorb_name] = self.xorb(xorb_name)
+            x = xorbs[xorb_name]
             first = None
             size = 0
             last = t_start
