@@ -96,15 +96,15 @@ class XetStore:
             except BaseException:
                 pending.abort()
                 raise
+        # The xorb and its chunks in the dedup index appear together, in one transaction.
         with self.hub.session() as s:
             s.add(XetXorb(hash=name, object_oid=oid, size=len(body), chunks=_pack(chunks)))
+            for c in chunks:
+                s.merge(XetChunk(hash=hash_to_str(c.hash), xorb=name))
             try:
                 s.commit()
             except IntegrityError:  # the same xorb, uploaded at the same time by another
                 return False
-            for c in chunks:
-                s.merge(XetChunk(hash=hash_to_str(c.hash), xorb=name))
-            s.commit()
         return True
 
     def read_xorb_range(self, xorb: StoredXorb, first: int, last: int) -> bytes:
