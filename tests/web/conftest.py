@@ -37,7 +37,9 @@ datasets: [alice/tiny-data]
 ---
 # Tiny model
 
-A model for **tests**.
+A model for **tests**: see [its config](config.json).
+
+![logo](logo.png)
 
 | split | accuracy |
 |-------|----------|
@@ -132,6 +134,7 @@ def _push(url: str, token: str, tmp: Path) -> None:
         add("README.md", CARD), add("config.json", '{"hidden_size": 2}\n'),
         add("model.safetensors", safetensors_file()), add("docs/notes.txt", "notes\n"),
         add("logo.png", png()), add("tiny.gguf", gguf_file(tmp)),
+        add("evil.html", "<script>document.title = window.origin</script>"),
     ], commit_message="Add the model")
     api.create_commit("alice/tiny-model", [add("config.json", '{"hidden_size": 4}\n')],
                       commit_message="Widen the model")

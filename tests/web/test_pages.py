@@ -41,7 +41,13 @@ def test_model_page_renders_the_card_safely(page):
         expect(chips).to_contain_text(chip)
     # The card's script, event handler and javascript: link are shown as text, never run.
     assert page.evaluate("window.__pwned") is None
-    assert card.locator("script, img").count() == 0
+    assert card.locator("script, img[onerror]").count() == 0
+    # Relative links and images point into the repository, as on the Hub.
+    expect(card.get_by_role("link", name="its config")).to_have_attribute(
+        "href", "/alice/tiny-model/blob/main/config.json")
+    logo = card.get_by_role("img", name="logo")
+    expect(logo).to_have_attribute("src", "/alice/tiny-model/resolve/main/logo.png")
+    assert logo.evaluate("img => img.decode().then(() => img.naturalWidth)") == 8
     expect(card).to_contain_text("<script>window.__pwned = true</script>")
     expect(card.get_by_text("click")).to_have_count(1)
     assert card.locator("a[href^='javascript']").count() == 0
@@ -79,6 +85,11 @@ def test_browse_files_and_open_them(page):
     expect(page.locator("h2#tensors")).to_contain_text("GGUF header: 2 tensors, 18 parameters")
     expect(page.locator("table.tensors")).to_contain_text("tok_embd.weight")
     expect(page.locator("table.kv")).to_contain_text("general.architecture")
+    page.goto("/alice/tiny-model/blob/main/evil.html")  # shown as text
+    expect(page.locator("pre.hl")).to_contain_text("<script>document.title")
+    page.goto("/alice/tiny-model/resolve/main/evil.html")  # opened raw: sandboxed
+    assert page.title() == ""  # its script never ran
+    assert page.evaluate("window.origin") == "null"  # nor could it reach the Hub's cookies
     page.goto("/alice/tiny-model/blob/main/logo.png")
     image = page.locator(".image img")
     expect(image).to_be_visible()
@@ -120,6 +131,10 @@ def test_dataset_viewer_pages_and_splits(page):
 def test_sign_in_create_a_token_and_a_repo(page, site):
     sign_in(page, "alice")
     expect(page.locator("[data-user]")).to_have_text("alice")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("link", name="Sign in")).to_be_visible()
+    assert page.goto("/settings/tokens").url.endswith("/login?next=/settings/tokens")
+    sign_in(page, "alice")
     page.goto("/settings/tokens")
     page.get_by_label("Name").fill("laptop")
     page.get_by_label("Role").select_option("write")

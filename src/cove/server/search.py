@@ -19,7 +19,7 @@ from cove.server.db import Repository, RepoTag
 from cove.server.hub import Principal
 
 # Tag prefixes that make a facet of their own, as the Hub's filters (the rest: "other").
-FACET_PREFIXES = {"license": "license:", "language": "language:", "dataset": "dataset:",
+FACET_PREFIXES = {"license": "license:", "language": "language:",
                   "task_categories": "task_categories:"}
 
 

@@ -111,6 +111,10 @@ async def _resolve(
         "Accept-Ranges": "bytes",
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
         "Cache-Control": "private, max-age=0, must-revalidate",
+        # A pushed .html or .svg opened at this URL must not run as the Hub's own page (the
+        # web pages' session cookie): it runs sandboxed, in an origin of its own, if at all.
+        "Content-Security-Policy": "sandbox",
+        "X-Content-Type-Options": "nosniff",
     }
     if xet_file is not None:
         # Xet clients download through CAS; the others read the bytes below.

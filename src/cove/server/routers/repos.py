@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
-from sqlalchemy import asc, desc, func, or_, select
+from sqlalchemy import asc, desc
 from starlette.concurrency import run_in_threadpool
 
 from cove.server import errors
 from cove.server.cards import CardError, card_facts, front_matter
-from cove.server.db import Repository, RepoTag
+from cove.server.db import Repository
 from cove.server.deps import (
     CursorParam,
     RepoIdParam,
@@ -29,6 +29,7 @@ from cove.server.deps import (
 )
 from cove.server.hub import REPO_TYPES, URL_PREFIX, Hub
 from cove.server.openapi import error_responses
+from cove.server.search import RepoQuery
 
 router = APIRouter()
 
@@ -262,22 +263,9 @@ def list_repos(
     """Search repositories the caller can see; paginated with a `Link` header."""
     hub = hub_of(request)
     who = principal(request)
-    rt = REPO_TYPES[rtype]
-    stmt = select(Repository).where(Repository.type == rt)
-    visible = [who.name, *who.orgs] if who else []
-    stmt = stmt.where(or_(Repository.private.is_(False), Repository.namespace.in_(visible)))
-    if author:
-        stmt = stmt.where(Repository.namespace == author)
-    for term in search or []:
-        pattern = f"%{term.lower()}%"
-        stmt = stmt.where(
-            func.lower(Repository.namespace + "/" + Repository.name).like(pattern)
-        )
     filters = [f for value in filter or [] for f in value.split(",") if f]
-    if rt == "model" and pipeline_tag:
-        stmt = stmt.where(Repository.pipeline_tag == pipeline_tag)
-    for tag in filters:
-        stmt = stmt.where(Repository.id.in_(select(RepoTag.repo_id).where(RepoTag.tag == tag)))
+    stmt = RepoQuery(REPO_TYPES[rtype], who, search=list(search or []), author=author,
+                     tags=filters, pipeline_tag=pipeline_tag).select()
     if sort:
         order = asc if direction == 1 else desc
         stmt = stmt.order_by(order(SORT_COLUMNS[sort]), order(Repository.id))

@@ -51,6 +51,12 @@ async def login(request: Request) -> Response:
     return redirect(request, target)
 
 
+@router.get("/logout", response_class=HTMLResponse)
+def logout_page(request: Request) -> HTMLResponse:
+    """Signing out changes state, so it is a form (POST with its CSRF token), not a link."""
+    return render(request, "logout.html")
+
+
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     await checked_form(request)

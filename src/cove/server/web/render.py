@@ -40,9 +40,37 @@ def _validate_link(url: str) -> bool:
 _md.validateLink = _validate_link
 
 
-def markdown(text: str) -> Markup:
-    """A card's Markdown (front matter already removed) as safe HTML."""
-    return Markup(_md.render(text))
+def _is_relative(url: str) -> bool:
+    return not url.startswith(("/", "#")) and ":" not in url.split("/", 1)[0]
+
+
+def _relative_to(attr: str, base_key: str):
+    """A renderer rule that points relative `attr` URLs into the repository, as the Hub
+    does: links to files open their page (blob), images load the file itself (resolve)."""
+
+    def rule(self, tokens, idx, options, env):
+        token = tokens[idx]
+        url = token.attrGet(attr)
+        if isinstance(url, str) and env.get(base_key) and _is_relative(url):
+            token.attrSet(attr, f"{env[base_key]}/{url.removeprefix('./')}")
+        if token.type == "image":
+            return self.image(tokens, idx, options, env)
+        return self.renderToken(tokens, idx, options, env)
+
+    return rule
+
+
+_md.add_render_rule("link_open", _relative_to("href", "blob"))
+_md.add_render_rule("image", _relative_to("src", "raw"))
+
+
+def markdown(text: str, files_base: str = "") -> Markup:
+    """A card's Markdown (front matter already removed) as safe HTML; relative links and
+    images resolve under `files_base` (`/alice/x`), on its main branch."""
+    env = {}
+    if files_base:
+        env = {"blob": f"{files_base}/blob/main", "raw": f"{files_base}/resolve/main"}
+    return Markup(_md.render(text, env))
 
 
 def strip_front_matter(text: str) -> str:

@@ -164,9 +164,22 @@ def repo_page(request: Request, kind: str, owner: str, name: str) -> HTMLRespons
             card = front_matter(readme)
         except ValueError:
             card = None
-    body = rendering.markdown(rendering.strip_front_matter(readme)) if readme else None
+    body = (rendering.markdown(rendering.strip_front_matter(readme), ctx.href)
+            if readme else None)
     return render(request, "repo.html", ctx=ctx, tab="card", card=body, chips=_chips(card),
-                  refs=refs, rev="main", repo_id=ctx.repo.repo_id, task=ctx.repo.pipeline_tag)
+                  refs=refs, rev="main", repo_id=ctx.repo.repo_id, task=_task(request, ctx))
+
+
+def _task(request: Request, ctx: RepoContext) -> str | None:
+    """The widget's task: the card's pipeline_tag, else what the serving registry reads from
+    the files (modules.json, a causal LM's config, a GGUF file; no torch), when serving is on."""
+    registry = getattr(request.app.state, "serving", None)
+    if ctx.repo.type != "model" or ctx.repo.pipeline_tag or registry is None:
+        return ctx.repo.pipeline_tag
+    try:
+        return registry.facts(registry.resolve(ctx.repo.repo_id, ctx.who)).task
+    except errors.HubError:
+        return None
 
 
 def _tree(request: Request, kind: str, owner: str, name: str, rev: str,
