@@ -35,7 +35,15 @@ from cove.server.xet.shard import (
     dedup_shard,
     parse_shard,
 )
-from cove.server.xet.xorb import BG4_LZ4, LZ4, NONE, XorbError, build_xorb, parse_xorb
+from cove.server.xet.xorb import (
+    BG4_LZ4,
+    LZ4,
+    MAX_XORB_BYTES,
+    NONE,
+    XorbError,
+    build_xorb,
+    parse_xorb,
+)
 
 # (leaves as (hash string, size), xorb hash, [(salt, file hash)]) from xet-core.
 AGGREGATED = [
@@ -145,6 +153,17 @@ def test_xorb_roundtrip_and_hash(scheme):
     assert [i.hash for i in infos] == [chunk_hash(c) for c in chunks]
     assert [i.size for i in infos] == [len(c) for c in chunks]
     assert infos[0].offset == 0 and infos[1].offset > 8
+
+
+def test_full_xorb_of_incompressible_chunks_accepted():
+    # hf_xet fills a xorb with 64 MiB of chunk data; the headers come on top.
+    block = np.random.default_rng(0).bytes(MAX_CHUNK)
+    chunks = [block[i:] + block[:i] for i in range(512)]
+    body = build_xorb(chunks)
+    assert len(body) > 64 * 1024 * 1024
+    assert len(parse_xorb(body)) == 512
+    with pytest.raises(XorbError, match="limit"):
+        parse_xorb(body + build_xorb([b"x"] * ((MAX_XORB_BYTES - len(body)) // 9 + 1)))
 
 
 def test_corrupt_xorbs_refused():

@@ -148,6 +148,8 @@ async def fetch_xorb_range(
     range_: Annotated[str | None, Header(alias="Range")] = None,
 ) -> Response:
     """Bytes of a xorb, from a presigned URL of a reconstruction's `fetch_info`."""
+    if prefix != "default":
+        raise errors.HubError(404, "NotFound", f"Unknown prefix {prefix!r}.")
     expected = tokens.sign_range(hub_of(request).settings.secret, xorb_hash, start, end, exp)
     if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace")) or exp < time.time():
         raise errors.HubError(403, "InvalidSignature", "This xorb URL is not valid (or expired).")

@@ -18,8 +18,10 @@ import numpy as np
 
 from cove.server.xet.hashing import MAX_CHUNK, chunk_hash, merkle_root
 
-MAX_XORB_BYTES = 64 * 1024 * 1024
 HEADER = 8
+# The spec's 64 MiB bounds a xorb's chunk data; hf_xet fills xorbs to 64 MiB of incompressible
+# chunks and adds 8 bytes of header per chunk (at most 8192 chunks): room for those headers.
+MAX_XORB_BYTES = 64 * 1024 * 1024 + 8192 * HEADER
 NONE, LZ4, BG4_LZ4 = 0, 1, 2
 _LZ4_FRAME_MAGIC = b"\x04\x22\x4d\x18"
 
