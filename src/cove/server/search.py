@@ -8,6 +8,7 @@ costly part with 10,000 of them) are cached until the database's next commit, se
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import astuple, dataclass, field
 from weakref import WeakKeyDictionary
 
@@ -62,30 +63,39 @@ def count(s: Session, q: RepoQuery) -> int:
     return s.scalar(select(func.count()).select_from(Repository).where(*q.conditions())) or 0
 
 
-def facets(s: Session, q: RepoQuery, top: int = 12) -> dict[str, list[tuple[str, int]]]:
-    """The most frequent values of each facet among the repositories `q` finds, with counts:
-    task (pipeline_tag, or a dataset's task_categories), library, license, language, other."""
+def facets(s: Session, q: RepoQuery, top: int = 12) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    """How many repositories `q` finds, and the most frequent values of each facet among them
+    with counts: task (pipeline_tag, or a dataset's task_categories), library, license,
+    language, other. Two GROUP BY queries: one over the columns (whose sum is the total), one
+    over the tags."""
     conditions = q.conditions()
-    ids = select(Repository.id).where(*conditions)
-
-    def grouped(column) -> list[tuple[str, int]]:
-        rows = s.execute(
-            select(column, func.count()).where(*conditions, column.is_not(None))
-            .group_by(column).order_by(func.count().desc(), column).limit(top)
-        ).all()
-        return [(v, n) for v, n in rows]
-
+    pairs = s.execute(
+        select(Repository.pipeline_tag, Repository.library_name, func.count())
+        .where(*conditions).group_by(Repository.pipeline_tag, Repository.library_name)
+    ).all()
+    tasks: Counter[str] = Counter()
+    libraries: Counter[str] = Counter()
+    for task, library, n in pairs:
+        if task:
+            tasks[task] += n
+        if library:
+            libraries[library] += n
     tag_rows = s.execute(
-        select(RepoTag.tag, func.count()).where(RepoTag.repo_id.in_(ids))
+        select(RepoTag.tag, func.count())
+        .where(RepoTag.repo_id.in_(select(Repository.id).where(*conditions)))
         .group_by(RepoTag.tag).order_by(func.count().desc(), RepoTag.tag)
     ).all()
+
+    def ranked(counts: Counter[str]) -> list[tuple[str, int]]:
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
     out: dict[str, list[tuple[str, int]]] = {name: [] for name in FACET_PREFIXES}
-    out["other"] = []
-    out["library"] = grouped(Repository.library_name)
-    out["task"] = grouped(Repository.pipeline_tag) if q.repo_type == "model" else []
+    out["library"] = ranked(libraries)
+    out["task"] = ranked(tasks) if q.repo_type == "model" else []
     # A model's language, library and task are also plain tags: "other" leaves them out.
-    known = {v for v, _ in out["library"] + out["task"]}
+    known = set(tasks) | set(libraries)
     languages = set()
+    other = []
     for tag, n in tag_rows:
         prefix = next((k for k, p in FACET_PREFIXES.items() if tag.startswith(p)), None)
         if prefix is not None:
@@ -95,13 +105,12 @@ def facets(s: Session, q: RepoQuery, top: int = 12) -> dict[str, list[tuple[str,
             if len(out[prefix]) < top:
                 out[prefix].append((value, n))
         elif ":" not in tag:
-            out["other"].append((tag, n))
-    out["other"] = [(t, n) for t, n in out["other"] if t not in known and t not in languages][:top]
+            other.append((tag, n))
+    out["other"] = [(t, n) for t, n in other if t not in known and t not in languages][:top]
+    task_categories = out.pop("task_categories")
     if q.repo_type != "model":
-        out["task"] = out.pop("task_categories")
-    else:
-        out.pop("task_categories")
-    return out
+        out["task"] = task_categories
+    return sum(n for *_, n in pairs), out
 
 
 # Commits seen per engine: any commit may change what a listing finds, so it empties the cache.
@@ -121,7 +130,8 @@ def _commits(engine: Engine) -> int:
 
 
 def summary(s: Session, q: RepoQuery) -> tuple[int, dict[str, list[tuple[str, int]]]]:
-    """(`count`, `facets`) of `q`, computed once per database state (and CACHE_TTL)."""
+    """`facets` of `q` (its total and counts), computed once per database state (and at
+    least every CACHE_TTL seconds)."""
     engine = s.get_bind()
     visible = tuple([q.who.name, *q.who.orgs]) if q.who else ()
     key = (id(engine), _commits(engine), visible,
@@ -130,7 +140,7 @@ def summary(s: Session, q: RepoQuery) -> tuple[int, dict[str, list[tuple[str, in
     now = time.monotonic()
     if hit is not None and now - hit[0] < CACHE_TTL:
         return hit[1]
-    value = (count(s, q), facets(s, q))
+    value = facets(s, q)
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.clear()
     _CACHE[key] = (now, value)
