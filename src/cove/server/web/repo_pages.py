@@ -259,7 +259,7 @@ def blob(request: Request, kind: str, owner: str, name: str, rev: str,
     highlighted = rendering.code(text, path) if text is not None else None
     resolve = f"{ctx.href}/resolve/{rev_part(rev)}/{path}"
     return render(request, "blob.html", ctx=ctx, tab="files", rev=rev, path=path, entry=entry,
-                  refs=refs, code=highlighted, lines=text.count("\n") + 1 if text else 0,
+                  refs=refs, code=highlighted, lines=len(text.splitlines()) if text else 0,
                   weights=weights, image=fileinfo.is_image(path), problem=problem,
                   resolve=resolve, crumbs=_crumbs(path))
 
