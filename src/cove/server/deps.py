@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import posixpath
 from collections.abc import Iterator
 from datetime import datetime
@@ -95,6 +96,56 @@ def principal(request: Request) -> Principal | None:
     if who is None:
         raise errors.unauthorized()
     return who
+
+
+# The pages' session cookie (written by web/core.py, which imports these), read here too: the
+# serving endpoints take it for the widget, from the same origin only (`serving_caller`).
+SESSION_COOKIE = "cove_session"
+SESSION_SALT = "cove-web-session"
+SESSION_DAYS = 30
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def session_of(request: Request) -> dict:
+    """The pages' signed session cookie of this request (an empty dict when absent or forged)."""
+    from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw:
+        return {}
+    signer = URLSafeTimedSerializer(hub_of(request).settings.secret, salt=SESSION_SALT)
+    try:
+        session = signer.loads(raw, max_age=SESSION_DAYS * 86400)
+    except BadSignature:
+        return {}
+    return session if isinstance(session, dict) else {}
+
+
+def serving_caller(request: Request) -> Principal | None:
+    """The caller of a serving endpoint: a bearer token as everywhere (`principal`), else the
+    signed-in web session, for the model pages' widget.
+
+    The cookie counts only with the session's CSRF token in the X-CSRF-Token header, which a
+    page of this site sends and no other site can read; a POST (or any unsafe method) whose
+    cookie names a signed-in user without that header, or with a wrong one, is refused (403
+    CsrfFailed), so another site cannot make a visitor's browser run private models. A GET
+    without the header is anonymous. Where a bearer token is sent, the cookie is ignored.
+    """
+    if request.headers.get("authorization"):
+        return principal(request)
+    session = session_of(request)
+    if "uid" not in session:
+        return None
+    sent = request.headers.get(CSRF_HEADER)
+    csrf = session.get("csrf")
+    if sent and isinstance(csrf, str) and hmac.compare_digest(sent, csrf):
+        return hub_of(request).principal_for_account(session["uid"])
+    if request.method in ("GET", "HEAD", "OPTIONS") and not sent:
+        return None
+    raise errors.HubError(403, "CsrfFailed",
+                          f"A request signed in by the session cookie needs the page's "
+                          f"{CSRF_HEADER} header: reload the page and try again, or send a "
+                          "token (Authorization: Bearer).")
 
 
 def repo_type(plural: str) -> str:

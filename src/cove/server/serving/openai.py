@@ -117,14 +117,15 @@ def _from_exception(exc: Exception) -> OpenAIError:
 
 
 def _caller(request: Request) -> Principal | None:
-    """The caller as the Hub sees it; an empty bearer (an SDK with api_key="") is anonymous."""
+    """The caller as the Hub sees it; an empty bearer (an SDK with api_key="") is anonymous;
+    without a bearer, the signed-in web session with its CSRF header (the pages' widget)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if header and scheme.lower() == "bearer" and not token.strip():
         return None
-    from cove.server.deps import principal
+    from cove.server.deps import serving_caller
 
-    return principal(request)
+    return serving_caller(request)
 
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:

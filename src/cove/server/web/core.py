@@ -3,7 +3,8 @@
 The session is one signed cookie (itsdangerous, keyed by the server's secret) holding a CSRF
 token and, once signed in, the user's id. Every visitor gets one on their first page, so the
 sign-in and sign-up forms carry a token too; a POST whose hidden `csrf_token` differs from the
-cookie's is refused with 403.
+cookie's is refused with 403. The serving endpoints read the same cookie for the model pages'
+widget, with the token in an X-CSRF-Token header (`deps.serving_caller`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.convertors import register_url_convertor
 from starlette.datastructures import FormData
 
+from cove.server.deps import SESSION_COOKIE, SESSION_DAYS, SESSION_SALT
 from cove.server.errors import HubError
 from cove.server.hub import RESERVED, URL_PREFIX, Hub, Principal
 from cove.server.routing import _Fixed, unslash
 
 HERE = Path(__file__).parent
-SESSION_COOKIE = "cove_session"
-SESSION_DAYS = 30
 CSRF_FIELD = "csrf_token"
 
 # Page paths: `{kind:kind}{owner:owner}/{name}` reads /alice/x, /datasets/alice/x and
@@ -116,7 +116,7 @@ class Visitor:
 
 
 def _signer(request: Request) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(hub_of(request).settings.secret, salt="cove-web-session")
+    return URLSafeTimedSerializer(hub_of(request).settings.secret, salt=SESSION_SALT)
 
 
 def hub_of(request: Request) -> Hub:
