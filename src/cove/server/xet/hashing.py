@@ -9,10 +9,10 @@
 - string form: each 8-byte word of the hash as a little-endian u64, in hex, in order.
 
 Chunking is gear-hash content-defined chunking (min 8 KiB, target 64 KiB, max 128 KiB) with
-the gear table of rust-gearhash that the spec names. The server only chunks in tests and for
-its own uploads; vectorised with numpy: at a position where a cut may fall (8 KiB into a
-chunk) the rolling hash depends on the last 64 bytes only, so it is a sum of 64 shifted
-table lookups.
+the gear table of rust-gearhash that the spec names. The server verifies what clients send
+and never needs to chunk a file; chunking is here so that Cove checks itself against the spec
+and hf_xet (tests/xet). It is vectorised with numpy: where a cut may fall (8 KiB into a chunk)
+the rolling hash depends on the last 64 bytes only, so it is a sum of 64 shifted lookups.
 """
 
 from __future__ import annotations
