@@ -22,6 +22,7 @@ from tests.web.conftest import ARTIFACTS, _seed, shot, sign_in
 
 PRIVATE = "alice/private-minilm"
 SOURCE = "That is a happy person"
+WAIT = 120_000  # ms: a model's first call loads it, on a busy machine too
 SENTENCES = ["That is a happy dog", "That is a very happy person", "Today is a sunny day"]
 
 
@@ -35,6 +36,7 @@ def demo_site(tmp_path_factory):
     data = tmp_path_factory.mktemp("widget-hub")
     tokens = _seed(data)  # accounts only: the folder has no repositories, so the demo imports
     live = LiveServer(data, demo=True, env=env).start(timeout=180)
+    live.tokens = tokens
     try:
         api = HfApi(endpoint=live.url, token=tokens["alice"])
         api.create_repo(PRIVATE, private=True)
@@ -49,14 +51,14 @@ def demo_site(tmp_path_factory):
 def tab(browser, demo_site):
     context = browser.new_context(base_url=demo_site.url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(120_000)  # a model's first call loads it
+    page.set_default_timeout(WAIT)
     yield page
     context.close()
 
 
 def _run_widget(page) -> None:
     page.get_by_role("button", name="Send").click()
-    expect(page.locator("[data-output]")).to_have_attribute("aria-busy", "false")
+    expect(page.locator("[data-output]")).to_have_attribute("aria-busy", "false", timeout=WAIT)
 
 
 def _scores(page) -> dict[str, float]:
@@ -82,10 +84,11 @@ def _pipeline_scores() -> dict[str, float]:
 
 def test_the_demo_models_are_listed(tab):
     tab.goto("/models")
-    items = tab.locator(".results .repo-item")
-    expect(items).to_have_count(2)  # alice's private copy is hers alone
-    expect(tab.locator(".results")).to_contain_text(SMOLLM2)
-    expect(tab.locator(".results")).to_contain_text(MINILM)
+    results = tab.locator(".results")
+    expect(results.get_by_role("link", name=SMOLLM2)).to_be_visible()
+    expect(results.get_by_role("link", name=MINILM)).to_be_visible()
+    expect(results).not_to_contain_text(PRIVATE)  # alice's private copy is hers alone
+    shot(tab, "widget-demo-models")
 
 
 def test_chat_reply_streams_into_the_live_region(tab):
@@ -109,7 +112,7 @@ def test_chat_reply_streams_into_the_live_region(tab):
     message.fill("What is the capital of France?")
     message.press("Enter")  # the keyboard sends
     expect(output).to_have_attribute("aria-busy", "true")
-    expect(output).to_have_attribute("aria-busy", "false")
+    expect(output).to_have_attribute("aria-busy", "false", timeout=WAIT)
     reply = output.locator(".turn.assistant").last.inner_text()
     assert reply.strip(), "empty reply"
     assert "Paris" in reply
@@ -122,8 +125,8 @@ def test_chat_reply_streams_into_the_live_region(tab):
     # The conversation goes on: the second turn sees the first.
     message.fill("And of Italy?")
     widget.get_by_role("button", name="Send").click()
-    expect(output.locator(".turn.assistant")).to_have_count(2)
-    expect(output).to_have_attribute("aria-busy", "false")
+    expect(output.locator(".turn.assistant")).to_have_count(2, timeout=WAIT)
+    expect(output).to_have_attribute("aria-busy", "false", timeout=WAIT)
     assert output.locator(".turn.assistant").last.inner_text().strip()
 
 
@@ -198,3 +201,56 @@ def test_the_owner_runs_the_private_widget_and_csrf_is_required(tab):
     assert len(r.json()) == 1
     # A GET with the cookie alone is anonymous, not refused.
     assert tab.request.get("/v1/models").status == 200
+
+
+# -- the other tasks, on tiny random models ----------------------------------------------------
+TASK_MODELS = {  # repo name -> (pipeline tag, what the widget shows)
+    "tiny-classifier": ("text-classification", "table"),
+    "tiny-ner": ("token-classification", "any"),
+    "tiny-mlm": ("fill-mask", "table"),
+    "tiny-qa": ("question-answering", "table"),
+    "tiny-nli": ("zero-shot-classification", "table"),
+    "tiny-base": ("feature-extraction", "pre"),
+}
+
+
+@pytest.fixture(scope="module")
+def task_models(demo_site, tmp_path_factory):
+    """Tiny random BERTs with the serving tests' heads, each with its card's pipeline_tag."""
+    import transformers
+    from huggingface_hub import HfApi
+
+    from tests.pipelines.conftest import NER_LABELS
+    from tests.server.serving.test_tasks import LABELS, NLI, bert
+
+    root = tmp_path_factory.mktemp("widget-tasks")
+    heads = {"tiny-classifier": (transformers.BertForSequenceClassification, LABELS),
+             "tiny-ner": (transformers.BertForTokenClassification, NER_LABELS),
+             "tiny-mlm": (transformers.BertForMaskedLM, None),
+             "tiny-qa": (transformers.BertForQuestionAnswering, None),
+             "tiny-nli": (transformers.BertForSequenceClassification, NLI),
+             "tiny-base": (transformers.BertModel, None)}
+    api = HfApi(endpoint=demo_site.url, token=demo_site.tokens["alice"])
+    for i, (name, (head, labels)) in enumerate(heads.items()):
+        folder = bert(root / name, head, i, TASK_MODELS[name][0], labels)
+        api.create_repo(f"alice/{name}")
+        api.upload_folder(repo_id=f"alice/{name}", folder_path=str(folder))
+    return TASK_MODELS
+
+
+@pytest.mark.parametrize("name", list(TASK_MODELS))
+def test_each_task_widget_shows_its_result(tab, task_models, name):
+    task, shows = task_models[name]
+    tab.goto(f"/alice/{name}")
+    widget = tab.locator("[data-widget]")
+    expect(widget).to_have_attribute("data-task", task)
+    widget.get_by_role("button", name="Send").click()
+    output = widget.locator("[data-output]")
+    expect(output.locator("table, pre, p")).not_to_have_count(0, timeout=WAIT)
+    expect(output).to_have_attribute("aria-busy", "false", timeout=WAIT)
+    assert output.locator(".widget-error").count() == 0, output.inner_text()
+    if shows == "table":
+        assert output.locator("table tbody tr").count() >= 1
+    elif shows == "pre":
+        expect(output).to_contain_text("token vectors of 32 dimensions")
+    shot(tab, f"widget-{task}")

@@ -200,11 +200,17 @@
         const answers = Array.isArray(result) ? result : [result];
         return table(["Answer", "Score"], answers.map((r) => [r.answer, r.score]));
       }
-      // feature-extraction: one vector (or token vectors) per input
+      // feature-extraction: a sentence-transformers model's vector, or one per token
       let vector = result;
-      while (Array.isArray(vector[0])) vector = vector[0];
+      let tokens = 0;
+      while (Array.isArray(vector[0])) {
+        if (Array.isArray(vector[0][0])) tokens = vector[0].length;
+        vector = vector[0];
+      }
       const box = el("div");
-      box.append(el("p", {}, `${vector.length} dimensions; the first ones:`));
+      box.append(el("p", {}, tokens
+        ? `${tokens} token vectors of ${vector.length} dimensions; the first one begins:`
+        : `${vector.length} dimensions; the first ones:`));
       box.append(el("pre", {}, vector.slice(0, 8).map((x) => x.toFixed(4)).join("  ")));
       return box;
     }
