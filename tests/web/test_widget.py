@@ -176,7 +176,7 @@ def test_a_private_model_is_invisible_to_others(tab, user):
     assert r.status == 404, r.text()
 
 
-def test_the_owner_runs_the_private_widget_and_csrf_is_required(tab):
+def test_the_owner_runs_the_private_widget_and_csrf_is_required(tab, demo_site):
     sign_in(tab, "alice")
     tab.goto(f"/{PRIVATE}")
     widget = tab.locator("[data-widget]")
@@ -201,6 +201,9 @@ def test_the_owner_runs_the_private_widget_and_csrf_is_required(tab):
     assert len(r.json()) == 1
     # A GET with the cookie alone is anonymous, not refused.
     assert tab.request.get("/v1/models").status == 200
+    # A bearer token wins over the cookie: bob's token with alice's session reads as bob.
+    bob = {"Authorization": f"Bearer {demo_site.tokens['bob']}", "X-CSRF-Token": csrf}
+    assert tab.request.post(f"/models/{PRIVATE}", data=BODY, headers=bob).status == 404
 
 
 # -- the other tasks, on tiny random models ----------------------------------------------------
