@@ -43,3 +43,22 @@ def test_an_older_database_gains_the_passwords_table_and_indexes(tmp_path):
     upgraded = inspect(make_engine(url))
     assert "passwords" in upgraded.get_table_names()
     assert "ix_repo_listing" in {i["name"] for i in upgraded.get_indexes("repositories")}
+
+
+def test_sign_in_attempts_are_throttled(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cove.server.app import create_app
+    from cove.server.web.accounts import _Throttle
+
+    hub = Hub(Settings(data_dir=tmp_path, serving=False))
+    admin.create_account(hub, "erin", "user", password="the right one")
+    client = TestClient(create_app(hub.settings, hub))
+    csrf = client.get("/login").text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+
+    def attempt(password: str) -> int:
+        return client.post("/login", data={"username": "erin", "password": password,
+                                           "csrf_token": csrf}, follow_redirects=False).status_code
+
+    assert [attempt("wrong") for _ in range(_Throttle.LIMIT)] == [401] * _Throttle.LIMIT
+    assert attempt("the right one") == 429  # even the right password, until the window passes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import desc, select
@@ -26,6 +28,37 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 profile_router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 
+class _Throttle:
+    """Failed sign-ins per (client address, name): after LIMIT within WINDOW seconds, the
+    name is refused from that address until the oldest failure ages out (guessing stays
+    slow even where scrypt alone would allow thousands of tries an hour)."""
+
+    LIMIT, WINDOW = 10, 600.0
+
+    def __init__(self) -> None:
+        self._failures: dict[tuple[str, str], list[float]] = {}
+
+    def _recent(self, key: tuple[str, str]) -> list[float]:
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(key, []) if now - t < self.WINDOW]
+        if recent:
+            self._failures[key] = recent
+        else:
+            self._failures.pop(key, None)
+        return recent
+
+    def blocked(self, key: tuple[str, str]) -> bool:
+        return len(self._recent(key)) >= self.LIMIT
+
+    def failed(self, key: tuple[str, str]) -> None:
+        if len(self._failures) > 100_000:  # bounded: forget everyone rather than grow
+            self._failures.clear()
+        self._failures.setdefault(key, []).append(time.monotonic())
+
+
+_throttle = _Throttle()
+
+
 def _safe_next(target: str | None) -> str:
     """Where to go after signing in: a path on this site only (no //evil.example)."""
     if target and target.startswith("/") and not target.startswith("//"):
@@ -43,8 +76,13 @@ async def login(request: Request) -> Response:
     form = await checked_form(request)
     name, password = str(form.get("username", "")), str(form.get("password", ""))
     target = _safe_next(str(form.get("next", "")))
+    key = (request.client.host if request.client else "?", name.strip().lower())
+    if _throttle.blocked(key):
+        return render(request, "login.html", status=429, next=target, username=name,
+                      error="Too many failed attempts: try again in a few minutes.")
     uid = await run_in_threadpool(auth.authenticate, hub_of(request), name.strip(), password)
     if uid is None:
+        _throttle.failed(key)
         return render(request, "login.html", status=401, next=target,
                       error="Wrong username or password.", username=name)
     start_session(request, uid)
