@@ -266,3 +266,26 @@ def test_join_can_be_turned_off(tmp_path):
     refused = client.post("/join", data={"username": "mallory", "password": "long-enough-1",
                                          "csrf_token": csrf})
     assert refused.status_code == 404
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter(el => el.type !== 'hidden')
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map(el => el.outerHTML)"""
+
+
+def test_fields_are_labelled_and_landmarks_and_keys_work(page):
+    sign_in(page, "alice")
+    for path in ("/", "/models", "/settings/tokens", "/new", "/alice/tiny-model",
+                 "/alice/tiny-model/settings", "/login", "/join",
+                 "/datasets/alice/tiny-data/viewer", "/alice/tiny-model/tree/main"):
+        page.goto(path)
+        assert page.evaluate(UNLABELLED) == [], path
+        for landmark in ("header", "nav", "main", "footer"):
+            assert page.locator(landmark).count() >= 1, (path, landmark)
+    page.goto("/models")
+    page.keyboard.press("Tab")  # the first stop skips to the content
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.url.endswith("#main")
