@@ -61,6 +61,8 @@ def test_browse_files_and_open_them(page):
     weights = page.locator("tr", has=page.get_by_role("link", name="model.safetensors", exact=True))
     expect(weights.locator(".badge.lfs")).to_have_text("LFS")
     expect(weights).to_contain_text("Add the model")  # its last commit, not the newest
+    expect(weights.get_by_role("link", name="Raw model.safetensors")).to_have_attribute(
+        "href", "/alice/tiny-model/resolve/main/model.safetensors")
     expect(page.locator("tr", has=page.get_by_role("link", name="config.json", exact=True))).to_contain_text(
         "Widen the model")
     shot(page, "tree")
