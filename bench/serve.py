@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -229,6 +230,7 @@ def main() -> list[Row]:
           f"{THREADS} threads per server")
     procs: list[subprocess.Popen] = []
     clients: dict[str, Client] = {}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still stop the servers
     with tempfile.TemporaryDirectory() as tmp:
         try:
             t = time.perf_counter()
