@@ -140,6 +140,7 @@ class Request:
     _json_complete: bool = False
     _generator: torch.Generator | None = None
     _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _inbox: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None  # an async reader
     _done: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -164,13 +165,30 @@ class Request:
             yield item
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
-        while (item := await asyncio.to_thread(self._queue.get)) is not _DONE:
+        # Deltas reach the event loop by call_soon_threadsafe, not a worker thread blocked on
+        # the queue per stream: 16 streams would hold most of a small machine's thread pool.
+        loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
+        with self._lock:
+            while not self._queue.empty():  # what came before this iteration, in order
+                inbox.put_nowait(self._queue.get_nowait())
+            self._inbox = (loop, inbox)
+        while (item := await inbox.get()) is not _DONE:
             yield item
+
+    def _deliver(self, item: object) -> None:  # with self._lock held
+        if self._inbox is None:
+            self._queue.put(item)
+            return
+        loop, inbox = self._inbox
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
 
     def _push(self, delta: Delta) -> None:
         with self._lock:
             if not self._done.is_set():
-                self._queue.put(delta)
+                self._deliver(delta)
 
     def _finish(self, reason: str, error: BaseException | None = None) -> None:
         with self._lock:
@@ -178,7 +196,7 @@ class Request:
                 return
             self.finish_reason, self.error = reason, error
             self._done.set()
-            self._queue.put(_DONE)
+            self._deliver(_DONE)
 
 
 class Engine:
