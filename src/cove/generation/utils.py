@@ -259,6 +259,53 @@ class _Runner:
             self.cache.reorder(index)
 
 
+class _Seq2SeqRunner:
+    """Feeds an encoder-decoder model: the encoder ran once (its output is reused by every
+    step), the decoder gets its start tokens, then one token per step into a preallocated
+    cache that also keeps each layer's cross-attention keys and values from the first step."""
+
+    def __init__(self, model: Any, decoder_input_ids: torch.Tensor,
+                 encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor | None, max_new: int,
+                 use_cache: bool, forward_kwargs: dict[str, Any]) -> None:
+        self.model = model
+        self.input_ids = decoder_input_ids
+        self.encoder_outputs = (encoder_hidden,)
+        self.encoder_mask = encoder_mask
+        rows, self.prompt_len = decoder_input_ids.shape
+        self.cache = None
+        if use_cache:
+            self.cache = model.new_cache(rows, self.prompt_len + max_new,
+                                         device=decoder_input_ids.device)
+        params = _forward_parameters(type(model))
+        self.kwargs = {k: v for k, v in forward_kwargs.items() if k in params or _ANY in params}
+        self.length = 0
+
+    def _call(self, ids: torch.Tensor, end: int) -> Any:
+        out = self.model(encoder_outputs=self.encoder_outputs, attention_mask=self.encoder_mask,
+                         decoder_input_ids=ids, past_key_values=self.cache,
+                         use_cache=self.cache is not None, return_dict=True, **self.kwargs)
+        self.length = end
+        return out
+
+    def prefill(self) -> Any:
+        return self._call(self.input_ids, self.prompt_len)
+
+    def step(self, seqs: torch.Tensor) -> Any:
+        end = self.length + 1
+        if self.cache is not None:
+            return self._call(seqs[:, -1:], end)
+        return self._call(seqs, end)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder(index)
+        else:  # the rows' encoder outputs follow their beams
+            index = index.reshape(-1).long().to(self.encoder_outputs[0].device)
+            self.encoder_outputs = (self.encoder_outputs[0].index_select(0, index),)
+            if self.encoder_mask is not None:
+                self.encoder_mask = self.encoder_mask.index_select(0, index)
+
+
 _PARAMS: dict[type, frozenset] = {}
 _ANY = "**"  # marks a forward that takes **kwargs
 
@@ -396,6 +443,30 @@ class GenerationMixin:
                             "batched input. Pass `attention_mask` for reliable results.")
             pad = eos[0]
 
+        # 2b. Encoder-decoder models: the encoder runs once, here; the decoder's prompt is
+        # decoder_input_ids, else decoder_start_token_id.
+        seq2seq = bool(getattr(self.config, "is_encoder_decoder", False))
+        encoder_hidden = encoder_mask = None
+        if seq2seq:
+            decoder_input_ids = model_kwargs.pop("decoder_input_ids", None)
+            encoder_outputs = model_kwargs.pop("encoder_outputs", None)
+            model_kwargs.pop("decoder_attention_mask", None)
+            encoder_hidden, encoder_mask, rows = self._encode_for_generation(
+                input_ids, inputs_embeds, attention_mask, encoder_outputs, device)
+            if decoder_input_ids is None:
+                start = config.decoder_start_token_id
+                if start is None:
+                    start = config.bos_token_id
+                if isinstance(start, (list, tuple)):
+                    start = start[0]
+                if start is None:
+                    raise ValueError("`decoder_start_token_id` or `bos_token_id` has to be "
+                                     "defined for encoder-decoder generation.")
+                decoder_input_ids = torch.full((rows, 1), int(start), dtype=torch.long,
+                                               device=device)
+            input_ids, inputs_embeds = decoder_input_ids.to(device), None
+            attention_mask = torch.ones_like(input_ids)  # the decoder's: nothing is padded
+
         # 3. The prompt.
         if input_ids is None and inputs_embeds is None:
             if config.bos_token_id is None:
@@ -438,6 +509,10 @@ class GenerationMixin:
                 inputs_embeds = inputs_embeds.repeat_interleave(expand, dim=0)
             if position_ids is not None:
                 position_ids = position_ids.repeat_interleave(expand, dim=0)
+            if encoder_hidden is not None:
+                encoder_hidden = encoder_hidden.repeat_interleave(expand, dim=0)
+                if encoder_mask is not None:
+                    encoder_mask = encoder_mask.repeat_interleave(expand, dim=0)
         if streamer is not None:
             if num_beams > 1:
                 raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure "
@@ -500,8 +575,12 @@ class GenerationMixin:
             forward_kwargs["output_attentions"] = True
         if config.output_hidden_states:
             forward_kwargs["output_hidden_states"] = True
-        runner = _Runner(self, input_ids, inputs_embeds, attention_mask, position_ids, max_new,
-                         use_cache, forward_kwargs)
+        if seq2seq:
+            runner = _Seq2SeqRunner(self, input_ids, encoder_hidden, encoder_mask, max_new,
+                                    use_cache, forward_kwargs)
+        else:
+            runner = _Runner(self, input_ids, inputs_embeds, attention_mask, position_ids,
+                             max_new, use_cache, forward_kwargs)
         if num_beams > 1:
             return self._beam_search(runner, input_ids, config, processors, stopper, eos, pad,
                                      generator)
@@ -509,6 +588,30 @@ class GenerationMixin:
                             eos_tensor is not None, streamer, generator)
 
     # -- pieces of generate ------------------------------------------------------------------
+    def _encode_for_generation(self, input_ids: torch.Tensor | None,
+                               inputs_embeds: torch.Tensor | None,
+                               attention_mask: torch.Tensor | None, encoder_outputs: Any,
+                               device: torch.device
+                               ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """The encoder's last hidden state (run once, or `encoder_outputs` as given), its
+        attention mask and the number of rows. As transformers 5.x, no mask is inferred from
+        pad tokens for an encoder-decoder model: pass the tokenizer's attention_mask."""
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+        if encoder_outputs is None:
+            if input_ids is None and inputs_embeds is None:
+                raise ValueError("Encoder-decoder generation needs `input_ids` (or "
+                                 "`inputs_embeds`, or `encoder_outputs`).")
+            encoder_outputs = self.get_encoder()(
+                input_ids=None if input_ids is None else input_ids.to(device),
+                attention_mask=attention_mask,
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds.to(device))
+        hidden = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) \
+            else encoder_outputs["last_hidden_state"]
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        return hidden, attention_mask, hidden.shape[0]
+
     def _logits_processors(self, config: GenerationConfig, input_len: int,
                            attention_mask: torch.Tensor, eos: list[int] | None,
                            custom: list | None, device: torch.device) -> LogitsProcessorList:

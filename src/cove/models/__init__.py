@@ -6,6 +6,7 @@ from cove.models.auto import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -79,10 +80,11 @@ from cove.models.roberta import (
     XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
+from cove.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model
 
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
-    "AutoModelForQuestionAnswering", "AutoModelForSequenceClassification",
+    "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification", "BertConfig", "BertForMaskedLM", "BertForQuestionAnswering",
     "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
     "BitsAndBytesConfig", "CheckpointError",
@@ -100,4 +102,5 @@ __all__ = [
     "SmolLM3Config", "SmolLM3ForCausalLM", "SmolLM3ForSequenceClassification", "SmolLM3Model",
     "XLMRobertaConfig", "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering",
     "XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification", "XLMRobertaModel",
+    "T5Config", "T5EncoderModel", "T5ForConditionalGeneration", "T5Model",
 ]

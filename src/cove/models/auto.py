@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cove.models import bert, distilbert, gpt2, llama, mpnet, roberta
+from cove.models import bert, distilbert, gpt2, llama, mpnet, roberta, t5
 from cove.models.configuration import CONFIG_NAME, HUB_KWARGS, PretrainedConfig, read_config_dict
 from cove.models.files import resolve_file
 
@@ -22,6 +22,7 @@ CONFIGS: dict[str, type[PretrainedConfig]] = {
     "qwen2": llama.Qwen2Config,
     "qwen3": llama.Qwen3Config,
     "smollm3": llama.SmolLM3Config,
+    "t5": t5.T5Config,
 }
 MODELS: dict[tuple[str, str], type] = {
     ("bert", "base"): bert.BertModel,
@@ -67,6 +68,8 @@ MODELS: dict[tuple[str, str], type] = {
     ("smollm3", "base"): llama.SmolLM3Model,
     ("smollm3", "causal-lm"): llama.SmolLM3ForCausalLM,
     ("smollm3", "sequence-classification"): llama.SmolLM3ForSequenceClassification,
+    ("t5", "base"): t5.T5Model,
+    ("t5", "seq2seq-lm"): t5.T5ForConditionalGeneration,
 }
 
 
@@ -197,3 +200,7 @@ class AutoModelForTokenClassification(_AutoModel):
 
 class AutoModelForQuestionAnswering(_AutoModel):
     task = "question-answering"
+
+
+class AutoModelForSeq2SeqLM(_AutoModel):
+    task = "seq2seq-lm"
