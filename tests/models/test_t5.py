@@ -52,7 +52,9 @@ GENERATE = [dict(max_new_tokens=10),
             dict(max_new_tokens=10, num_beams=3, length_penalty=0.6),
             dict(max_new_tokens=10, num_beams=3, num_return_sequences=2, early_stopping=True),
             dict(max_length=9, min_length=6, num_beams=2),
-            dict(max_new_tokens=6, num_beams=2, use_cache=False)]
+            dict(max_new_tokens=6, num_beams=2, use_cache=False),
+            dict(max_new_tokens=10, no_repeat_ngram_size=2),
+            dict(max_new_tokens=10, num_beams=3, no_repeat_ngram_size=2, length_penalty=2.0)]
 
 
 def _hf(folder):
@@ -89,6 +91,18 @@ def test_cove_checkpoint_loads_in_transformers(checkpoint, tmp_path):
     _compare_forward(hf, cove)
     for kwargs in GENERATE[:2]:
         assert torch.equal(cove.generate(IDS, **kwargs), hf.generate(IDS, **kwargs)), kwargs
+
+
+def test_flan_t5_resaved_by_transformers_keeps_its_head(tmp_path_factory):
+    """transformers 5.x writes tie_word_embeddings true, scale_decoder_outputs false and the
+    head's own weights when it saves a Flan-T5 model: the head stays untied."""
+    folder, again = tmp_path_factory.mktemp("v11"), tmp_path_factory.mktemp("v11_resaved")
+    _save_v11(folder)
+    hf = _hf(folder)
+    hf.save_pretrained(again)
+    cove = AutoModelForSeq2SeqLM.from_pretrained(again)
+    assert cove.lm_head.weight is not cove.shared.weight
+    _compare_forward(hf, cove)
 
 
 def test_cached_decoding_matches_the_full_forward(checkpoint):

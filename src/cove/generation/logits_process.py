@@ -170,6 +170,31 @@ class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
         return torch.where(seen[:, :vocab], penalised, scores)
 
 
+class NoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """No n-gram of `ngram_size` tokens occurs twice in a sequence: a token that would close
+    an n-gram the row already holds gets -inf (the prompt counts too, as in transformers)."""
+
+    def __init__(self, ngram_size: int) -> None:
+        if not isinstance(ngram_size, int) or ngram_size <= 0:
+            raise ValueError(f"`ngram_size` has to be a strictly positive integer, but is "
+                             f"{ngram_size}")
+        self.ngram_size = ngram_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        n = self.ngram_size
+        length = input_ids.shape[-1]
+        if length + 1 < n:
+            return scores
+        processed = scores.clone()
+        for row, tokens in enumerate(input_ids.tolist()):
+            prefix = tuple(tokens[length + 1 - n:]) if n > 1 else ()
+            banned = {tokens[i + n - 1] for i in range(length - n + 1)
+                      if tuple(tokens[i:i + n - 1]) == prefix}
+            if banned:
+                processed[row, sorted(banned)] = -float("inf")
+        return processed
+
+
 class MinLengthLogitsProcessor(LogitsProcessor):
     """No end-of-sequence token while the whole sequence is shorter than `min_length`."""
 

@@ -37,6 +37,7 @@ from cove.generation.logits_process import (
     MinLengthLogitsProcessor,
     MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     SuppressTokensAtBeginLogitsProcessor,
     SuppressTokensLogitsProcessor,
@@ -51,7 +52,7 @@ log = logging.getLogger("cove.generation")
 # Fields of GenerationConfig that `generate` does not implement yet, with their neutral values:
 # a call that sets one to anything else is refused rather than silently ignored.
 _UNSUPPORTED: dict[str, tuple] = {
-    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
     "bad_words_ids": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
     "eta_cutoff": (None, 0.0), "top_h": (None,), "sequence_bias": (None,),
     "guidance_scale": (None, 1.0), "watermarking_config": (None,),
@@ -624,6 +625,8 @@ class GenerationMixin:
                 padding = (attention_mask != 0).int().argmax(dim=1)
             chain.append(RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty),
                                                           prompt_ignore_length=padding))
+        if config.no_repeat_ngram_size is not None and config.no_repeat_ngram_size > 0:
+            chain.append(NoRepeatNGramLogitsProcessor(int(config.no_repeat_ngram_size)))
         if config.min_length is not None and eos and config.min_length > 0:
             chain.append(MinLengthLogitsProcessor(config.min_length, eos, device=device))
         if config.min_new_tokens is not None and eos and config.min_new_tokens > 0:

@@ -464,6 +464,18 @@ class T5ForConditionalGeneration(GenerationMixin, T5PreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def _load_state(self, state: dict[str, torch.Tensor], dtype: torch.dtype | None,
+                    *args: Any, **kwargs: Any):
+        # transformers 5.x re-saves a Flan-T5 checkpoint with tie_word_embeddings true (and
+        # scale_decoder_outputs false) but its own lm_head.weight: as transformers, a head
+        # that differs from the embeddings is kept untied.
+        head, shared = state.get("lm_head.weight"), state.get("shared.weight")
+        if self.config.tie_word_embeddings and head is not None and shared is not None \
+                and head.shape == shared.shape and not torch.equal(head, shared):
+            self.config.tie_word_embeddings = False
+            self.lm_head.weight = nn.Parameter(torch.empty(head.shape, device="meta"))
+        return super()._load_state(state, dtype, *args, **kwargs)
+
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
                 decoder_attention_mask=None, encoder_outputs=None, past_key_values=None,
                 inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=False,
