@@ -54,7 +54,9 @@ GENERATE = [dict(max_new_tokens=10),
             dict(max_length=9, min_length=6, num_beams=2),
             dict(max_new_tokens=6, num_beams=2, use_cache=False),
             dict(max_new_tokens=10, no_repeat_ngram_size=2),
-            dict(max_new_tokens=10, num_beams=3, no_repeat_ngram_size=2, length_penalty=2.0)]
+            dict(max_new_tokens=10, num_beams=3, no_repeat_ngram_size=2, length_penalty=2.0),
+            dict(max_new_tokens=8, num_beams=2, forced_bos_token_id=7, forced_eos_token_id=1),
+            dict(max_new_tokens=8, repetition_penalty=1.5, eos_token_id=[1, 74])]
 
 
 def _hf(folder):
@@ -82,6 +84,30 @@ def test_transformers_checkpoint_loads_in_cove(checkpoint):
         expected = hf.generate(IDS, attention_mask=MASK, **kwargs)
         got = cove.generate(IDS, attention_mask=MASK, **kwargs)
         assert torch.equal(got, expected), kwargs
+
+
+def test_sampling_matches_with_the_same_seed(checkpoint):
+    hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
+    kwargs = dict(attention_mask=MASK, do_sample=True, top_k=20, temperature=0.8,
+                  max_new_tokens=8)
+    torch.manual_seed(3)
+    expected = hf.generate(IDS, **kwargs)
+    torch.manual_seed(3)
+    assert torch.equal(cove.generate(IDS, **kwargs), expected)
+
+
+def test_generate_scores_match(checkpoint):
+    hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
+    for kwargs in (dict(num_beams=3, length_penalty=0.6), dict(num_beams=1)):
+        kwargs.update(max_new_tokens=6, return_dict_in_generate=True, output_scores=True)
+        a = hf.generate(IDS, attention_mask=MASK, **kwargs)
+        b = cove.generate(IDS, attention_mask=MASK, **kwargs)
+        assert torch.equal(b.sequences, a.sequences)
+        for x, y in zip(b.scores, a.scores, strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+        if kwargs["num_beams"] > 1:
+            torch.testing.assert_close(b.sequences_scores, a.sequences_scores, rtol=0, atol=1e-5)
+            assert torch.equal(b.beam_indices, a.beam_indices[:, :b.beam_indices.shape[1]])
 
 
 def test_cove_checkpoint_loads_in_transformers(checkpoint, tmp_path):
