@@ -110,6 +110,27 @@ def test_generate_scores_match(checkpoint):
             assert torch.equal(b.beam_indices, a.beam_indices[:, :b.beam_indices.shape[1]])
 
 
+def test_generate_returns_encoder_decoder_fields(checkpoint):
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(
+        checkpoint, attn_implementation="eager").eval()  # SDPA returns no attention weights
+    cove = AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
+    for num_beams in (1, 2):
+        kwargs = dict(attention_mask=MASK, max_new_tokens=4, num_beams=num_beams,
+                      return_dict_in_generate=True, output_attentions=True,
+                      output_hidden_states=True)
+        a, b = hf.generate(IDS, **kwargs), cove.generate(IDS, **kwargs)
+        assert type(b).__name__ == type(a).__name__
+        assert torch.equal(b.sequences, a.sequences)
+        for name in ("encoder_attentions", "encoder_hidden_states"):
+            for x, y in zip(b[name], a[name], strict=True):
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+        for name in ("decoder_attentions", "cross_attentions", "decoder_hidden_states"):
+            assert len(b[name]) == len(a[name]), name
+            for step_b, step_a in zip(b[name], a[name], strict=True):
+                for x, y in zip(step_b, step_a, strict=True):
+                    torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+
 def test_cove_checkpoint_loads_in_transformers(checkpoint, tmp_path):
     cove = AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     cove.save_pretrained(tmp_path)

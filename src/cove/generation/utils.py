@@ -111,10 +111,47 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
         return self.get("past_key_values")
 
 
-GenerateOutput = GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput
+class GenerateEncoderDecoderOutput(ModelOutput):
+    """sequences (the decoder's, from its start token), scores, logits, encoder_attentions,
+    encoder_hidden_states, decoder_attentions, cross_attentions, decoder_hidden_states (one
+    entry per step), past_key_values."""
+
+    @property
+    def cache(self) -> Any:
+        return self.get("past_key_values")
+
+
+class GenerateBeamEncoderDecoderOutput(GenerateEncoderDecoderOutput):
+    """GenerateEncoderDecoderOutput's fields, with sequences_scores and beam_indices."""
+
+
+def _encoder_decoder_output(result: ModelOutput, encoder_outputs: Any, runner: Any,
+                            config: GenerationConfig) -> ModelOutput:
+    if isinstance(encoder_outputs, (tuple, list)):
+        encoder_outputs = dict(zip(("last_hidden_state", "hidden_states", "attentions"),
+                                   encoder_outputs, strict=False))
+    beam = isinstance(result, GenerateBeamDecoderOnlyOutput)
+    kind = GenerateBeamEncoderDecoderOutput if beam else GenerateEncoderDecoderOutput
+    fields = {k: v for k, v in result.items() if k not in ("attentions", "hidden_states")}
+    return kind(**fields,
+                encoder_attentions=encoder_outputs.get("attentions")
+                if config.output_attentions else None,
+                encoder_hidden_states=encoder_outputs.get("hidden_states")
+                if config.output_hidden_states else None,
+                decoder_attentions=result.get("attentions"),
+                cross_attentions=tuple(runner.cross_attentions)
+                if config.output_attentions else None,
+                decoder_hidden_states=result.get("hidden_states"))
+
+
+GenerateOutput = (GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput
+                  | GenerateEncoderDecoderOutput | GenerateBeamEncoderDecoderOutput)
 # transformers' older names
 GreedySearchDecoderOnlyOutput = SampleDecoderOnlyOutput = GenerateDecoderOnlyOutput
 BeamSearchDecoderOnlyOutput = BeamSampleDecoderOnlyOutput = GenerateBeamDecoderOnlyOutput
+GreedySearchEncoderDecoderOutput = SampleEncoderDecoderOutput = GenerateEncoderDecoderOutput
+BeamSearchEncoderDecoderOutput = BeamSampleEncoderDecoderOutput = \
+    GenerateBeamEncoderDecoderOutput
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -280,12 +317,19 @@ class _Seq2SeqRunner:
         params = _forward_parameters(type(model))
         self.kwargs = {k: v for k, v in forward_kwargs.items() if k in params or _ANY in params}
         self.length = 0
+        self.cross_attentions: list[Any] = []
 
     def _call(self, ids: torch.Tensor, end: int) -> Any:
         out = self.model(encoder_outputs=self.encoder_outputs, attention_mask=self.encoder_mask,
                          decoder_input_ids=ids, past_key_values=self.cache,
                          use_cache=self.cache is not None, return_dict=True, **self.kwargs)
         self.length = end
+        # the decoding loops read a step's attentions and hidden states under these names
+        if out.get("decoder_attentions") is not None:
+            out["attentions"] = out["decoder_attentions"]
+            self.cross_attentions.append(out.get("cross_attentions"))
+        if out.get("decoder_hidden_states") is not None:
+            out["hidden_states"] = out["decoder_hidden_states"]
         return out
 
     def prefill(self) -> Any:
@@ -452,8 +496,8 @@ class GenerationMixin:
             decoder_input_ids = model_kwargs.pop("decoder_input_ids", None)
             encoder_outputs = model_kwargs.pop("encoder_outputs", None)
             model_kwargs.pop("decoder_attention_mask", None)
-            encoder_hidden, encoder_mask, rows = self._encode_for_generation(
-                input_ids, inputs_embeds, attention_mask, encoder_outputs, device)
+            encoder_outputs, encoder_hidden, encoder_mask, rows = self._encode_for_generation(
+                input_ids, inputs_embeds, attention_mask, encoder_outputs, device, config)
             if decoder_input_ids is None:
                 start = config.decoder_start_token_id
                 if start is None:
@@ -583,19 +627,23 @@ class GenerationMixin:
             runner = _Runner(self, input_ids, inputs_embeds, attention_mask, position_ids,
                              max_new, use_cache, forward_kwargs)
         if num_beams > 1:
-            return self._beam_search(runner, input_ids, config, processors, stopper, eos, pad,
-                                     generator)
-        return self._sample(runner, input_ids, config, processors, stopper, pad,
-                            eos_tensor is not None, streamer, generator)
+            result = self._beam_search(runner, input_ids, config, processors, stopper, eos,
+                                       pad, generator)
+        else:
+            result = self._sample(runner, input_ids, config, processors, stopper, pad,
+                                  eos_tensor is not None, streamer, generator)
+        if seq2seq and isinstance(result, ModelOutput):
+            result = _encoder_decoder_output(result, encoder_outputs, runner, config)
+        return result
 
     # -- pieces of generate ------------------------------------------------------------------
     def _encode_for_generation(self, input_ids: torch.Tensor | None,
                                inputs_embeds: torch.Tensor | None,
                                attention_mask: torch.Tensor | None, encoder_outputs: Any,
-                               device: torch.device
-                               ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """The encoder's last hidden state (run once, or `encoder_outputs` as given), its
-        attention mask and the number of rows. As transformers 5.x, no mask is inferred from
+                               device: torch.device, config: GenerationConfig
+                               ) -> tuple[Any, torch.Tensor, torch.Tensor | None, int]:
+        """The encoder's output (run once, or `encoder_outputs` as given), its last hidden
+        state, its attention mask and the number of rows. As transformers 5.x, no mask is inferred from
         pad tokens for an encoder-decoder model: pass the tokenizer's attention_mask."""
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
@@ -606,12 +654,14 @@ class GenerationMixin:
             encoder_outputs = self.get_encoder()(
                 input_ids=None if input_ids is None else input_ids.to(device),
                 attention_mask=attention_mask,
-                inputs_embeds=None if inputs_embeds is None else inputs_embeds.to(device))
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds.to(device),
+                output_attentions=bool(config.output_attentions),
+                output_hidden_states=bool(config.output_hidden_states))
         hidden = encoder_outputs[0] if isinstance(encoder_outputs, (tuple, list)) \
             else encoder_outputs["last_hidden_state"]
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
-        return hidden, attention_mask, hidden.shape[0]
+        return encoder_outputs, hidden, attention_mask, hidden.shape[0]
 
     def _logits_processors(self, config: GenerationConfig, input_len: int,
                            attention_mask: torch.Tensor, eos: list[int] | None,
@@ -907,6 +957,7 @@ def _stop_string_criteria(tokenizer: Any, stop_strings: Any) -> StopStringCriter
 
 
 __all__ = [
-    "GenerateBeamDecoderOnlyOutput", "GenerateDecoderOnlyOutput", "GenerateOutput",
+    "GenerateBeamDecoderOnlyOutput", "GenerateBeamEncoderDecoderOutput",
+    "GenerateDecoderOnlyOutput", "GenerateEncoderDecoderOutput", "GenerateOutput",
     "GenerationMixin",
 ]
