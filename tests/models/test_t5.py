@@ -152,6 +152,17 @@ def test_flan_t5_resaved_by_transformers_keeps_its_head(tmp_path_factory):
     _compare_forward(hf, cove)
 
 
+def test_gradients_match(checkpoint):
+    hf, cove = _hf(checkpoint).train(), AutoModelForSeq2SeqLM.from_pretrained(checkpoint).train()
+    cove.gradient_checkpointing_enable()
+    hf(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+    cove(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+    grads = dict(hf.named_parameters())
+    for name, param in cove.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-5,
+                                   msg=name)
+
+
 def test_cached_decoding_matches_the_full_forward(checkpoint):
     model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     dec = torch.tensor([[0, 3, 4, 5, 6], [0, 7, 8, 9, 2]])

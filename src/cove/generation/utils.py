@@ -343,7 +343,9 @@ class _Seq2SeqRunner:
 
     def reorder(self, index: torch.Tensor) -> None:
         if self.cache is not None:
-            self.cache.reorder(index)
+            # Beams only move among the rows of their own prompt, which share the encoder's
+            # output and so the cross-attention keys and values: only self-attention moves.
+            self.cache.self_attention_cache.reorder(index)
         else:  # the rows' encoder outputs follow their beams
             index = index.reshape(-1).long().to(self.encoder_outputs[0].device)
             self.encoder_outputs = (self.encoder_outputs[0].index_select(0, index),)
