@@ -96,6 +96,22 @@ def test_sampling_matches_with_the_same_seed(checkpoint):
     assert torch.equal(cove.generate(IDS, **kwargs), expected)
 
 
+def test_generate_from_decoder_prefix_or_encoder_outputs(checkpoint):
+    hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
+    prefix = torch.tensor([[0, 7], [0, 9]])
+    for kwargs in (dict(max_new_tokens=6), dict(max_new_tokens=6, num_beams=2)):
+        expected = hf.generate(IDS, attention_mask=MASK, decoder_input_ids=prefix, **kwargs)
+        got = cove.generate(IDS, attention_mask=MASK, decoder_input_ids=prefix, **kwargs)
+        assert torch.equal(got, expected)
+    with torch.no_grad():
+        encoded = cove.get_encoder()(IDS, MASK)
+    plain = cove.generate(IDS, attention_mask=MASK, max_new_tokens=6)
+    again = cove.generate(attention_mask=MASK, encoder_outputs=encoded, max_new_tokens=6)
+    assert torch.equal(again, plain)
+    half = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, dtype="bfloat16")
+    assert half.generate(IDS, attention_mask=MASK, max_new_tokens=4, num_beams=2).shape[0] == 2
+
+
 def test_generate_scores_match(checkpoint):
     hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     for kwargs in (dict(num_beams=3, length_penalty=0.6), dict(num_beams=1)):
