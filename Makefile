@@ -93,7 +93,7 @@ chromium:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.installed tests/.data/.fetched chromium
-	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q --durations=25 tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench
