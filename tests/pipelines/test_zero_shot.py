@@ -172,11 +172,14 @@ def test_default_model_and_bart(tmp_path):
     _, head, default = SUPPORTED_TASKS["zero-shot-classification"]
     assert head == "sequence-classification"
     assert default == HF["zero-shot-classification"]["default"]["model"][0]
-    # The default (BART) cannot be loaded yet: the error says so.
+    # The default is a BART model: Cove loads its classification head as transformers does.
     config = transformers.BartConfig(
         vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
         max_position_embeddings=32, id2label=NLI, label2id={v: k for k, v in NLI.items()})
-    transformers.BartForSequenceClassification(config).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="Unrecognised model_type 'bart'"):
-        cove.pipeline("zero-shot-classification", model=str(tmp_path))
+    theirs = transformers.BartForSequenceClassification(config).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = cove.AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    ids = torch.tensor([[0, 5, 6, 2, 2, 7, 2], [0, 8, 2, 2, 9, 10, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=0, atol=1e-5)

@@ -10,6 +10,13 @@ from cove.models.auto import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+from cove.models.bart import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BartForQuestionAnswering,
+    BartForSequenceClassification,
+    BartModel,
+)
 from cove.models.bert import (
     BertConfig,
     BertForMaskedLM,
@@ -102,5 +109,7 @@ __all__ = [
     "SmolLM3Config", "SmolLM3ForCausalLM", "SmolLM3ForSequenceClassification", "SmolLM3Model",
     "XLMRobertaConfig", "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering",
     "XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification", "XLMRobertaModel",
-    "T5Config", "T5EncoderModel", "T5ForConditionalGeneration", "T5Model",
+    "T5Config", "T5EncoderModel", "T5ForConditionalGeneration", "T5Model", "BartConfig",
+    "BartForConditionalGeneration", "BartForQuestionAnswering", "BartForSequenceClassification",
+    "BartModel",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cove.models import bert, distilbert, gpt2, llama, mpnet, roberta, t5
+from cove.models import bart, bert, distilbert, gpt2, llama, mpnet, roberta, t5
 from cove.models.configuration import CONFIG_NAME, HUB_KWARGS, PretrainedConfig, read_config_dict
 from cove.models.files import resolve_file
 
@@ -23,6 +23,7 @@ CONFIGS: dict[str, type[PretrainedConfig]] = {
     "qwen3": llama.Qwen3Config,
     "smollm3": llama.SmolLM3Config,
     "t5": t5.T5Config,
+    "bart": bart.BartConfig,
 }
 MODELS: dict[tuple[str, str], type] = {
     ("bert", "base"): bert.BertModel,
@@ -70,6 +71,10 @@ MODELS: dict[tuple[str, str], type] = {
     ("smollm3", "sequence-classification"): llama.SmolLM3ForSequenceClassification,
     ("t5", "base"): t5.T5Model,
     ("t5", "seq2seq-lm"): t5.T5ForConditionalGeneration,
+    ("bart", "base"): bart.BartModel,
+    ("bart", "seq2seq-lm"): bart.BartForConditionalGeneration,
+    ("bart", "sequence-classification"): bart.BartForSequenceClassification,
+    ("bart", "question-answering"): bart.BartForQuestionAnswering,
 }
 
 

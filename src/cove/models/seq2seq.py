@@ -20,6 +20,14 @@ class Seq2SeqLMOutput(_WithCache):
     cross_attentions, encoder_last_hidden_state, encoder_hidden_states, encoder_attentions."""
 
 
+class Seq2SeqSequenceClassifierOutput(ModelOutput):
+    pass
+
+
+class Seq2SeqQuestionAnsweringModelOutput(ModelOutput):
+    pass
+
+
 class BaseModelOutputWithPastAndCrossAttentions(_WithCache):
     pass
 

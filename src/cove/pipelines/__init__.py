@@ -35,7 +35,7 @@ SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
     "question-answering": (QuestionAnsweringPipeline, "question-answering",
                            "distilbert/distilbert-base-cased-distilled-squad"),
     "fill-mask": (FillMaskPipeline, "masked-lm", "distilbert/distilroberta-base"),
-    # BART, which Cove cannot load yet: pass an NLI model Cove can load.
+    # BART (bart-large-mnli): Cove loads BartForSequenceClassification.
     "zero-shot-classification": (ZeroShotClassificationPipeline, "sequence-classification",
                                  "facebook/bart-large-mnli"),
     "text-generation": (TextGenerationPipeline, "causal-lm", "HuggingFaceTB/SmolLM3-3B"),
