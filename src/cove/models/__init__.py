@@ -63,6 +63,7 @@ from cove.models.llama import (
     SmolLM3ForSequenceClassification,
     SmolLM3Model,
 )
+from cove.models.marian import MarianConfig, MarianModel, MarianMTModel
 from cove.models.modeling import PreTrainedModel
 from cove.models.mpnet import (
     MPNetConfig,
@@ -111,5 +112,5 @@ __all__ = [
     "XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification", "XLMRobertaModel",
     "T5Config", "T5EncoderModel", "T5ForConditionalGeneration", "T5Model", "BartConfig",
     "BartForConditionalGeneration", "BartForQuestionAnswering", "BartForSequenceClassification",
-    "BartModel",
+    "BartModel", "MarianConfig", "MarianMTModel", "MarianModel",
 ]

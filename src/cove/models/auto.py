@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cove.models import bart, bert, distilbert, gpt2, llama, mpnet, roberta, t5
+from cove.models import bart, bert, distilbert, gpt2, llama, marian, mpnet, roberta, t5
 from cove.models.configuration import CONFIG_NAME, HUB_KWARGS, PretrainedConfig, read_config_dict
 from cove.models.files import resolve_file
 
@@ -24,6 +24,7 @@ CONFIGS: dict[str, type[PretrainedConfig]] = {
     "smollm3": llama.SmolLM3Config,
     "t5": t5.T5Config,
     "bart": bart.BartConfig,
+    "marian": marian.MarianConfig,
 }
 MODELS: dict[tuple[str, str], type] = {
     ("bert", "base"): bert.BertModel,
@@ -75,6 +76,8 @@ MODELS: dict[tuple[str, str], type] = {
     ("bart", "seq2seq-lm"): bart.BartForConditionalGeneration,
     ("bart", "sequence-classification"): bart.BartForSequenceClassification,
     ("bart", "question-answering"): bart.BartForQuestionAnswering,
+    ("marian", "base"): marian.MarianModel,
+    ("marian", "seq2seq-lm"): marian.MarianMTModel,
 }
 
 

@@ -195,7 +195,7 @@ class BartEncoder(nn.Module):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         x = self.embed_tokens(input_ids) * self.embed_scale if inputs_embeds is None \
             else inputs_embeds
-        x = x + self.embed_positions(x.shape[1]).to(x.device)
+        x = x + self.embed_positions(x.shape[1]).to(x.device, x.dtype)
         x = F.dropout(self.layernorm_embedding(x), self.config.dropout, self.training)
         mask = _padding(attention_mask, x.dtype, x.device)
         hidden, attentions = [], []
@@ -230,7 +230,7 @@ class BartDecoder(nn.Module):
             else inputs_embeds
         n = x.shape[1]
         past = cache.length if cache is not None else 0
-        x = x + self.embed_positions(n, past).to(x.device)
+        x = x + self.embed_positions(n, past).to(x.device, x.dtype)
         x = F.dropout(self.layernorm_embedding(x), self.config.dropout, self.training)
         mask = None
         if n > 1 or attention_mask is not None:
