@@ -1,4 +1,7 @@
-"""GenerationMixin: `generate` for causal language models, with transformers' semantics.
+"""GenerationMixin: `generate` for causal language models and encoder-decoder models (T5,
+BART, Marian: the encoder runs once, the decoder starts from decoder_start_token_id and its
+cache keeps the cross-attention keys and values from the first step), with transformers'
+semantics.
 
 Strategies: greedy search, multinomial sampling (temperature, top-k, top-p, min-p), beam search
 (and beam sampling), with repetition penalty, minimum lengths, several end-of-sequence tokens,
