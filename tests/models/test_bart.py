@@ -113,3 +113,14 @@ def test_cached_decoding_matches_the_full_forward(checkpoint):
                        decoder_input_ids=dec[:, i:i + 1], past_key_values=cache,
                        use_cache=True).logits for i in range(5)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_gradients_match(checkpoint):
+    hf, cove = _hf(checkpoint).train(), AutoModelForSeq2SeqLM.from_pretrained(checkpoint).train()
+    cove.gradient_checkpointing_enable()
+    hf(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+    cove(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+    grads = dict(hf.named_parameters())
+    for name, param in cove.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-5,
+                                   msg=name)

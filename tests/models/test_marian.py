@@ -79,3 +79,14 @@ def test_base_model_and_positions(checkpoint):
         expected = transformers.models.marian.modeling_marian.MarianSinusoidalPositionalEmbedding(
             64, dim).create_weight()
         assert torch.equal(sinusoidal_positions(64, dim), expected)
+
+
+def test_gradients_match(checkpoint):
+    hf, cove = _hf(checkpoint).train(), AutoModelForSeq2SeqLM.from_pretrained(checkpoint).train()
+    cove.gradient_checkpointing_enable()
+    hf(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+    cove(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
+    grads = dict(hf.named_parameters())
+    for name, param in cove.named_parameters():
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-5,
+                                   msg=name)
