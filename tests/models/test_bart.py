@@ -12,6 +12,7 @@ from cove.models import (
     AutoModelForSequenceClassification,
     BartForConditionalGeneration,
 )
+from tests.models.seq2seq import compare_forward
 
 SMALL = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2,
              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
@@ -42,21 +43,11 @@ def _hf(folder):
     return transformers.BartForConditionalGeneration.from_pretrained(folder).eval()
 
 
-def _compare(hf, cove):
-    with torch.no_grad():
-        a = hf(input_ids=IDS, attention_mask=MASK, labels=LABELS)
-        b = cove(input_ids=IDS, attention_mask=MASK, labels=LABELS)
-    torch.testing.assert_close(b.encoder_last_hidden_state, a.encoder_last_hidden_state,
-                               rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.loss, a.loss, rtol=0, atol=1e-5)
-
-
 def test_transformers_checkpoint_loads_in_cove(checkpoint):
     hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     assert type(cove) is BartForConditionalGeneration
     assert cove.lm_head.weight is cove.model.shared.weight
-    _compare(hf, cove)
+    compare_forward(hf, cove, IDS, MASK, LABELS)
     for kwargs in GENERATE:
         expected = hf.generate(IDS, attention_mask=MASK, **kwargs)
         assert torch.equal(cove.generate(IDS, attention_mask=MASK, **kwargs), expected), kwargs
@@ -66,7 +57,7 @@ def test_cove_checkpoint_loads_in_transformers(checkpoint, tmp_path):
     cove = AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     cove.save_pretrained(tmp_path)
     hf = _hf(tmp_path)
-    _compare(hf, cove)
+    compare_forward(hf, cove, IDS, MASK, LABELS)
     for kwargs in GENERATE[:2]:
         expected = hf.generate(IDS, attention_mask=MASK, **kwargs)
         assert torch.equal(cove.generate(IDS, attention_mask=MASK, **kwargs), expected)

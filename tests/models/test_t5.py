@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from cove.models import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, T5EncoderModel
 from cove.models.t5 import T5ForConditionalGeneration, relative_position_bucket
+from tests.models.seq2seq import compare_forward
 
 SMALL = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
              num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
@@ -63,23 +64,13 @@ def _hf(folder):
     return transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
 
 
-def _compare_forward(hf, cove):
-    with torch.no_grad():
-        a = hf(input_ids=IDS, attention_mask=MASK, labels=LABELS)
-        b = cove(input_ids=IDS, attention_mask=MASK, labels=LABELS)
-    torch.testing.assert_close(b.encoder_last_hidden_state, a.encoder_last_hidden_state,
-                               rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.loss, a.loss, rtol=0, atol=1e-5)
-
-
 def test_transformers_checkpoint_loads_in_cove(checkpoint):
     hf = _hf(checkpoint)
     cove = AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     assert type(cove) is T5ForConditionalGeneration
     tied = json.loads((checkpoint / "config.json").read_text()).get("tie_word_embeddings", True)
     assert (cove.lm_head.weight is cove.shared.weight) == tied
-    _compare_forward(hf, cove)
+    compare_forward(hf, cove, IDS, MASK, LABELS)
     for kwargs in GENERATE:
         expected = hf.generate(IDS, attention_mask=MASK, **kwargs)
         got = cove.generate(IDS, attention_mask=MASK, **kwargs)
@@ -151,7 +142,7 @@ def test_cove_checkpoint_loads_in_transformers(checkpoint, tmp_path):
     cove = AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
     cove.save_pretrained(tmp_path)
     hf = _hf(tmp_path)
-    _compare_forward(hf, cove)
+    compare_forward(hf, cove, IDS, MASK, LABELS)
     for kwargs in GENERATE[:2]:
         assert torch.equal(cove.generate(IDS, **kwargs), hf.generate(IDS, **kwargs)), kwargs
 
@@ -165,7 +156,7 @@ def test_flan_t5_resaved_by_transformers_keeps_its_head(tmp_path_factory):
     hf.save_pretrained(again)
     cove = AutoModelForSeq2SeqLM.from_pretrained(again)
     assert cove.lm_head.weight is not cove.shared.weight
-    _compare_forward(hf, cove)
+    compare_forward(hf, cove, IDS, MASK, LABELS)
 
 
 def test_gradients_match(checkpoint):
