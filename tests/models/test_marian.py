@@ -7,7 +7,7 @@ import transformers
 
 from cove.models import AutoModel, AutoModelForSeq2SeqLM
 from cove.models.marian import MarianMTModel, sinusoidal_positions
-from tests.models.seq2seq import compare_forward
+from tests.models.seq2seq import compare_forward, compare_gradients
 
 SMALL = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2,
              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
@@ -73,11 +73,5 @@ def test_base_model_and_positions(checkpoint):
 
 
 def test_gradients_match(checkpoint):
-    hf, cove = _hf(checkpoint).train(), AutoModelForSeq2SeqLM.from_pretrained(checkpoint).train()
-    cove.gradient_checkpointing_enable()
-    hf(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
-    cove(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
-    grads = dict(hf.named_parameters())
-    for name, param in cove.named_parameters():
-        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-5,
-                                   msg=name)
+    compare_gradients(_hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint),
+                      IDS, MASK, LABELS)

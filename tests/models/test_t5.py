@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from cove.models import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, T5EncoderModel
 from cove.models.t5 import T5ForConditionalGeneration, relative_position_bucket
-from tests.models.seq2seq import compare_forward
+from tests.models.seq2seq import compare_forward, compare_gradients
 
 SMALL = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
              num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
@@ -160,14 +160,8 @@ def test_flan_t5_resaved_by_transformers_keeps_its_head(tmp_path_factory):
 
 
 def test_gradients_match(checkpoint):
-    hf, cove = _hf(checkpoint).train(), AutoModelForSeq2SeqLM.from_pretrained(checkpoint).train()
-    cove.gradient_checkpointing_enable()
-    hf(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
-    cove(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss.backward()
-    grads = dict(hf.named_parameters())
-    for name, param in cove.named_parameters():
-        torch.testing.assert_close(param.grad, grads[name].grad, rtol=1e-4, atol=1e-5,
-                                   msg=name)
+    compare_gradients(_hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint),
+                      IDS, MASK, LABELS)
 
 
 def test_cached_decoding_matches_the_full_forward(checkpoint):
