@@ -75,3 +75,21 @@ def test_base_model_and_positions(checkpoint):
 def test_gradients_match(checkpoint):
     compare_gradients(_hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint),
                       IDS, MASK, LABELS)
+
+
+def test_inputs_embeds_are_scaled_as_transformers_does(checkpoint):
+    """transformers scales caller-given decoder_inputs_embeds by sqrt(d_model) in Marian's
+    decoder, but not caller-given inputs_embeds in its encoder: the same logits either way."""
+    hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
+    gen = torch.Generator().manual_seed(5)
+    embeds = torch.randn(2, 6, SMALL["d_model"], generator=gen)
+    decoder_embeds = torch.randn(2, 3, SMALL["d_model"], generator=gen)
+    with torch.no_grad():
+        a = hf(inputs_embeds=embeds, attention_mask=MASK, decoder_inputs_embeds=decoder_embeds)
+        b = cove(inputs_embeds=embeds, attention_mask=MASK, decoder_inputs_embeds=decoder_embeds)
+        unscaled = cove(inputs_embeds=embeds, attention_mask=MASK,
+                        decoder_inputs_embeds=decoder_embeds / SMALL["d_model"] ** 0.5)
+    torch.testing.assert_close(b.encoder_last_hidden_state, a.encoder_last_hidden_state,
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.logits, a.logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(unscaled.logits, a.logits, atol=1e-3)  # the scale matters here

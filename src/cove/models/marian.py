@@ -84,6 +84,17 @@ class MarianDecoder(BartDecoder):
             config.max_position_embeddings, config.d_model)
         self.layernorm_embedding = nn.Identity()
 
+    def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, inputs_embeds=None, cache=None,
+                output_hidden_states=False, output_attentions=False):
+        # transformers' Marian decoder scales by sqrt(d_model) the embeddings a caller passes
+        # (decoder_inputs_embeds) too, not only its own; its encoder does not.
+        if inputs_embeds is not None:
+            inputs_embeds = inputs_embeds * self.embed_scale
+        return super().forward(input_ids, attention_mask, encoder_hidden_states,
+                               encoder_attention_mask, inputs_embeds, cache,
+                               output_hidden_states, output_attentions)
+
 
 class MarianPreTrainedModel(BartPreTrainedModel):
     config_class = MarianConfig
