@@ -26,9 +26,16 @@ def serve(args) -> int:
 
     settings = _settings(args)
     settings.serving = not args.no_serving
+    if args.no_spaces:
+        settings.spaces = False
     if args.no_join:
         settings.allow_join = False
     app = create_app(settings)
+    spaces = getattr(app.state, "spaces", None)
+    if spaces is not None and not spaces.options.hub_url:
+        # Spaces call this Hub back (HF_ENDPOINT) on loopback when it listens everywhere.
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        spaces.options.hub_url = f"http://{host}:{args.port}"
     if not args.no_demo:
         from cove.server.demo import import_demo
 
@@ -681,6 +688,9 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
         p.add_argument("--no-demo", action="store_true",
                        help="on a first start (empty data folder), do not import the demo "
                        "content (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, an Iris dataset)"),
+        p.add_argument("--no-spaces", action="store_true",
+                       help="do not run Space apps (or COVE_SPACES=0); their repositories "
+                       "stay readable"),
         p.add_argument("--no-join", action="store_true",
                        help="no sign-up page (/join): accounts only from `cove admin` "
                        "(or COVE_ALLOW_JOIN=0)"),

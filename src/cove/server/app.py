@@ -23,7 +23,12 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         hub.recover()
+        spaces = getattr(app.state, "spaces", None)
+        if spaces is not None:
+            await spaces.start()
         yield
+        if spaces is not None:
+            await spaces.close()  # no Space process outlives the server
         registry = getattr(app.state, "serving", None)
         if registry is not None:
             registry.close()
@@ -65,6 +70,11 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
         # Starlette logs the traceback after this answer; the client still gets the headers.
         return error_response(HubError(500, "InternalError", "Internal server error."))
 
+    if settings.spaces:
+        # Before the repository routes: /api/spaces/hardware is no Space's id.
+        from cove.server import spaces
+
+        spaces.install(app, hub)
     from cove.server.routers import accounts, files, lfs, refs, repos, tree, upload
 
     for module in (accounts, repos, refs, tree, upload, lfs, files):

@@ -29,11 +29,16 @@ class Settings:
     secret: bytes = field(default=b"", repr=False)
     upload_url_ttl: int = 3600  # seconds a signed LFS upload URL stays valid
     serving: bool = True  # the inference endpoints (/v1, OpenAI-compatible): server/serving/
-    # The web sign-up page (/join); `cove serve --no-join` or COVE_ALLOW_JOIN=0 turn it off.
-    allow_join: bool = field(
-        default_factory=lambda: os.environ.get("COVE_ALLOW_JOIN", "1").lower()
-        not in ("0", "false", "no", "off")
+    # Running Space apps (server/spaces/); `cove serve --no-spaces` or COVE_SPACES=0 turn it off.
+    spaces: bool = field(default_factory=lambda: _env_flag("COVE_SPACES", True))
+    # Where Spaces' environments, working copies and homes live (COVE_SPACES_DIR); default
+    # <data_dir>/spaces. Every parent must be traversable (o+x) by the Spaces' users.
+    spaces_dir: Path | None = field(
+        default_factory=lambda: Path(os.environ["COVE_SPACES_DIR"])
+        if os.environ.get("COVE_SPACES_DIR") else None
     )
+    # The web sign-up page (/join); `cove serve --no-join` or COVE_ALLOW_JOIN=0 turn it off.
+    allow_join: bool = field(default_factory=lambda: _env_flag("COVE_ALLOW_JOIN", True))
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -44,6 +49,7 @@ class Settings:
             )
         if not self.secret:
             self.secret = _load_or_create_secret(self.data_dir / "secret.key")
+        self.spaces_dir = Path(self.spaces_dir or self.data_dir / "spaces").resolve()
 
     @property
     def repos_dir(self) -> Path:
@@ -52,6 +58,14 @@ class Settings:
     @property
     def lfs_dir(self) -> Path:
         return self.data_dir / "lfs"
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """A yes/no COVE_* variable: 0, false, no and off (any case) mean no."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.lower() not in ("0", "false", "no", "off")
 
 
 def _load_or_create_secret(path: Path) -> bytes:

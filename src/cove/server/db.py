@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -124,6 +125,36 @@ class RepoTag(Base):
         ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+
+
+class SpaceSetting(Base):
+    """A Space's runner settings (server/spaces/): its sleep time and whether its owner paused
+    it. A table of its own, so `create_all` adds it to existing databases."""
+
+    __tablename__ = "space_settings"
+    repo_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    sleep_time: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seconds
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SpaceVariable(Base):
+    """A Space's variable or secret (`kind`), given to its app as an environment variable.
+
+    Secret values are never answered by the API; they live here as the data folder's other
+    credentials do (readable by the server only).
+    """
+
+    __tablename__ = "space_variables"
+    repo_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # "variable" | "secret"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 def make_engine(url: str) -> Engine:

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,9 @@ class Hub:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._recent_downloads: dict[tuple[str, int], float] = {}
+        # Called with (repository, new head) whenever main moves (`refresh_main`): the Space
+        # runner (server/spaces/) restarts a Space on its new code. Listeners must not block.
+        self.main_listeners: list[Callable[[Repository, str], None]] = []
 
     # -- sessions and locks --------------------------------------------------------------
     @contextmanager
@@ -327,6 +331,11 @@ class Hub:
             s.execute(delete(RepoTag).where(RepoTag.repo_id == repo.id))
             s.add_all(RepoTag(repo_id=repo.id, tag=t) for t in facts.tags)
             s.commit()
+        for listener in self.main_listeners:
+            try:
+                listener(repo, sha)
+            except Exception:  # a listener's failure must not fail the commit that is done
+                log.exception("main-branch listener failed for %s", repo.repo_id)
 
     # -- downloads -----------------------------------------------------------------------
     def count_download(self, repo: Repository, path: str, client: str) -> None:

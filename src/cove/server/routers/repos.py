@@ -191,6 +191,9 @@ def info_json(
         out["library_name"] = facts.library_name if facts else repo.library_name
     if repo.type == "space":
         out["sdk"] = repo.sdk
+        spaces = getattr(request.app.state, "spaces", None)
+        if spaces is not None:
+            out["runtime"] = spaces.runtime(repo)  # space_info().runtime
     if card is not None:
         out["cardData"] = card
     if siblings:
