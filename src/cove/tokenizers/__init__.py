@@ -11,8 +11,8 @@
 Files, names, outputs and defaults follow transformers 5 (the `...Fast` names of transformers
 4 are aliases). A tokenizer.json is loaded as it is; without one, the class builds the
 pipeline from the model's vocabulary files (vocab.txt, vocab.json + merges.txt, a SentencePiece
-.model). Chat templates run in a sandboxed Jinja environment. Repository code never runs
-(`trust_remote_code=True` is refused).
+.model; Marian's source.spm, target.spm and vocab.json). Chat templates run in a sandboxed
+Jinja environment. Repository code never runs (`trust_remote_code=True` is refused).
 """
 
 from tokenizers import AddedToken
@@ -35,6 +35,7 @@ from cove.tokenizers.models import (
     GPT2TokenizerFast,
     LlamaTokenizer,
     LlamaTokenizerFast,
+    MarianTokenizer,
     MPNetTokenizer,
     MPNetTokenizerFast,
     RobertaTokenizer,
@@ -46,8 +47,8 @@ from cove.tokenizers.models import (
 __all__ = [
     "AddedToken", "AutoTokenizer", "BatchEncoding", "BertTokenizer", "BertTokenizerFast",
     "CharSpan", "DistilBertTokenizer", "DistilBertTokenizerFast", "GPT2Tokenizer",
-    "GPT2TokenizerFast", "LlamaTokenizer", "LlamaTokenizerFast", "MPNetTokenizer",
-    "MPNetTokenizerFast", "PaddingStrategy", "PreTrainedTokenizerBase", "PreTrainedTokenizerFast",
+    "GPT2TokenizerFast", "LlamaTokenizer", "LlamaTokenizerFast", "MarianTokenizer",
+    "MPNetTokenizer", "MPNetTokenizerFast", "PaddingStrategy", "PreTrainedTokenizerBase", "PreTrainedTokenizerFast",
     "RobertaTokenizer", "RobertaTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "TokenSpan",
     "TokenizersBackend", "TruncationStrategy",
 ]

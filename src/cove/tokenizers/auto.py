@@ -248,7 +248,7 @@ def load_tokenizer(pretrained_model_name_or_path: str | os.PathLike, *,
             if init_kwargs.get(key) is not None:
                 init_kwargs[key] = by_content.get(str(init_kwargs[key]), init_kwargs[key])
     # Vocabulary paths come from the repository, never from its (untrusted) configuration.
-    for key in FILE_KEYS:
+    for key in {*FILE_KEYS, *cls.vocab_files_names}:
         if kwargs.get(key) is None:
             init_kwargs[key] = vocab_files.get(key)
     if kwargs.get("tokenizer_file") is None:
@@ -278,9 +278,10 @@ def _vocabulary_files(files: _Files, cls: type[PreTrainedTokenizerFast] | None,
                 found["vocab_file"] = files.get(filename)
                 if found["vocab_file"]:
                     break
-        if all(found.values()):
+        missing = [wanted[k] for k, v in found.items()
+                   if v is None and k not in cls.optional_vocab_files]
+        if not missing:
             return cls, found
-        missing = [wanted[k] for k, v in found.items() if v is None]
         raise _no_files(files, name, f"{cls.__name__} needs {', '.join(missing)}")
     if (path := files.get("vocab.txt")) is not None:
         return CLASSES["BertTokenizer"], {"vocab_file": path}

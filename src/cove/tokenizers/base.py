@@ -7,6 +7,7 @@ turns the call arguments into backend settings, and shapes the outputs like tran
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -122,6 +123,8 @@ class TokenizersBackend:
     """
 
     vocab_files_names: dict[str, str] = {"tokenizer_file": TOKENIZER_FILE}
+    # Keys of vocab_files_names that a model may lack (e.g. Marian's target_vocab.json).
+    optional_vocab_files: frozenset[str] = frozenset()
     model_input_names: list[str] = ["input_ids", "attention_mask"]
     padding_side: str = "right"
     truncation_side: str = "right"
@@ -770,17 +773,23 @@ class TokenizersBackend:
                                           truncation_strategy=truncation_strategy,
                                           max_length=max_length, **all_kwargs)
         if text_target is not None:
-            targets = self._encode_plus(
-                text=text_target, text_pair=text_pair_target, padding_strategy=padding_strategy,
-                truncation_strategy=truncation_strategy,
-                max_length=max_target_length if max_target_length is not None else max_length,
-                **all_kwargs)
+            with self._target_mode():
+                targets = self._encode_plus(
+                    text=text_target, text_pair=text_pair_target,
+                    padding_strategy=padding_strategy, truncation_strategy=truncation_strategy,
+                    max_length=max_target_length if max_target_length is not None else max_length,
+                    **all_kwargs)
         if targets is None:
             return encodings
         if encodings is None:
             return targets
         encodings["labels"] = targets["input_ids"]
         return encodings
+
+    def _target_mode(self) -> contextlib.AbstractContextManager:
+        """The state in which `text_target` is encoded: the same as inputs, except for
+        tokenizers with a target vocabulary of their own (Marian)."""
+        return contextlib.nullcontext()
 
     def encode(self, text: Any, text_pair: Any = None, add_special_tokens: bool = True,
                padding: bool | str = False, truncation: bool | str | None = None,
@@ -1272,6 +1281,14 @@ class TokenizersBackend:
         Path(config_file).write_text(json.dumps(config, indent=2, sort_keys=True,
                                                 ensure_ascii=False) + "\n", encoding="utf-8")
 
+        files += self._save_backend(save_directory, prefix)
+
+        if push_to_hub:
+            self._push_folder(directory, kwargs)
+        return tuple(files)
+
+    def _save_backend(self, save_directory: str | os.PathLike, prefix: str) -> list[str]:
+        """Write the vocabulary: tokenizer.json (the paths written)."""
         tokenizer_file = os.path.join(save_directory, f"{prefix}{TOKENIZER_FILE}")
         with self._lock:  # saved with the truncation/padding it was loaded with
             truncation, padding = self._tokenizer.truncation, self._tokenizer.padding
@@ -1280,11 +1297,7 @@ class TokenizersBackend:
                 self._tokenizer.save(tokenizer_file)
             finally:
                 self._restore(truncation, padding)
-        files.append(tokenizer_file)
-
-        if push_to_hub:
-            self._push_folder(directory, kwargs)
-        return tuple(files)
+        return [tokenizer_file]
 
     def _restore(self, truncation: dict | None, padding: dict | None) -> None:
         if truncation is None:

@@ -14,6 +14,7 @@ from tokenizers import AddedToken, Tokenizer, processors
 
 from cove.tokenizers import builders
 from cove.tokenizers.base import PreTrainedTokenizerFast
+from cove.tokenizers.marian import MarianTokenizer
 
 
 def _file_or_data(kwargs: dict[str, Any], data_key: str, file_key: str) -> Any:
@@ -274,6 +275,7 @@ CLASSES: dict[str, type[PreTrainedTokenizerFast]] = {
     "RobertaTokenizer": RobertaTokenizer,
     "LlamaTokenizer": LlamaTokenizer,
     "T5Tokenizer": T5Tokenizer,
+    "MarianTokenizer": MarianTokenizer,
     # names transformers 5 resolves to the same classes
     "ElectraTokenizer": BertTokenizer,
     "MobileBertTokenizer": BertTokenizer,
@@ -298,4 +300,5 @@ MODEL_TYPES: dict[str, type[PreTrainedTokenizerFast]] = {
     "mistral": LlamaTokenizer,
     "t5": T5Tokenizer,
     "mt5": T5Tokenizer,
+    "marian": MarianTokenizer,
 }
