@@ -30,6 +30,8 @@ DEFAULT_TARGETS = {
     "mistral": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "qwen2": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
     "qwen3": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "t5": (["k", "v", "wo"], ["wo"]),
+    "bart": (["q_proj", "v_proj", "fc2"], ["fc2"]),
 }
 
 
@@ -116,6 +118,7 @@ class IA3Model(BaseTuner):
 
     prefix = "ia3_"
     default_targets = {k: v[0] for k, v in DEFAULT_TARGETS.items()}
+    shortens_targets = False
 
     def __init__(self, model: nn.Module, peft_config: dict[str, Any], adapter_name: str,
                  autocast_adapter_dtype: bool = True) -> None:

@@ -36,6 +36,9 @@ DEFAULT_TARGETS = {
     "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
     "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"],
+    "t5": ["q", "v"], "bart": ["q_proj", "v_proj"],
+    # PEFT has no Marian default; its attention is BART's, so BART's default
+    "marian": ["q_proj", "v_proj"],
 }
 
 

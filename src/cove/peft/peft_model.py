@@ -31,6 +31,7 @@ from cove.peft.config import (
     PrefixTuningConfig,
     PromptEncoderConfig,
     TaskType,
+    _enum,
     atomic_write_text,
 )
 from cove.peft.ia3 import IA3Model
@@ -622,6 +623,32 @@ class PeftModelForSequenceClassification(PeftModel):
                                **kwargs)
 
 
+class PeftModelForSeq2SeqLM(PeftModel):
+    """An encoder-decoder LM (T5, BART, Marian) with LoRA or IA3 adapters: forward (with
+    labels, or decoder_input_ids) and generate run the adapted model."""
+
+    def forward(self, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None,
+                decoder_attention_mask: torch.Tensor | None = None,
+                decoder_inputs_embeds: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs: Any) -> Any:
+        # Named, not only **kwargs: the Trainer keeps the dataset columns forward names.
+        return self.get_base_model()(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+            decoder_inputs_embeds=decoder_inputs_embeds, labels=labels,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=return_dict, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The adapted model's generate (the encoder runs once, with its adapters too)."""
+        return self.get_base_model().generate(*args, **kwargs)
+
+
 class PeftModelForTokenClassification(PeftModel):
     """A token classifier with LoRA or IA3 adapters; its head trains whole."""
 
@@ -641,6 +668,7 @@ class PeftModelForFeatureExtraction(PeftModel):
 MODEL_TYPE_TO_PEFT_MODEL_MAPPING: dict[TaskType, type[PeftModel]] = {
     TaskType.SEQ_CLS: PeftModelForSequenceClassification,
     TaskType.CAUSAL_LM: PeftModelForCausalLM,
+    TaskType.SEQ_2_SEQ_LM: PeftModelForSeq2SeqLM,
     TaskType.TOKEN_CLS: PeftModelForTokenClassification,
     TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
     TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
@@ -650,11 +678,7 @@ MODEL_TYPE_TO_PEFT_MODEL_MAPPING: dict[TaskType, type[PeftModel]] = {
 def task_model_class(task_type: TaskType | str | None) -> type[PeftModel]:
     if task_type is None:
         return PeftModel
-    task = TaskType(getattr(task_type, "value", task_type))
-    if task not in MODEL_TYPE_TO_PEFT_MODEL_MAPPING:
-        raise ValueError(f"task_type {task.value} is not supported by Cove (it has no "
-                         "sequence-to-sequence models).")
-    return MODEL_TYPE_TO_PEFT_MODEL_MAPPING[task]
+    return MODEL_TYPE_TO_PEFT_MODEL_MAPPING[_enum(TaskType, task_type, "task_type")]
 
 
 def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default",

@@ -337,6 +337,35 @@ def _ancestors(name: str) -> Iterator[str]:
         yield ".".join(parts[:i])
 
 
+# PEFT writes a target list this long or longer as the fewest suffixes that match the same
+# modules (an "all-linear" T5 then saves ["k", "o", "q", "v", "wi", "wo"], not every path).
+SHORTEN_TARGETS_FROM = 20
+
+
+def _suffixes(name: str) -> list[str]:
+    """"a.b.c" -> ["c", "b.c", "a.b.c"]: the name's suffixes, shortest first."""
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts) - 1, -1, -1)]
+
+
+def shortest_targets(targets: list[str], module_names: list[str]) -> list[str]:
+    """The fewest suffixes (each as short as possible) that match every name in `targets`
+    and none of the model's other modules; `targets` itself when that is no shorter."""
+    wanted = set(targets)
+    others = [n for n in module_names
+              if n not in wanted and not any(n.endswith("." + t) for t in wanted)]
+    taken = {s for name in others for s in _suffixes(name)}
+    chosen: set[str] = set()
+    # PEFT's greedy order (by the suffix lists), so the saved list is the one it writes
+    for name in sorted(wanted, key=_suffixes):
+        if any(name == c or name.endswith("." + c) for c in chosen):
+            continue
+        free = next((s for s in _suffixes(name) if s not in taken), None)
+        if free is not None:
+            chosen.add(free)
+    return sorted(chosen) if chosen and len(chosen) < len(wanted) else list(targets)
+
+
 def adaptable_names(model: nn.Module) -> list[str]:
     """The distinct last path parts of layers an adapter can wrap (for error messages)."""
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
@@ -355,6 +384,9 @@ class BaseTuner(nn.Module):
 
     prefix: ClassVar[str] = ""
     default_targets: ClassVar[dict[str, list[str]]] = {}
+    # whether a long target list is shortened to suffixes (not IA3's: its
+    # feedforward_modules must stay a subset of target_modules, as in PEFT)
+    shortens_targets: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, peft_config: dict[str, Any], adapter_name: str) -> None:
         super().__init__()
@@ -396,6 +428,10 @@ class BaseTuner(nn.Module):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str) -> None:
         config = self._prepare_config(self.peft_config[adapter_name], model)
+        if self.shortens_targets and isinstance(config.target_modules, list) and \
+                len(config.target_modules) >= SHORTEN_TARGETS_FROM:
+            config.target_modules = shortest_targets(
+                config.target_modules, [name for name, _ in model.named_modules()])
         self.peft_config[adapter_name] = config
         wrap_modules_to_save(model, config.modules_to_save, adapter_name,
                              config.inference_mode)
