@@ -15,10 +15,11 @@ from cove.server.web.core import HERE
 def install(app: FastAPI) -> None:
     """Serve the pages and their static files; call after the API's routes are included,
     so that the API always wins a path both could match."""
-    from cove.server.web import accounts, listing, repo_pages, viewer
+    from cove.server.web import accounts, listing, repo_pages, space_pages, viewer
 
     app.mount("/static/web", StaticFiles(directory=HERE / "static"), name="web-static")
-    # Fixed paths (/, /models, /login, ...) before the repository patterns, the profile last.
-    for module in (listing, accounts, viewer, repo_pages):
+    # Fixed paths (/, /models, /login, ...) before the repository patterns, the profile last;
+    # the Space page before the repository pages, whose pattern also reads /spaces/{o}/{n}.
+    for module in (listing, accounts, viewer, space_pages, repo_pages):
         app.include_router(module.router)
     app.include_router(accounts.profile_router)

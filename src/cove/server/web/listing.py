@@ -12,6 +12,7 @@ from cove.server import search
 from cove.server.db import Repository
 from cove.server.hub import REPO_TYPES
 from cove.server.web.core import PageRoute, hub_of, render, visitor
+from cove.server.web.space_pages import stage_label
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -82,10 +83,19 @@ def _listing(request: Request, plural: str) -> HTMLResponse:
 
     return render(
         request, "listing.html", plural=plural, repo_type=repo_type, repos=rows, total=total,
+        stages=_stages(request, rows) if repo_type == "space" else {},
         page=page, pages=(total + PAGE_SIZE - 1) // PAGE_SIZE, search=text, sort=sort,
         sorts=SORTS, facets=[(label, key, facets[name]) for name, key, label in FACETS],
         chosen=chosen, link=link,
     )
+
+
+def _stages(request: Request, spaces: list[Repository]) -> dict[int, tuple[str, str]]:
+    """Each listed Space's stage as its card shows it (none when the server runs no Spaces)."""
+    manager = getattr(request.app.state, "spaces", None)
+    if manager is None:
+        return {}
+    return {r.id: stage_label(manager.runtime(r).get("stage")) for r in spaces}
 
 
 def _listing_page(plural: str):

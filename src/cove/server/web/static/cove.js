@@ -9,3 +9,30 @@ document.addEventListener("click", (e) => {
   const field = document.querySelector(button.dataset.copy);
   navigator.clipboard.writeText(field.value).then(() => { button.textContent = "Copied"; });
 });
+// A Space that builds or starts: poll its runtime and show the new page when the stage moves;
+// meanwhile keep the open build log current (read from this page, as its owner sees it).
+const space = document.querySelector(".space[data-poll]");
+if (space) {
+  const runtime = `/api/spaces/${space.dataset.spaceId}/runtime`;
+  const tick = async () => {
+    try {
+      const answer = await fetch(runtime, { cache: "no-store" });
+      // A private Space's runtime needs a token: reload the page (the session's view) instead.
+      if (!answer.ok || (await answer.json()).stage !== space.dataset.stage) {
+        location.reload();
+        return;
+      }
+      const log = document.getElementById("space-logs");
+      if (log && log.closest("details").open) {
+        const page = await fetch(location.href, { cache: "no-store" });
+        const fresh = new DOMParser().parseFromString(await page.text(), "text/html")
+          .getElementById("space-logs");
+        const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        if (fresh) log.textContent = fresh.textContent;
+        if (atEnd) log.scrollTop = log.scrollHeight;
+      }
+    } catch (e) { /* the server restarts: try again at the next tick */ }
+    setTimeout(tick, 2000);
+  };
+  setTimeout(tick, 2000);
+}
