@@ -71,10 +71,12 @@ _EXPORTS = {
         "TokenClassificationPipeline", "ZeroShotClassificationPipeline", "pipeline",
     ),
     "cove.trainer": (
-        "DataCollatorForLanguageModeling", "DataCollatorForTokenClassification",
+        "DataCollatorForLanguageModeling", "DataCollatorForSeq2Seq",
+        "DataCollatorForTokenClassification",
         "DataCollatorWithPadding", "DefaultDataCollator", "DefaultFlowCallback",
         "EarlyStoppingCallback", "EvalPrediction", "IntervalStrategy", "PrinterCallback",
-        "ProgressCallback", "SchedulerType", "Trainer", "TrainerCallback", "TrainerControl",
+        "ProgressCallback", "SchedulerType", "Seq2SeqTrainer", "Seq2SeqTrainingArguments",
+        "Trainer", "TrainerCallback", "TrainerControl",
         "TrainerState", "TrainingArguments", "default_data_collator",
         "get_constant_schedule", "get_constant_schedule_with_warmup",
         "get_cosine_schedule_with_warmup",
@@ -241,6 +243,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
     )
     from cove.trainer import (
         DataCollatorForLanguageModeling,
+        DataCollatorForSeq2Seq,
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,
         DefaultDataCollator,
@@ -251,6 +254,8 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         PrinterCallback,
         ProgressCallback,
         SchedulerType,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
         Trainer,
         TrainerCallback,
         TrainerControl,

@@ -33,12 +33,14 @@ _EXPORTS = {
         "create_optimizer", "get_decay_parameter_names"),
     "cove.trainer.data_collator": (
         "default_data_collator", "DefaultDataCollator", "DataCollatorWithPadding",
-        "DataCollatorForTokenClassification", "DataCollatorForLanguageModeling"),
+        "DataCollatorForTokenClassification", "DataCollatorForLanguageModeling",
+        "DataCollatorForSeq2Seq"),
     "cove.trainer.callbacks": (
         "TrainerState", "TrainerControl", "TrainerCallback", "CallbackHandler",
         "ExportableState", "DefaultFlowCallback", "ProgressCallback", "PrinterCallback",
         "EarlyStoppingCallback", "LogHistoryJsonlCallback", "TensorBoardCallback"),
     "cove.trainer.trainer": ("Trainer",),
+    "cove.trainer.seq2seq": ("Seq2SeqTrainer", "Seq2SeqTrainingArguments"),
     "cove.trainer.evaluation": ("EvalPrediction", "EvalLoopOutput", "PredictionOutput",
                                 "TrainOutput"),
     "cove.trainer.checkpoints": ("get_last_checkpoint",),
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
     from cove.trainer.checkpoints import get_last_checkpoint
     from cove.trainer.data_collator import (
         DataCollatorForLanguageModeling,
+        DataCollatorForSeq2Seq,
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,
         DefaultDataCollator,
@@ -88,6 +91,10 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         get_polynomial_decay_schedule_with_warmup,
         get_scheduler,
         get_wsd_schedule,
+    )
+    from cove.trainer.seq2seq import (
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
     )
     from cove.trainer.trainer import Trainer
     from cove.trainer.trainer_utils import (

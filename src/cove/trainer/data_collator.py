@@ -384,3 +384,76 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
             random_ids = rng.integers(0, len(self.tokenizer), size=count, dtype=np.int64)
         inputs[to_randomise] = random_ids
         return inputs, labels
+
+
+@dataclass
+class DataCollatorForSeq2Seq:
+    """Batches for sequence-to-sequence models: inputs padded with the tokenizer, `labels`
+    padded with `label_pad_token_id` (-100, which the loss ignores) on the tokenizer's padding
+    side, to the longest (or `max_length` with padding="max_length"), rounded up to
+    `pad_to_multiple_of`. Given the `model`, adds `decoder_input_ids`: the labels shifted right
+    by its `prepare_decoder_input_ids_from_labels` (decoder start token first, -100 -> pad)."""
+
+    tokenizer: Any
+    model: Any = None
+    padding: bool | str = True
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+    label_pad_token_id: int = -100
+    return_tensors: str = "pt"
+
+    def __post_init__(self) -> None:
+        _check_framework(self.return_tensors)
+
+    def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None
+                 ) -> dict[str, Any]:
+        return_tensors = return_tensors or self.return_tensors
+        _check_framework(return_tensors)
+        _check_features(features)
+        label_name = "label" if "label" in features[0] else "labels"
+        labels = [f.get(label_name) for f in features] if label_name in features[0] else None
+        if labels is not None and all(label is None for label in labels):
+            labels = None  # {"labels": None} examples: no labels
+        if labels is not None and any(label is None for label in labels):
+            raise ValueError(f"some examples have {label_name!r} and others not: give every "
+                             "example labels, or none")
+        # the tokenizer pads the inputs only: it cannot pad labels with -100
+        inputs = [{k: v for k, v in f.items() if k != label_name} for f in features]
+        batch = self.tokenizer.pad(inputs, padding=self.padding, max_length=self.max_length,
+                                   pad_to_multiple_of=self.pad_to_multiple_of,
+                                   return_tensors=return_tensors)
+        if labels is None:
+            batch["labels"] = None
+            return batch
+        rows = [label.tolist() if hasattr(label, "tolist") else list(label) for label in labels]
+        longest = max(len(r) for r in rows)
+        if self.padding is False or self.padding == "do_not_pad":
+            if any(len(r) != longest for r in rows):
+                raise ValueError("with padding=False every example needs labels of the same "
+                                 "length (they become one tensor): pad them, or use "
+                                 "padding=True")
+            length = longest
+        else:
+            length = self.max_length if self.padding == "max_length" and \
+                self.max_length is not None else longest
+            if self.pad_to_multiple_of is not None:
+                multiple = self.pad_to_multiple_of
+                length = (length + multiple - 1) // multiple * multiple
+        if longest > length:
+            raise ValueError(f"an example has {longest} labels, more than max_length="
+                             f"{self.max_length}: truncate the labels when tokenizing them")
+        pad = self.label_pad_token_id
+        right = self.tokenizer.padding_side == "right"
+        padded = [r + [pad] * (length - len(r)) if right else [pad] * (length - len(r)) + r
+                  for r in rows]
+        import torch
+
+        label_tensor = torch.tensor(padded, dtype=torch.int64)
+        batch["labels"] = label_tensor if return_tensors == "pt" else label_tensor.numpy()
+        prepare = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+        if callable(prepare):
+            # the models shift torch tensors: NumPy labels go through torch and back
+            decoder_input_ids = prepare(labels=label_tensor)
+            batch["decoder_input_ids"] = (decoder_input_ids if return_tensors == "pt"
+                                          else decoder_input_ids.numpy())
+        return batch
