@@ -53,7 +53,12 @@ $(TF4)/.installed:
 	$(TF4)/bin/pip install -q 'transformers>=4.57,<4.58'
 	touch $@
 
-$(TF4): $(TF4)/.installed
+# sentencepiece and protobuf: 4.57's Marian and T5 tokenizers (tests/pipelines/test_text2text.py).
+$(TF4)/.sentencepiece: $(TF4)/.installed
+	$(TF4)/bin/pip install -q sentencepiece protobuf
+	touch $@
+
+$(TF4): $(TF4)/.sentencepiece
 
 # llama.cpp's server (llama-cpp-python[server], compiled from its PyPI source: about 5 min on 2
 # cores), the reference for bench/serve.py. A venv of its own, built by the bench target only,
@@ -92,7 +97,7 @@ chromium:
 	@test -x $(CHROMIUM) || command -v chromium >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.installed tests/.data/.fetched chromium
+test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.sentencepiece tests/.data/.fetched chromium
 	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q --durations=25 tests
 
 lint: $(VENV)/.dev
