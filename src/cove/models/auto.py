@@ -137,6 +137,11 @@ class _AutoModel:
 
             hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
             dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            if dtype == "auto":  # kept quantised: the class builds it from the file's blocks
+                config = kwargs.pop("config", None) or AutoConfig.from_pretrained(
+                    name_or_path, gguf_file=gguf_file, **hub)
+                return cls.model_class(config).from_pretrained(
+                    name_or_path, gguf_file=gguf_file, config=config, **hub, **kwargs)
             name_or_path = load_gguf(name_or_path, gguf_file, dtype=dtype, **hub)
         config = kwargs.pop("config", None)
         if config is None:

@@ -31,13 +31,15 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from cove.models.checkpoint import save_weights
 
@@ -730,3 +732,307 @@ def load_gguf(name_or_path: str | os.PathLike, gguf_file: str, *,
         if not (full / "config.json").is_file():  # else another process finished it first
             raise
     return full
+
+
+# -- kept quantised -------------------------------------------------------------------------
+# from_pretrained(..., gguf_file=..., dtype="auto") builds the model straight from the file's
+# blocks into cove.models.weight_only's layers, never holding a float copy of the weights:
+# - Q4_0, Q4_1, Q4_K: exactly int4 in groups of 32 (w = (q - 8) * scale + zero): Q4_0 is
+#   q * d - 8d (scale d, zero 0), Q4_1 q * d + m (zero m + 8d), Q4_K each 32-value sub-block's
+#   q * (d * sc) - dmin * m (zero 8 * d * sc - dmin * m). The only rounding is of the scales
+#   and zeros to bfloat16 (a relative 2^-9 of each, well under one 4-bit step).
+# - Q8_0, Q5_0, Q5_1, Q5_K, Q6_K (and a 4-bit tensor whose rows are not a multiple of 16):
+#   no CPU kernel takes their blocks, so they are dequantised a slice of rows at a time and
+#   requantised to int8 with a scale per row: each value moves by at most half a step,
+#   max|row| / 254, on top of the file's own rounding.
+# - The token embedding becomes int8 rows (a scale per row) the same way; a tied output head
+#   is the very same int8 rows (shared, not copied), as llama.cpp uses the embedding matrix.
+# - F32 / F16 / BF16 tensors (norms, biases, float weights) load as float.
+_INT4_EXACT = {"Q4_0", "Q4_1", "Q4_K"}
+# GGUF metadata value types with a fixed size (struct format), by id; 8 is a string, 9 an array
+_FIXED = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+          12: "d"}
+
+
+class TensorInfo(NamedTuple):
+    type_id: int
+    shape: tuple[int, ...]  # row-major (PyTorch's)
+    offset: int  # from the start of the file
+    n_bytes: int
+
+
+def tensor_table(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """The tensor table of a GGUF file, read straight from its header: the `gguf` package's
+    reader decodes every metadata item into numpy views first (the vocabulary alone takes
+    seconds), and the quantised loader needs none of it (the configuration comes from the
+    cached folder)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        pos = 0
+
+        def need(n: int) -> None:
+            nonlocal head
+            while pos + n > len(head):
+                more = f.read(max(n, len(head)))
+                if not more:
+                    raise GGUFError(f"{path} is truncated in its header")
+                head += more
+
+        def take(fmt: str) -> Any:
+            nonlocal pos
+            size = struct.calcsize(fmt)
+            need(size)
+            value = struct.unpack_from(fmt, head, pos)
+            pos += size
+            return value[0] if len(value) == 1 else value
+
+        def string() -> str:
+            nonlocal pos
+            n = take("<Q")
+            need(n)
+            pos += n
+            return head[pos - n:pos].decode("utf-8", "replace")
+
+        def skip(kind: int) -> Any:
+            nonlocal pos
+            if kind in _FIXED:
+                return take("<" + _FIXED[kind])
+            if kind == 8:
+                return string()
+            if kind != 9:
+                raise GGUFError(f"{path}: unknown metadata type {kind}")
+            item, count = take("<IQ")
+            if item in _FIXED:
+                size = struct.calcsize(_FIXED[item]) * count
+                need(size)
+                pos += size
+            else:
+                for _ in range(count):
+                    skip(item)
+            return None
+
+        magic, version, n_tensors, n_kv = take("<4sIQQ")
+        if magic != GGUF_MAGIC or version < 2:
+            raise GGUFError(f"{path} is not a GGUF file of version 2 or later")
+        alignment = 32
+        for _ in range(n_kv):
+            key = string()
+            value = skip(take("<I"))
+            if key == "general.alignment":
+                alignment = int(value)
+        raw = []
+        for _ in range(n_tensors):
+            name = string()
+            dims = [take("<Q") for _ in range(take("<I"))]
+            kind, offset = take("<IQ")
+            raw.append((name, kind, tuple(reversed(dims)), offset))
+    start = -(-pos // alignment) * alignment
+    table = {}
+    for name, kind, shape, offset in raw:
+        if kind not in QUANT_TYPES:
+            raise GGUFError(f"{path}: tensor {name}: unsupported type {quant_type_name(kind)}")
+        _, per_block, block_bytes = QUANT_TYPES[kind]
+        count = int(np.prod(shape, dtype=np.int64))
+        table[name] = TensorInfo(kind, shape, start + offset, count // per_block * block_bytes)
+    return table
+
+
+def _int4_groups(name: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes uint8 [rows, in], scale and zero float32 [rows, in // 32]) of Q4_0/Q4_1/Q4_K
+    blocks [rows, blocks per row, block bytes]; w = (code - 8) * scale + zero exactly."""
+    rows = blocks.shape[0]
+    flat = blocks.reshape(-1, blocks.shape[-1])
+    if name == "Q4_K":
+        d, dmin = _f16(flat, 0), _f16(flat, 2)
+        sc, mn = _k_scales(flat[:, 4:16])
+        codes = _k_quant_4bit(flat[:, 16:144])  # [n, 8, 32]
+        scale, zero = d * sc, 8 * d * sc - dmin * mn  # [n, 8]
+    else:
+        d = _f16(flat, 0)
+        codes = _nibbles(flat[:, 4 if name == "Q4_1" else 2:])  # [n, 32]
+        scale = d
+        zero = (_f16(flat, 2) + 8 * d) if name == "Q4_1" else np.zeros_like(d)
+    return (codes.reshape(rows, -1), scale.reshape(rows, -1).astype(np.float32),
+            zero.reshape(rows, -1).astype(np.float32))
+
+
+class _Tensors:
+    """The file's tensors by transformers name: raw blocks read with pread (the file's pages
+    are not mapped into the process, so they never count in its memory), Q/K rows restored."""
+
+    def __init__(self, path: Path, config: Any) -> None:
+        self.path = path
+        self.table = tensor_table(path)
+        if config.model_type not in ARCHITECTURES:
+            raise GGUFError(f"{path}: model type {config.model_type!r} cannot load quantised "
+                            f"(Cove runs {', '.join(sorted(ARCHITECTURES))})")
+        self.permuted = ARCHITECTURES[config.model_type][2]
+        self.heads = {"attn_q": config.num_attention_heads,
+                      "attn_k": config.num_key_value_heads}
+        self.by_name: dict[str, str] = {}
+        for name in self.table:
+            if name in _SKIPPED_TENSORS:
+                log.warning("%s: %s is not carried over (Llama 3 long-context rope scaling)",
+                            path, name)
+                continue
+            hf = hf_tensor_name(name)
+            if hf is None:
+                raise GGUFError(f"{path}: tensor {name!r} has no counterpart in a "
+                                f"{config.architectures[0]}")
+            self.by_name[hf] = name
+
+    def info(self, hf_name: str) -> tuple[str, tuple[int, ...], int, int]:
+        """(type name, row-major shape, elements per block, bytes per block)."""
+        t = self.table[self.by_name[hf_name]]
+        return (*QUANT_TYPES[t.type_id][:1], t.shape, *QUANT_TYPES[t.type_id][1:])
+
+    def blocks(self, hf_name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The raw bytes of rows start..stop as [rows, row bytes] (a vector as one row), Q/K
+        rows restored (those are read whole)."""
+        t = self.table[self.by_name[hf_name]]
+        rows = t.shape[0] if len(t.shape) == 2 else 1
+        row_bytes = t.n_bytes // rows
+        part = self.by_name[hf_name].split(".")[-2]
+        permuted = self.permuted and part in self.heads
+        first, last = (0, rows) if permuted else (start, min(rows, stop or rows))
+        with open(self.path, "rb") as f:
+            raw = os.pread(f.fileno(), (last - first) * row_bytes, t.offset + first * row_bytes)
+        if len(raw) != (last - first) * row_bytes:
+            raise GGUFError(f"{self.path} is truncated: tensor {self.by_name[hf_name]}")
+        data = np.frombuffer(raw, dtype=np.uint8).reshape(last - first, row_bytes)
+        if permuted:
+            data = unpermute_rows(data, self.heads[part])[start:stop]
+        return data
+
+    def float(self, hf_name: str, dtype: torch.dtype) -> torch.Tensor:
+        kind, shape, _, _ = self.info(hf_name)
+        values = dequantize(self.blocks(hf_name), QUANT_ID[kind], shape)
+        return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
+
+    def int8_rows(self, hf_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 [rows, in], float32 scale [rows]): requantised a slice of rows at a time."""
+        from cove.models.weight_only import quantize_int8
+
+        kind, shape, _, _ = self.info(hf_name)
+        q = torch.empty(shape, dtype=torch.int8)
+        scale = torch.empty(shape[0], dtype=torch.float32)
+        for r in range(0, shape[0], _ROWS):
+            part = self.blocks(hf_name, r, r + _ROWS)
+            values = dequantize(part, QUANT_ID[kind], (part.shape[0], shape[1]))
+            q[r:r + _ROWS], scale[r:r + _ROWS] = quantize_int8(torch.from_numpy(values))
+        return q, scale
+
+
+# Rows converted at once: small temporaries (1 MiB of float32 for SmolLM2's rows of 576), so
+# the conversion peaks near the size of the result. A multiple of 64 (see weight_only.pack_int4).
+_ROWS = 512
+QUANT_ID = {name: type_id for type_id, (name, _, _) in QUANT_TYPES.items()}
+_FLOAT_TYPES = {"F32", "F16", "BF16"}
+
+
+def _linear(tensors: _Tensors, name: str, bias: torch.Tensor | None, compute: torch.dtype,
+            dtype: torch.dtype) -> nn.Module:
+    from cove.models.weight_only import (
+        Int4WeightOnlyLinear,
+        Int8WeightOnlyLinear,
+        pack_int4,
+    )
+
+    kind, shape, per_block, block_bytes = tensors.info(name)
+    if kind in _FLOAT_TYPES:
+        layer = nn.Linear(shape[1], shape[0], bias=bias is not None, device="meta")
+        layer.weight = nn.Parameter(tensors.float(name, dtype), requires_grad=False)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias, requires_grad=False)
+        return layer
+    if kind in _INT4_EXACT and shape[0] % 16 == 0:
+        packed, scales, zeros = [], [], []
+        for r in range(0, shape[0], _ROWS):
+            data = tensors.blocks(name, r, r + _ROWS)
+            codes, scale, zero = _int4_groups(kind, data.reshape(data.shape[0], -1, block_bytes))
+            packed.append(pack_int4(torch.from_numpy(codes).to(torch.int32)))
+            scales.append(torch.from_numpy(scale))
+            zeros.append(torch.from_numpy(zero))
+        return Int4WeightOnlyLinear.from_packed(torch.cat(packed), torch.cat(scales),
+                                                torch.cat(zeros), 32, bias, compute)
+    q, scale = tensors.int8_rows(name)
+    return Int8WeightOnlyLinear(q, scale, bias, compute)
+
+
+def load_quantized(model_class: type, name_or_path: str | os.PathLike, gguf_file: str, *,
+                   config: Any = None, dtype: torch.dtype = torch.bfloat16,
+                   **hub: Any) -> nn.Module:
+    """A `model_class` (a Llama-family CausalLM) built from the GGUF file's quantised blocks
+    (see the notes above): weight-only int4/int8 layers computing in `dtype` (bfloat16 or
+    float16), everything else in `dtype` too. The configuration and tokenizer come from the
+    cache folder of `load_gguf(..., weights=False)`."""
+    from cove.models.files import resolve_file
+    from cove.models.modeling import parameters_on_meta
+    from cove.models.weight_only import Int8Embedding, Int8WeightOnlyLinear, release_freed_memory
+
+    path = resolve_file(name_or_path, gguf_file, required=True, **hub)
+    if config is None:
+        config = model_class.config_class.from_pretrained(
+            load_gguf(name_or_path, gguf_file, weights=False, **hub))
+    tensors = _Tensors(path, config)
+    with parameters_on_meta():
+        model = model_class(config)
+    if not hasattr(model, "lm_head") or not hasattr(model, "model"):
+        raise GGUFError(f"{type(model).__name__}: a GGUF file loads quantised into a causal "
+                        "language model (AutoModelForCausalLM) only")
+    missing = [n for n in ("model.embed_tokens.weight", "model.norm.weight")
+               if n not in tensors.by_name]
+    if missing:
+        raise GGUFError(f"{path} lacks {', '.join(missing)}")
+    used = set()
+
+    def bias_of(module_name: str) -> torch.Tensor | None:
+        name = f"{module_name}.bias"
+        if name in tensors.by_name:
+            used.add(name)
+            return tensors.float(name, dtype)
+        return None
+
+    linears = [n for n, m in model.named_modules() if type(m) is nn.Linear and n != "lm_head"]
+    for name in linears:
+        if f"{name}.weight" not in tensors.by_name:
+            raise GGUFError(f"{path} lacks the weight of {name}")
+        used.add(f"{name}.weight")
+        _set(model, name, _linear(tensors, f"{name}.weight", bias_of(name), dtype, dtype))
+    embed = model.model.embed_tokens
+    q, scale = tensors.int8_rows("model.embed_tokens.weight")
+    used.add("model.embed_tokens.weight")
+    model.model.embed_tokens = Int8Embedding(q, scale, dtype, embed.padding_idx)
+    if "lm_head.weight" in tensors.by_name:
+        used.add("lm_head.weight")
+        model.lm_head = _linear(tensors, "lm_head.weight", None, dtype, dtype)
+    else:  # tied: the embedding's int8 rows are the head's weight
+        model.lm_head = Int8WeightOnlyLinear(q, scale, None, dtype)
+    for name, _ in list(model.named_parameters()):
+        if name in tensors.by_name and name not in used:
+            used.add(name)
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr,
+                    nn.Parameter(tensors.float(name, dtype), requires_grad=False))
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise GGUFError(f"{path} lacks {', '.join(left)}")
+    unused = sorted(set(tensors.by_name) - used)
+    if unused:
+        raise GGUFError(f"{path}: tensors {', '.join(unused)} have no place in "
+                        f"{type(model).__name__}")
+    model.tied_weights = {}  # the head shares the embedding's rows already
+    release_freed_memory()
+    model.is_quantized = True
+    model.quantization_config = None
+    model.gguf_file = str(path)
+    config.dtype = str(dtype).removeprefix("torch.")
+    model.eval()
+    model.name_or_path = str(name_or_path)
+    return model
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)

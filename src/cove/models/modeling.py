@@ -162,7 +162,7 @@ class PreTrainedModel(nn.Module):
         name_or_path: str | os.PathLike,
         *,
         config: PretrainedConfig | None = None,
-        dtype: str | torch.dtype | None = "auto",
+        dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         device_map: str | dict[str, Any] | None = None,
         trust_remote_code: bool = False,
@@ -175,8 +175,11 @@ class PreTrainedModel(nn.Module):
     ):
         """Load a model from a folder or a Hub repository (revision=, token=, cache_dir=, ...).
 
-        `gguf_file` names a llama.cpp GGUF file there: it is converted once into a cache folder
-        (see cove.models.gguf) and loaded from it. `device_map` ("auto", a device, or
+        `dtype`: "auto" (the default) is config.json's dtype. `gguf_file` names a llama.cpp GGUF
+        file there: by default it is converted once to float32 into a cache folder (see
+        cove.models.gguf) and loaded from it, as transformers does; with dtype="auto" its
+        weights stay quantised (int4/int8 layers computing in bfloat16, at about the file's
+        size: see cove.models.gguf.load_quantized). `device_map` ("auto", a device, or
         {"module.name": device}) spreads the model over devices (see cove.models.placement).
         `quantization_config` (a BitsAndBytesConfig or its dict form) quantises the linear
         layers to 4 or 8 bits as they load (see cove.models.quantization); `dtype` is then the
@@ -191,6 +194,11 @@ class PreTrainedModel(nn.Module):
         if "torch_dtype" in kwargs:
             dtype = kwargs.pop("torch_dtype")
         hub = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+        if gguf_file is not None and dtype == "auto":
+            return cls._from_quantized_gguf(name_or_path, gguf_file, config, device, device_map,
+                                            quantization_config, output_loading_info, hub)
+        if dtype is None and gguf_file is None:
+            dtype = "auto"
         if gguf_file is not None:
             from cove.models.gguf import load_gguf
 
@@ -200,10 +208,16 @@ class PreTrainedModel(nn.Module):
         elif kwargs:
             for k, v in kwargs.items():
                 setattr(config, k, v)
+        inference_quant = None  # a TorchAoConfig: weight-only int8/int4 (cove.models.weight_only)
         if quantization_config is not None:
-            from cove.models import quantization
+            from cove.models import quantization, weight_only
 
-            quantization_config = quantization.BitsAndBytesConfig.coerce(quantization_config)
+            if weight_only.is_torchao_config(quantization_config):
+                inference_quant = weight_only.coerce(quantization_config)
+                quantization_config = None
+            else:
+                quantization_config = quantization.BitsAndBytesConfig.coerce(
+                    quantization_config)
         if getattr(config, "quantization_config", None):
             raise ckpt.CheckpointError(
                 f"{name_or_path} holds weights already quantised ({config.quantization_config}"
@@ -229,6 +243,8 @@ class PreTrainedModel(nn.Module):
         if quantization_config is not None:
             quantization.quantize_model(model, quantization_config, quantized,
                                         release_float=True)
+        if inference_quant is not None:
+            weight_only.quantize_model(model, inference_quant, release_float=True)
         del state  # the checkpoint's mapping goes once no float weight refers to it
         if target is not None:
             config.dtype = str(target).removeprefix("torch.")
@@ -240,6 +256,23 @@ class PreTrainedModel(nn.Module):
             dispatch(model, device_map)
         model.eval()
         model.name_or_path = str(name_or_path)  # as transformers: adapters record their base
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _from_quantized_gguf(cls, name_or_path, gguf_file, config, device, device_map,
+                             quantization_config, output_loading_info, hub):
+        from cove.models.gguf import load_quantized
+
+        if quantization_config is not None:
+            raise ValueError("A GGUF file loaded with dtype='auto' keeps its own quantisation: "
+                             "drop quantization_config=, or pass a float dtype to dequantise.")
+        if device_map is not None or (device is not None and torch.device(device).type != "cpu"):
+            raise ValueError("A GGUF file kept quantised (dtype='auto') runs on the CPU "
+                             "(torch's int4/int8 CPU kernels): pass dtype='float32' (or "
+                             "bfloat16) to dequantise it for another device.")
+        model = load_quantized(cls, name_or_path, gguf_file, config=config, **hub)
+        info = LoadingInfo(missing_keys=[], unexpected_keys=[], mismatched_keys=[],
+                           error_msgs=[])
         return (model, info) if output_loading_info else model
 
     def _load_state(self, state: dict[str, torch.Tensor], dtype: torch.dtype | None,

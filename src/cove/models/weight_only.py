@@ -1,0 +1,500 @@
+"""Weight-only int8 / int4 linear layers for fast CPU inference, on torch's own kernels.
+
+    from cove import AutoModelForCausalLM, Int4WeightOnlyConfig, TorchAoConfig
+
+    config = TorchAoConfig(Int4WeightOnlyConfig(group_size=64))
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=config)
+
+The configuration has transformers 5's shape (`TorchAoConfig(Int4WeightOnlyConfig(...))`, the
+torchao config classes under their own names), so code written for transformers + torchao
+changes only its import lines; torchao itself is not needed. Its dict form is the one
+transformers writes to config.json (`quant_type: {"default": {"_type": ..., "_data": ...}}`).
+transformers 4.x's strings ("int8_weight_only", "int4_weight_only" + group_size=) are read too.
+
+Decoding at batch 1 streams every weight once per token, so fewer bytes per weight is speed:
+- int8: one int8 per weight, a scale per output row (symmetric, `q = round(w / s)`,
+  `s = absmax / 127`), multiplied by `torch.ops.aten._weight_int8pack_mm`.
+- int4: groups of `group_size` (32, 64 or 128) consecutive inputs of a row share a scale and
+  a zero point (asymmetric: `w = (q - 8) * scale + zero`, q in 0..15), multiplied by
+  `torch.ops.aten._weight_int4pack_mm_for_cpu` on the packed layout of
+  `_convert_weight_to_int4pack_for_cpu`. A layer whose input width the group does not divide
+  takes the largest of 64 and 32 that does (SmolLM2's 576 = 4.5 x 128), or stays in float.
+
+Those CPU kernels are fast only with 16-bit activations (measured on torch 2.13: with float32
+inputs they run 4-10x slower than a float32 GEMV), so each layer computes in `compute_dtype`
+(bfloat16 by default; float16 accepted), casting its input and output when the model runs in
+another dtype; the scales are kept in that dtype. Only inference: these layers have no
+backward (QLoRA training uses cove.models.quantization's bitsandbytes-compatible layers).
+
+The token embedding stays in float unless `include_input_output_embeddings=True` (then int8
+rows, a scale per row); the output head (lm_head) is quantised: it is read every step (28% of
+SmolLM2-135M's weights), and when it is tied to the embedding, quantising it keeps the float
+embedding for lookups and adds the quantised copy for the product.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("cove.models")
+
+QUANT_METHOD = "torchao"
+GROUP_SIZES = (32, 64, 128)
+_COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# Rows quantised at once: bounds the float32 and int32 temporaries of a large head (a multiple
+# of 64, the widest block of rows the int4 packing interleaves, so packed chunks concatenate).
+ROW_CHUNK = 4096
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+class Int8WeightOnlyConfig:
+    """torchao's name: int8 weights, one scale per output channel; activations unquantised."""
+
+    bits = 8
+
+    def __init__(self, group_size: int | None = None, **_ignored: Any) -> None:
+        if group_size is not None:
+            raise ValueError("Int8WeightOnlyConfig takes no group_size in Cove: its int8 "
+                             "weights have one scale per output channel.")
+        self.group_size = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_type": type(self).__name__, "_version": 2, "_data": {}}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __repr__(self) -> str:
+        return "Int8WeightOnlyConfig()"
+
+
+class Int4WeightOnlyConfig:
+    """torchao's name: int4 weights in groups of `group_size` inputs (scale and zero point per
+    group; 128 by default, as torchao); activations unquantised."""
+
+    bits = 4
+
+    def __init__(self, group_size: int = 128, **_ignored: Any) -> None:
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"Int4WeightOnlyConfig(group_size={group_size!r}): use one of "
+                             f"{', '.join(map(str, GROUP_SIZES))}.")
+        self.group_size = group_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_type": type(self).__name__, "_version": 2,
+                "_data": {"group_size": self.group_size}}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.group_size == self.group_size
+
+    def __repr__(self) -> str:
+        return f"Int4WeightOnlyConfig(group_size={self.group_size})"
+
+
+_TYPES = {"Int8WeightOnlyConfig": Int8WeightOnlyConfig,
+          "Int4WeightOnlyConfig": Int4WeightOnlyConfig}
+_LEGACY = {"int8_weight_only": Int8WeightOnlyConfig, "int4_weight_only": Int4WeightOnlyConfig}
+
+
+def _quant_type(value: Any, kwargs: dict[str, Any]) -> Int8WeightOnlyConfig | Int4WeightOnlyConfig:
+    """Ours, torchao's object of the same name (duck-typed), a 4.x string, or the dict form."""
+    if isinstance(value, (Int8WeightOnlyConfig, Int4WeightOnlyConfig)):
+        return value
+    if isinstance(value, str):
+        if value not in _LEGACY:
+            raise ValueError(f"TorchAoConfig quant_type {value!r}: Cove runs "
+                             f"{', '.join(_LEGACY)} (or Int8WeightOnlyConfig() / "
+                             "Int4WeightOnlyConfig(group_size=...)).")
+        return _LEGACY[value](**{k: v for k, v in kwargs.items() if k == "group_size"})
+    if isinstance(value, dict):
+        if set(value) == {"default"}:
+            value = value["default"]
+        name = value.get("_type")
+        if name not in _TYPES:
+            raise ValueError(f"TorchAoConfig quant_type {name!r}: Cove runs "
+                             f"{', '.join(_TYPES)}.")
+        return _TYPES[name](**dict(value.get("_data") or {}))
+    name = type(value).__name__
+    if name in _TYPES:  # torchao's own config object
+        group = getattr(value, "group_size", None)
+        return _TYPES[name](**({"group_size": group} if name.startswith("Int4") else {}))
+    raise TypeError(f"TorchAoConfig quant_type must be Int8WeightOnlyConfig() or "
+                    f"Int4WeightOnlyConfig(group_size=...), not {name}.")
+
+
+class TorchAoConfig:
+    """transformers' TorchAoConfig for Cove's weight-only int8 / int4 inference layers.
+
+    `quant_type`: Int8WeightOnlyConfig() or Int4WeightOnlyConfig(group_size=32|64|128).
+    `modules_to_not_convert`: module names (or a run of them, e.g. "lm_head") kept in float.
+    `include_input_output_embeddings`: store the token embedding as int8 rows too.
+    `compute_dtype` (Cove's): the activations' dtype inside the quantised layers.
+    """
+
+    def __init__(self, quant_type: Any, modules_to_not_convert: list[str] | None = None,
+                 include_input_output_embeddings: bool = False,
+                 untie_embedding_weights: bool = False,
+                 compute_dtype: str | torch.dtype = "bfloat16", **kwargs: Any) -> None:
+        self.quant_method = QUANT_METHOD
+        self.quant_type = _quant_type(quant_type, kwargs)
+        unknown = sorted(set(kwargs) - {"group_size", "quant_type_kwargs"})
+        if unknown:
+            raise ValueError(f"TorchAoConfig got unknown arguments {unknown}.")
+        if modules_to_not_convert is not None and (
+                isinstance(modules_to_not_convert, str)
+                or not all(isinstance(m, str) for m in modules_to_not_convert)):
+            raise TypeError("modules_to_not_convert must be a list of module names, not "
+                            f"{modules_to_not_convert!r}")
+        self.modules_to_not_convert = (None if modules_to_not_convert is None
+                                       else list(modules_to_not_convert))
+        self.include_input_output_embeddings = bool(include_input_output_embeddings)
+        # Quantised tied heads always get their own copy: the flag is accepted for the shape.
+        self.untie_embedding_weights = bool(untie_embedding_weights)
+        name = str(compute_dtype).removeprefix("torch.")
+        if name not in _COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype={compute_dtype!r}: the CPU int8/int4 kernels are "
+                             "fast with bfloat16 or float16 activations; use one of those.")
+        self.compute_dtype = _COMPUTE_DTYPES[name]
+
+    @property
+    def bits(self) -> int:
+        return self.quant_type.bits
+
+    @property
+    def group_size(self) -> int | None:
+        return self.quant_type.group_size
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TorchAoConfig:
+        data = dict(data)
+        method = data.pop("quant_method", QUANT_METHOD)
+        if str(getattr(method, "value", method)) != QUANT_METHOD:
+            raise ValueError(f"quant_method {method!r} is not {QUANT_METHOD!r}")
+        kwargs = data.pop("quant_type_kwargs", None) or {}
+        return cls(data.pop("quant_type"), **data, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_method": self.quant_method,
+                "quant_type": {"default": self.quant_type.to_dict()},
+                "modules_to_not_convert": self.modules_to_not_convert,
+                "include_input_output_embeddings": self.include_input_output_embeddings,
+                "untie_embedding_weights": self.untie_embedding_weights}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TorchAoConfig) and self.to_dict() == other.to_dict() \
+            and self.compute_dtype == other.compute_dtype
+
+    def __repr__(self) -> str:
+        return f"TorchAoConfig({self.to_dict()})"
+
+
+def is_torchao_config(value: Any) -> bool:
+    """Whether `quantization_config=` names a weight-only (torchao) configuration."""
+    if isinstance(value, TorchAoConfig):
+        return True
+    if isinstance(value, dict):
+        method = value.get("quant_method")
+        return str(getattr(method, "value", method)) == QUANT_METHOD
+    return type(value).__name__ == "TorchAoConfig"
+
+
+def coerce(value: Any) -> TorchAoConfig:
+    """A TorchAoConfig from ours, transformers' (through its fields) or the dict form."""
+    if isinstance(value, TorchAoConfig):
+        return value
+    if isinstance(value, dict):
+        return TorchAoConfig.from_dict(value)
+    return TorchAoConfig(value.quant_type,
+                         modules_to_not_convert=getattr(value, "modules_to_not_convert", None),
+                         include_input_output_embeddings=getattr(
+                             value, "include_input_output_embeddings", False))
+
+
+# -- quantisation -----------------------------------------------------------------------------
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 [out, in], float32 scale [out]) with w ~ q * scale, row-symmetric."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, 1.0)
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes int32 [out, in] in 0..15, scale and zero float32 [out, in // group_size]) with
+    w ~ (q - 8) * scale + zero: each group's min..max split into 15 steps."""
+    w = weight.detach().float().view(weight.shape[0], -1, group_size)
+    low, high = w.amin(dim=2), w.amax(dim=2)
+    scale = (high - low) / 15
+    scale = torch.where(scale > 0, scale, 1.0)
+    codes = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15)
+    return codes.to(torch.int32).view(weight.shape), scale, low + 8 * scale
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """The kernel's layout of int32 codes [out, in] (uint8 [out, in // 2]); rows in chunks."""
+    parts = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes[r:r + ROW_CHUNK], 1)
+             for r in range(0, codes.shape[0], ROW_CHUNK)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def int4_group_size(in_features: int, group_size: int, out_features: int = 16) -> int | None:
+    """The group size used for a layer: `group_size`, or the largest smaller one dividing
+    its input width (None: none does, or the kernel's packing needs a multiple of 16 outputs
+    and the layer has not)."""
+    if out_features % 16:
+        return None
+    for size in sorted((g for g in GROUP_SIZES if g <= group_size), reverse=True):
+        if in_features % size == 0:
+            return size
+    return None
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+class _WeightOnly(nn.Module):
+    """What the int8 and int4 layers share: shapes, bias, the compute dtype's casts, buffers
+    kept in their dtypes through .to()/.half(), and no `weight`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None,
+                 compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        if compute_dtype not in _COMPUTE_DTYPES.values():
+            raise ValueError(f"compute_dtype {compute_dtype}: use bfloat16 or float16")
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
+                                                           requires_grad=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "weight":
+            raise AttributeError(f"{type(self).__name__} keeps its weight quantised, so it has "
+                                 "no `weight`: call dequantize() for the float weight.")
+        return super().__getattr__(name)
+
+    def _apply(self, fn, recurse: bool = True):
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():  # codes and scales keep their dtypes
+            new = self._buffers[name]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        h = x.reshape(-1, shape[-1])
+        if h.dtype != self.compute_dtype:
+            h = h.to(self.compute_dtype)
+        out = self._mm(h.contiguous())
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, compute_dtype={self.compute_dtype}")
+
+
+class Int8WeightOnlyLinear(_WeightOnly):
+    """y = x @ (q * scale).T + b, q int8 [out, in], one scale per output row."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None = None,
+                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__(qweight.shape[1], qweight.shape[0], bias, compute_dtype)
+        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())
+        self.register_buffer("scale", scale.to(compute_dtype).contiguous())
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    compute_dtype: torch.dtype = torch.bfloat16) -> Int8WeightOnlyLinear:
+        q, scale = quantize_int8(weight)
+        return cls(q, scale, bias, compute_dtype)
+
+    def _mm(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(h, self.qweight, self.scale)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.qweight.float() * self.scale.float()[:, None]).to(dtype)
+
+
+class Int4WeightOnlyLinear(_WeightOnly):
+    """y = x @ ((q - 8) * scale + zero).T + b, q in 0..15, a scale and zero point per group of
+    `group_size` inputs; q packed in the CPU kernel's layout (`qweight`, [out, in // 2])."""
+
+    def __init__(self, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None = None,
+                 compute_dtype: torch.dtype = torch.bfloat16) -> None:
+        out_features, half = qweight.shape
+        if half * 2 % group_size:
+            raise ValueError(f"in_features {half * 2} is not a multiple of group_size "
+                             f"{group_size}")
+        super().__init__(half * 2, out_features, bias, compute_dtype)
+        self.group_size = group_size
+        self.register_buffer("qweight", qweight)
+        # The kernel's [in // group, out, 2] of (scale, zero).
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype))
+
+    @classmethod
+    def from_packed(cls, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                    group_size: int, bias: torch.Tensor | None = None,
+                    compute_dtype: torch.dtype = torch.bfloat16) -> Int4WeightOnlyLinear:
+        """From packed codes and the scale and zero [out, in // group_size] of each group."""
+        pairs = torch.stack([scale.t(), zero.t()], dim=-1).to(compute_dtype).contiguous()
+        return cls(qweight, pairs, group_size, bias, compute_dtype)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    group_size: int = 128, compute_dtype: torch.dtype = torch.bfloat16
+                    ) -> Int4WeightOnlyLinear:
+        """Quantised from a float weight [out, in], a slice of rows at a time."""
+        packed, scales, zeros = [], [], []
+        for r in range(0, weight.shape[0], ROW_CHUNK):
+            codes, scale, zero = quantize_int4(weight[r:r + ROW_CHUNK], group_size)
+            packed.append(pack_int4(codes))
+            scales.append(scale)
+            zeros.append(zero)
+        return cls.from_packed(torch.cat(packed), torch.cat(scales), torch.cat(zeros),
+                               group_size, bias, compute_dtype)
+
+    def _mm(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(h, self.qweight, self.group_size,
+                                                          self.scales_and_zeros)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight, read back through the kernel (the packed layout is the kernel's
+        own): the product with the identity, a slice of inputs at a time."""
+        eye = torch.eye(self.in_features, dtype=self.compute_dtype)
+        cols = [self._mm(eye[i:i + ROW_CHUNK]) for i in range(0, self.in_features, ROW_CHUNK)]
+        return torch.cat(cols).t().to(dtype).contiguous()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group_size={self.group_size}"
+
+
+class Int8Embedding(nn.Module):
+    """A token embedding stored as int8 rows and a scale per row (the rows of an
+    Int8WeightOnlyLinear when the head is tied to it: shared, not copied)."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor,
+                 dtype: torch.dtype = torch.float32, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.padding_idx = padding_idx
+        self.dtype = dtype
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+
+    def _apply(self, fn, recurse: bool = True):
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.qweight)
+        return (rows.to(self.dtype) * F.embedding(ids, self.scale[:, None]).to(self.dtype))
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.qweight.float() * self.scale.float()[:, None]).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+WEIGHT_ONLY_LAYERS = (Int8WeightOnlyLinear, Int4WeightOnlyLinear)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim). Quantising a
+    model frees many mid-sized temporaries, which glibc keeps mapped (its mmap threshold
+    rises as they are freed): without this, the process stays twice the model's size."""
+    from cove.models.quantization import _libc
+
+    trim = getattr(_libc(), "malloc_trim", None) if sys.platform.startswith("linux") else None
+    if trim is not None:
+        trim(0)
+
+
+# -- models -----------------------------------------------------------------------------------
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: TorchAoConfig,
+                     name: str = "") -> nn.Module | None:
+    """The weight-only layer `config` asks for (None: the layer's width does not allow it)."""
+    if config.bits == 8:
+        return Int8WeightOnlyLinear.from_weight(weight, bias, config.compute_dtype)
+    group = int4_group_size(weight.shape[1], config.group_size, weight.shape[0])
+    if group is None:
+        log.info("%s: %d x %d (outputs not a multiple of 16 or inputs of 32) cannot be packed "
+                 "in int4: kept in float", name, *weight.shape)
+        return None
+    if group != config.group_size:
+        log.info("%s: %d inputs are not a multiple of group_size %d: group of %d", name,
+                 weight.shape[1], config.group_size, group)
+    return Int4WeightOnlyLinear.from_weight(weight, bias, group, config.compute_dtype)
+
+
+def modules_to_quantize(model: nn.Module, config: TorchAoConfig) -> list[str]:
+    """The nn.Linear layers `config` quantises: all but those in modules_to_not_convert."""
+    from cove.models.quantization import _matches
+
+    skip = config.modules_to_not_convert or []
+    return [name for name, module in model.named_modules()
+            if name and type(module) is nn.Linear and not any(_matches(name, p) for p in skip)]
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, config: TorchAoConfig,
+                   release_float: bool = False) -> list[str]:
+    """Replace the linear layers by weight-only int8/int4 ones, in place; returns their names.
+
+    A head tied to the input embedding gets its own quantised copy (the embedding stays in
+    float for lookups, or becomes int8 rows with include_input_output_embeddings). Marks the
+    model as transformers does (is_quantized, quantization_config)."""
+    from cove.models.quantization import _page_out
+
+    names = []
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    for name in modules_to_quantize(model, config):
+        module = model.get_submodule(name)
+        layer = quantized_linear(module.weight, module.bias, config, name)
+        if layer is None:
+            continue
+        if release_float and (embed is None or module.weight is not embed.weight):
+            _page_out(module.weight)
+        _set_module(model, name, layer)
+        names.append(name)
+    if config.include_input_output_embeddings and isinstance(embed, nn.Embedding):
+        head = getattr(model, "get_output_embeddings", lambda: None)()
+        if isinstance(head, Int8WeightOnlyLinear) and head.qweight.shape == embed.weight.shape \
+                and getattr(model.config, "tie_word_embeddings", False):
+            q, scale = head.qweight, head.scale.float()
+        else:
+            q, scale = quantize_int8(embed.weight)
+        name = next(n for n, m in model.named_modules() if m is embed)
+        _set_module(model, name, Int8Embedding(q, scale, embed.weight.dtype, embed.padding_idx))
+        if release_float:
+            _page_out(embed.weight)
+    # The tie is realised by the quantised layers (or given up for the copy): none to redo.
+    model.tied_weights = {}
+    release_freed_memory()
+    model.is_quantized = True
+    model.quantization_config = config
+    return names
