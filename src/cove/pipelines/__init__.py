@@ -5,8 +5,9 @@
     classifier = pipeline("sentiment-analysis", model="alice/tiny-bert", batch_size=32)
     classifier(["I love this!", "Not for me."])   # [{"label": ..., "score": ...}, ...]
 
-Tasks, aliases, default models and output formats follow transformers 5. Inputs may be one
-item, a list, or any iterable (results are then yielded as they come).
+Tasks, aliases, default models and output formats follow transformers 5; summarization,
+translation(_xx_to_yy) and text2text-generation, which 5.x dropped, follow 4.x. Inputs may be
+one item, a list, or any iterable (results are then yielded as they come).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from cove.pipelines.feature_extraction import FeatureExtractionPipeline
 from cove.pipelines.fill_mask import FillMaskPipeline
 from cove.pipelines.question_answering import QuestionAnsweringPipeline
 from cove.pipelines.sentence_embeddings import SentenceEmbeddingsPipeline
+from cove.pipelines.text2text_generation import (
+    SummarizationPipeline,
+    Text2TextGenerationPipeline,
+    TranslationPipeline,
+)
 from cove.pipelines.text_classification import TextClassificationPipeline
 from cove.pipelines.text_generation import TextGenerationPipeline
 from cove.pipelines.token_classification import TokenClassificationPipeline
@@ -39,6 +45,11 @@ SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
     "zero-shot-classification": (ZeroShotClassificationPipeline, "sequence-classification",
                                  "facebook/bart-large-mnli"),
     "text-generation": (TextGenerationPipeline, "causal-lm", "HuggingFaceTB/SmolLM3-3B"),
+    # transformers 5 dropped these three: their 4.x default models. "translation" is
+    # "translation_xx_to_yy" (defaults per language pair in TRANSLATION_DEFAULTS).
+    "summarization": (SummarizationPipeline, "seq2seq-lm", "sshleifer/distilbart-cnn-12-6"),
+    "translation": (TranslationPipeline, "seq2seq-lm", "google-t5/t5-base"),
+    "text2text-generation": (Text2TextGenerationPipeline, "seq2seq-lm", "google-t5/t5-base"),
     "feature-extraction": (FeatureExtractionPipeline, "base",
                            "distilbert/distilbert-base-cased"),
     # Not a transformers task: the Hub's tag for sentence-transformers models (see
@@ -48,36 +59,58 @@ SUPPORTED_TASKS: dict[str, tuple[type[Pipeline], str, str]] = {
 }
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification",
                 "sentence-embeddings": "sentence-similarity"}
-# Tasks of transformers (4.x or 5.x) that Cove does not run yet.
-NOT_YET = {"summarization", "translation", "text2text-generation"}
+# Language pairs with a default translation model (transformers 4.x's).
+TRANSLATION_DEFAULTS = {("en", "fr"), ("en", "de"), ("en", "ro")}
 # Architecture name endings -> the task their head serves (to infer a missing task).
 _ARCHITECTURE_TASKS = [
     ("ForSequenceClassification", "text-classification"),
     ("ForMaskedLM", "fill-mask"),
     ("ForTokenClassification", "token-classification"),
     ("ForQuestionAnswering", "question-answering"),
+    ("ForConditionalGeneration", "text2text-generation"),
+    ("MTModel", "translation"),
     ("ForCausalLM", "text-generation"),
     ("LMHeadModel", "text-generation"),
     ("Model", "feature-extraction"),
 ]
 
 __all__ = ["FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline", "QuestionAnsweringPipeline",
-           "SUPPORTED_TASKS", "SentenceEmbeddingsPipeline",
-           "TextClassificationPipeline", "TextGenerationPipeline", "TokenClassificationPipeline",
-           "ZeroShotClassificationPipeline", "pipeline"]
+           "SUPPORTED_TASKS", "SentenceEmbeddingsPipeline", "SummarizationPipeline",
+           "Text2TextGenerationPipeline", "TextClassificationPipeline", "TextGenerationPipeline",
+           "TokenClassificationPipeline", "TranslationPipeline", "ZeroShotClassificationPipeline",
+           "pipeline"]
 
 
 def _check_task(task: str) -> str:
     if not isinstance(task, str):
         raise ValueError(f"task must be a string, got {type(task).__name__}.")
     task = TASK_ALIASES.get(task, task)
-    if task in SUPPORTED_TASKS:
+    if task in SUPPORTED_TASKS or _languages(task) is not None:
         return task
-    if task in NOT_YET or re.fullmatch(r"translation(_\w+_to_\w+)?", task):
-        raise ValueError(f"The task {task!r} is not supported yet by cove.pipeline. Supported: "
-                         f"{', '.join(sorted([*SUPPORTED_TASKS, *TASK_ALIASES]))}.")
+    if task.startswith("translation"):
+        raise ValueError(f"Invalid translation task {task!r}: use 'translation_XX_to_YY' "
+                         "(e.g. 'translation_en_to_fr').")
     raise ValueError(f"Unknown task {task!r}. Available tasks: "
-                     f"{', '.join(sorted([*SUPPORTED_TASKS, *TASK_ALIASES]))}.")
+                     f"{', '.join(sorted([*SUPPORTED_TASKS, *TASK_ALIASES]))}, "
+                     "translation_XX_to_YY.")
+
+
+def _languages(task: str) -> tuple[str, str] | None:
+    """(source, target) of a 'translation_xx_to_yy' task, else None."""
+    match = re.fullmatch(r"translation_([^_]+)_to_([^_]+)", task)
+    return (match[1], match[2]) if match else None
+
+
+def _default_model(task: str, default: str) -> str:
+    if task == "translation":
+        raise ValueError("The task defaults can't be correctly selected: pass model=, or name "
+                         "the languages, e.g. 'translation_en_to_fr'.")
+    languages = _languages(task)
+    if languages is not None and languages not in TRANSLATION_DEFAULTS:
+        raise ValueError(f"There is no default model for translation from {languages[0]!r} to "
+                         f"{languages[1]!r}: pass model= (defaults exist for "
+                         f"{', '.join(f'{a}_to_{b}' for a, b in sorted(TRANSLATION_DEFAULTS))}).")
+    return default
 
 
 def _infer_task(architectures: list[str] | None, where: str) -> str:
@@ -136,9 +169,10 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
             config = AutoConfig.from_pretrained(model, **hub)
             task = _infer_task(config.architectures, repr(str(model)))
     task = _check_task(task)
-    cls, head, default_model = SUPPORTED_TASKS[task]
+    cls, head, default_model = SUPPORTED_TASKS[
+        "translation" if _languages(task) is not None else task]
     if model is None:
-        model = default_model
+        model = _default_model(task, default_model)
 
     source = None
     if isinstance(model, (str, os.PathLike)):
@@ -185,6 +219,9 @@ def pipeline(task: str | None = None, model: Any = None, tokenizer: Any = None,
 
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **hub)
+    if task == "translation":  # the model's first translation_xx_to_yy parameters (as 4.x)
+        params = getattr(_unwrapped(model).config, "task_specific_params", None) or {}
+        task = next((key for key in params if key.startswith("translation")), task)
     if source is not None:  # what the task reads from the repository besides the model
         task_kwargs = {**cls._from_repository(source, hub), **task_kwargs}
     return cls(model, tokenizer, task=task, device=device, batch_size=batch_size,
@@ -203,4 +240,5 @@ def _endings(head: str) -> tuple[str, ...]:
             "masked-lm": ("ForMaskedLM", "ForPreTraining"),
             "token-classification": ("ForTokenClassification",),
             "question-answering": ("ForQuestionAnswering",),
-            "causal-lm": ("ForCausalLM", "LMHeadModel")}.get(head, ("Model",))
+            "causal-lm": ("ForCausalLM", "LMHeadModel"),
+            "seq2seq-lm": ("ForConditionalGeneration", "MTModel")}.get(head, ("Model",))
