@@ -60,7 +60,8 @@ def test_unknown_and_unsupported_tasks(folders):
         cove.pipeline("sentiment", model=model)
     with pytest.raises(ValueError, match="task must be a string, got int"):
         cove.pipeline(3, model=model)
-    with pytest.raises(ValueError, match="'summarization' is not supported yet"):
+    with pytest.raises(ValueError, match="has no seq2seq-lm head: it cannot run the "
+                                         "'summarization' task"):
         cove.pipeline("summarization", model=model)
     with pytest.raises(ValueError, match="model must be a Hub repository id, a folder or a "
                                          "Cove model, got int"):

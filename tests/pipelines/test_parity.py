@@ -194,6 +194,8 @@ def test_default_models_are_the_reference_ones():
         if task == "question-answering":  # dropped in transformers 5: the 4.x default
             assert model_id == "distilbert/distilbert-base-cased-distilled-squad"
             continue
+        if task in ("summarization", "translation", "text2text-generation"):
+            continue  # dropped in transformers 5: tests/pipelines/test_text2text.py
         if task == "sentence-similarity":  # not a transformers task
             assert model_id == "sentence-transformers/all-MiniLM-L6-v2"
             continue
@@ -203,7 +205,7 @@ def test_default_models_are_the_reference_ones():
 def test_wrong_tasks_and_models(folders):
     with pytest.raises(ValueError, match="Unknown task"):
         cove.pipeline("text-clasification", model=str(folders["classifier"]))
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(ValueError, match="has no seq2seq-lm head"):
         cove.pipeline("summarization", model=str(folders["classifier"]))
     with pytest.raises(ValueError, match="either a task or a model"):
         cove.pipeline()
