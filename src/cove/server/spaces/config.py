@@ -133,6 +133,11 @@ class RunnerOptions:
     # The interpreter Spaces run on; default: the server's Python version, found where
     # Spaces' users may run it (see builder.find_python).
     python: str = field(default_factory=lambda: os.environ.get("COVE_SPACES_PYTHON", ""))
+    # Space users are uid = gid = base + repository id: Hubs sharing a machine need bases
+    # far apart, or their Spaces share users.
+    uid_base: int = field(
+        default_factory=lambda: int(_float_env("COVE_SPACES_UID_BASE", 200_000))
+    )
     # Install packages.txt with apt-get (as root) when set; otherwise only reported.
     apt: bool = field(
         default_factory=lambda: os.environ.get("COVE_SPACES_APT", "0").lower()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,6 +107,8 @@ class Space:
     task: asyncio.Task | None = None
     failures: int = 0
     last_visit: float = field(default_factory=time.monotonic)
+    running_since: float = 0.0
+    active: int = 0  # proxied requests and WebSockets open now: no sleep while any is
     build_log: LogBuffer = field(default_factory=LogBuffer)
     run_log: LogBuffer = field(default_factory=LogBuffer)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,6 +132,9 @@ class SpaceManager:
         # as server-sent events and long polls stay open as long as the app keeps them.
         self.client: httpx.AsyncClient | None = None
         hub.main_listeners.append(self._on_main)
+        # Cgroups are named per Spaces folder: several Hubs on one machine keep apart.
+        tag = hashlib.sha256(str(self.dir).encode()).hexdigest()[:8]
+        self._cgroup_prefix = f"cove-space-{tag}-"
 
     # -- life of the manager -------------------------------------------------------------
     async def start(self) -> None:
@@ -143,6 +149,8 @@ class SpaceManager:
                         "as the server's own user and can read the Hub's data folder.")
         try:
             runner.prepare_spaces_dir(self.dir, self.hub.settings.data_dir)
+            # Space processes a killed server left behind in their cgroups end here.
+            await asyncio.to_thread(runner.sweep_cgroups, self._cgroup_prefix)
             self.python = find_python(self.options)
         except (SpacesDirError, BuildError) as e:
             self.unusable = str(e)
@@ -215,6 +223,23 @@ class SpaceManager:
         if space.stage == "SLEEPING":
             self._launch(space)
         return space
+
+    def begin_visit(self, repo: Repository) -> Callable[[], None]:
+        """A proxied request or WebSocket begins: the Space does not sleep until the function
+        this answers is called (at its end), and its idle time counts from then."""
+        space = self._space(repo)
+        space.active += 1
+        space.last_visit = time.monotonic()
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                space.active -= 1
+                space.last_visit = time.monotonic()
+
+        return end
 
     def upstream(self, repo: Repository) -> tuple[int, bool] | None:
         """(port, whether the app expects the proxy's prefix kept) of a running app."""
@@ -422,10 +447,10 @@ class SpaceManager:
             blog.close()
             self._set(space, "RUNNING")
             return
-        who = Identity.for_repo(space.repo_id)
+        who = Identity.for_repo(space.repo_id, self.options.uid_base)
         home = runner.own_dir(self.dir / "home" / str(space.repo_id), who)
         space.cgroup = Cgroup.create(
-            f"cove-space-{space.repo_id}", self._memory_bytes(), self.options.cpus, who
+            f"{self._cgroup_prefix}{space.repo_id}", self._memory_bytes(), self.options.cpus, who
         )
         space.pip_ran = False
         try:
@@ -442,7 +467,8 @@ class SpaceManager:
         except BuildError as e:
             blog.append(f"Build failed: {e}.")
             blog.close()
-            self._set(space, "BUILD_ERROR", f"Build failed: {e}. See the build log.")
+            self._set(space, "BUILD_ERROR", f"Build failed: {e}. The build log ends with:\n"
+                      + blog.tail(ERROR_TAIL))
             return
         work = self.dir / "work" / str(space.repo_id)
         await asyncio.to_thread(self._checkout, space, sha, work, who)
@@ -468,7 +494,7 @@ class SpaceManager:
             started = await self._await_port(space, space.proc, port)
             if started:
                 self._set(space, "RUNNING")
-                since = time.monotonic()
+                since = space.running_since = time.monotonic()
                 code = await space.proc.wait()
                 if time.monotonic() - since >= STABLE_AFTER:
                     space.failures = 0
@@ -635,9 +661,10 @@ class SpaceManager:
             await asyncio.sleep(5)
             now = time.monotonic()
             for space in list(self.spaces.values()):
-                if space.stage not in ("RUNNING", "APP_STARTING") or space.sdk == "static":
+                if space.stage != "RUNNING" or space.sdk == "static" or space.active:
                     continue
-                if now - space.last_visit > self._sleep_time(space):
+                idle = now - max(space.last_visit, space.running_since)
+                if idle > self._sleep_time(space):
                     space.run_log.append(f"===== Sleeping after {self._sleep_time(space)} s "
                                          "without visits =====")
                     await self._halt(space)

@@ -136,13 +136,20 @@ async def proxy_http(owner: str, name: str, path: str, request: Request) -> Resp
     body = request.stream() if request.method not in ("GET", "HEAD") else None
     client = manager.client
     upstream = client.build_request(request.method, url, headers=headers, content=body)
+    end_visit = manager.begin_visit(repo)
     try:
         resp = await client.send(upstream, stream=True)
     except httpx.HTTPError as e:
+        end_visit()
         raise errors.HubError(502, "SpaceUnreachable",
                               f"The Space {repo.repo_id} did not answer: {e}") from None
+
+    async def done() -> None:  # after the last byte, or when the visitor went away
+        await resp.aclose()
+        end_visit()
+
     response = StreamingResponse(resp.aiter_raw(), status_code=resp.status_code,
-                                 background=BackgroundTask(resp.aclose))
+                                 background=BackgroundTask(done))
     # The app's headers as they came, repeated ones (Set-Cookie) included.
     response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1"))
                             for k, v in _response_headers(resp, port, prefix)]
@@ -180,6 +187,15 @@ async def proxy_websocket(websocket: WebSocket, owner: str, name: str, path: str
         await websocket.close(code=1011)
         return
     await websocket.accept(subprotocol=upstream.subprotocol)
+    end_visit = websocket.app.state.spaces.begin_visit(repo)
+    try:
+        await _relay(websocket, upstream)
+    finally:
+        end_visit()
+
+
+async def _relay(websocket: WebSocket, upstream) -> None:
+    """Messages both ways until either side closes."""
 
     async def to_app() -> None:
         while True:

@@ -4,12 +4,14 @@ memory and CPU limits, in their own session so that stopping one stops all it st
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import resource
 import signal
 import stat
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +35,10 @@ class Identity:
     gid: int | None
 
     @classmethod
-    def for_repo(cls, repo_id: int) -> Identity:
+    def for_repo(cls, repo_id: int, base: int = SPACE_UID_BASE) -> Identity:
         if os.geteuid() != 0:
             return cls(None, None)
-        return cls(SPACE_UID_BASE + repo_id, SPACE_UID_BASE + repo_id)
+        return cls(base + repo_id, base + repo_id)
 
     def popen_args(self) -> dict:
         """subprocess arguments that drop to this user, with no supplementary groups."""
@@ -206,6 +208,34 @@ def rlimits(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(memory_bytes: int | None) -> None:
+    """In the child, after it became the Space's user and before exec: it dies with the
+    server (SIGKILL when the server's thread exits, even killed), and where no cgroup limits
+    it, rlimits do. Kept to two system calls: the server has threads, whose locks a forked
+    child must not wait for."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if memory_bytes is not None:
+        rlimits(memory_bytes)
+
+
+def sweep_cgroups(prefix: str) -> None:
+    """Remove the cgroups named `prefix*` a killed server left, with whatever runs in them."""
+    for folder in _own_cgroups().values():
+        for path in folder.glob(prefix + "*"):
+            if path.is_dir():
+                Cgroup({"stale": path}).kill_all()
+                for _ in range(50):
+                    try:
+                        path.rmdir()
+                        break
+                    except OSError:
+                        time.sleep(0.02)
+
+
 class Process:
     """A child process for the event loop: its output as a StreamReader, an awaitable exit.
 
@@ -237,14 +267,13 @@ async def spawn(
     memory_bytes: int,
 ) -> Process:
     """Start `argv` as `who`, stdout and stderr together in one pipe, in a new session."""
-    extra: dict = {}
     if cgroup is not None:
         argv = cgroup.wrap(argv)
-    else:
-        extra["preexec_fn"] = lambda: rlimits(memory_bytes)
+    limit = None if cgroup is not None else memory_bytes
     popen = subprocess.Popen(
         argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, **who.popen_args(), **extra,
+        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=lambda: _child_setup(limit),
+        **who.popen_args(),
     )
     reader = asyncio.StreamReader(limit=1 << 20)
     loop = asyncio.get_running_loop()
