@@ -8,11 +8,23 @@ Goals: batch-1 decode >= 1.5x transformers in float32, prefill >= 1.0x. The memo
 bound (measured bandwidth / bytes of weights read per token) is printed for context, and
 llama.cpp on the GGUF itself when `llama-cpp-python` is installed
 (`pip install llama-cpp-python`; it builds llama.cpp from source, a few minutes).
+
+Weight-only quantised decoding, batch 1, against llama.cpp from `.venv-llama` (built by
+`make .venv-llama/.installed`; the rows are skipped, saying why, without it), the same
+prompt and threads, alternating in one run (a llama.cpp worker process takes one request per
+turn): Cove int8 (TorchAoConfig(Int8WeightOnlyConfig()) on the float folder) against
+llama.cpp Q8_0, Cove int4 (Int4WeightOnlyConfig(group_size=32)) against Q4_0 (both made from
+the GGUF by llama_model_quantize, cached in bench/.cache), and the GGUF kept quantised
+(`dtype="auto"`: Q4_1 layers as int4, Q8_0 embedding as int8) against llama.cpp on the same
+Q4_1 file. Goals: int8 >= 1.0x, int4 >= 0.9x. Each quantised model's greedy tokens are also
+compared with float32's (top-1 agreement per step along float32's answers to chat prompts).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,6 +133,157 @@ def llama_cpp_rows(batch_prompt: list[int]) -> list[Row]:
                 "llama.cpp reads 4-bit weights: not the same arithmetic")]
 
 
+# -- weight-only int8 / int4 against llama.cpp ---------------------------------------------
+
+LLAMA_WORKER = r"""
+import json, sys, time, llama_cpp
+paths, prompt, new, threads = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+models = {k: llama_cpp.Llama(model_path=p, n_ctx=len(prompt) + new + 8, n_threads=threads,
+                             n_threads_batch=threads, verbose=False) for k, p in paths.items()}
+print("ready", flush=True)
+for line in sys.stdin:
+    llm = models[line.strip()]
+    llm.reset()
+    start = time.perf_counter()
+    first, n = None, 0
+    for _ in llm.generate(prompt, temp=0.0):
+        n += 1
+        if n == 1:
+            first = time.perf_counter() - start
+        if n == new:
+            break
+    print(json.dumps([first, time.perf_counter() - start]), flush=True)
+"""
+
+
+def llama_gguf(kind: str) -> Path | None:
+    """The SmolLM2 GGUF as llama.cpp `kind` (Q4_1: the file itself; Q8_0, Q4_0: requantised
+    from it by llama_model_quantize once, cached), or None when llama.cpp is absent."""
+    from serve import CACHE, LLAMA_PYTHON, QUANTIZE
+
+    if kind == "Q4_1":
+        return GGUF
+    out = CACHE / f"{GGUF.stem.removesuffix('.Q4_1')}.{kind}.{GGUF.stat().st_size}.gguf"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        print(f"generate: writing {out.name} (llama_model_quantize -> {kind}) ...")
+        subprocess.run([str(LLAMA_PYTHON), "-c", QUANTIZE, str(GGUF), str(tmp),
+                        f"LLAMA_FTYPE_MOSTLY_{kind}", str(THREADS)], check=True,
+                       capture_output=True)
+        tmp.rename(out)
+    return out
+
+
+class LlamaWorker:
+    """llama.cpp in its own venv, one timed greedy generation per request: (seconds to the
+    first token, seconds to the NEW-th)."""
+
+    def __init__(self, paths: dict[str, Path], prompt: list[int]) -> None:
+        from serve import LLAMA_PYTHON
+
+        self.proc = subprocess.Popen(
+            [str(LLAMA_PYTHON), "-c", LLAMA_WORKER, json.dumps({k: str(p) for k, p in
+                                                               paths.items()}),
+             json.dumps(prompt), str(NEW), str(THREADS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the llama.cpp worker did not start")
+
+    def run(self, name: str) -> tuple[float, float]:
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        first, full = json.loads(self.proc.stdout.readline())
+        return first, full
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def top1_agreement(model, reference, tokenizer, new: int = 24) -> float:
+    """Per step, whether `model`'s top-1 token is `reference`'s, along the reference's greedy
+    answers to a few chat prompts (teacher forcing: one flip is not counted twice)."""
+    import torch
+
+    questions = ["What is the capital of France?", "Write a short poem about the sea.",
+                 "Give me three tips for learning a new language.",
+                 "Explain what a prime number is.", "What is 12 times 7?",
+                 "Name a large animal that lives in the sea."]
+    same = total = 0
+    with torch.inference_mode():
+        for q in questions:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                                add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)["input_ids"]
+            out = reference.generate(ids, max_new_tokens=new, min_new_tokens=new,
+                                     do_sample=False)
+            ours = model(out).logits[0, ids.shape[1] - 1:-1].argmax(-1)
+            same += int((ours == out[0, ids.shape[1]:]).sum())
+            total += new
+    return same / total
+
+
+def quantized_rows(folder: Path, prompt: list[int]) -> list[Row]:
+    """Cove's int8 / int4 decode against llama.cpp Q8_0 / Q4_0 / Q4_1, alternating."""
+    import torch
+    from serve import llama_cpp_version
+
+    from cove.models import AutoModelForCausalLM
+    from cove.models.weight_only import Int4WeightOnlyConfig, Int8WeightOnlyConfig, TorchAoConfig
+    from cove.tokenizers import AutoTokenizer
+
+    float32 = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    ours = {
+        "int8": AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())),
+        "int4 g32": AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=TorchAoConfig(Int4WeightOnlyConfig(group_size=32))),
+        "GGUF Q4_1 kept": AutoModelForCausalLM.from_pretrained(
+            GGUF.parent, gguf_file=GGUF.name, dtype="auto"),
+    }
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for name, model in ours.items():
+        agreement = top1_agreement(model, float32, tokenizer)
+        print(f"generate: {name}: top-1 agreement with float32 {agreement:.1%}")
+    del float32
+    pairs = {"int8": "Q8_0", "int4 g32": "Q4_0", "GGUF Q4_1 kept": "Q4_1"}
+    worker = None
+    if llama_cpp_version() is not None:
+        worker = LlamaWorker({k: llama_gguf(k) for k in pairs.values()}, prompt)
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+    times: dict[str, list[float]] = {k: [] for k in [*ours, *pairs.values()]}
+
+    def cove(m) -> float:
+        pre = _timed(lambda: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1,
+                                        do_sample=False, pad_token_id=0))
+        full = _timed(lambda: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW,
+                                         min_new_tokens=NEW, do_sample=False, pad_token_id=0))
+        return (NEW - 1) / (full - pre)
+
+    with torch.inference_mode():
+        for m in ours.values():
+            cove(m)  # warm-up
+        for kind in pairs.values() if worker else ():
+            worker.run(kind)
+        for _ in range(REPEATS):
+            for name, m in ours.items():
+                times[name].append(cove(m))
+                if worker:
+                    first, full = worker.run(pairs[name])
+                    times[pairs[name]].append((NEW - 1) / (full - first))
+            print("  " + "   ".join(f"{k}: {v[-1]:.1f} tok/s" for k, v in times.items() if v))
+    if worker:
+        worker.close()
+    goals = {"int8": ">= 1.0", "int4 g32": ">= 0.9", "GGUF Q4_1 kept": ">= 0.9"}
+    return [Row("generate", f"decode {name}, batch 1", "tokens/s", Stats.of(times[name]),
+                Stats.of(times[pairs[name]]) if worker else None,
+                f"llama.cpp {pairs[name]}", goals[name],
+                "weight-only, bfloat16 activations in the quantised layers")
+            for name in ours]
+
+
 def main() -> list[Row]:
     import torch
     from transformers import AutoModelForCausalLM as TheirModel
@@ -170,9 +333,23 @@ def main() -> list[Row]:
             del models
         rows.append(reorder_row())
         rows += llama_cpp_rows(list(range(100, 100 + PROMPT)))
+        rows += quantized_rows(folder, list(range(100, 100 + PROMPT)))
+    print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
+    return rows
+
+
+def main_quantized() -> list[Row]:
+    """Only the weight-only rows (`python bench/generate.py quantized`)."""
+    from cove.models.gguf import convert_gguf
+
+    print(f"generate: {environment('torch', 'gguf')}")
+    print(f"generate: probe before: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = quantized_rows(convert_gguf(GGUF, Path(tmp) / "smollm2"),
+                              list(range(100, 100 + PROMPT)))
     print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
     return rows
 
 
 if __name__ == "__main__":
-    finish(main())
+    finish(main_quantized() if sys.argv[1:] == ["quantized"] else main())

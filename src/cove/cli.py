@@ -853,8 +853,9 @@ VERBS: dict[str, tuple[Callable, str, Callable[[argparse.ArgumentParser], None]]
                        "COVE_TOKEN / HF_TOKEN, else the one saved by `cove login`)"),
         p.add_argument("--gguf-file", help="the GGUF file to load in the MODEL folder or repo"),
         p.add_argument("--revision", help="branch, tag or commit (default: main)"),
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                       help="the weights' dtype (default: float32)"),
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                       help="the weights' dtype (default: float32); auto keeps a GGUF file's "
+                       "weights quantised (int4/int8 layers, on the CPU)"),
         p.add_argument("--device", help="e.g. cpu, cuda (default: cuda if available, else cpu)"),
         p.add_argument("--max-new-tokens", type=int, default=512,
                        help="longest reply, in tokens (default: 512)"),

@@ -89,13 +89,15 @@ from cove.models.roberta import (
     XLMRobertaModel,
 )
 from cove.models.t5 import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model
+from cove.models.weight_only import Int4WeightOnlyConfig, Int8WeightOnlyConfig, TorchAoConfig
 
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
     "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification",
     "AutoModelForTokenClassification", "BertConfig", "BertForMaskedLM", "BertForQuestionAnswering",
     "BertForSequenceClassification", "BertForTokenClassification", "BertModel",
-    "BitsAndBytesConfig", "CheckpointError",
+    "BitsAndBytesConfig", "CheckpointError", "Int4WeightOnlyConfig", "Int8WeightOnlyConfig",
+    "TorchAoConfig",
     "DistilBertConfig", "DistilBertForMaskedLM", "DistilBertForQuestionAnswering",
     "DistilBertForSequenceClassification", "DistilBertForTokenClassification", "DistilBertModel",
     "GPT2Config", "GPT2ForSequenceClassification", "GPT2LMHeadModel", "GPT2Model", "LlamaConfig",
