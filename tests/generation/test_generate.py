@@ -292,8 +292,8 @@ def test_custom_processor_and_criteria(model, tokenizer):
 
 def test_unsupported_and_unknown_arguments_are_refused(model, tokenizer):
     ids = encode(tokenizer, "a")["input_ids"]
-    with pytest.raises(NotImplementedError, match="bad_words_ids"):
-        model.generate(ids, max_new_tokens=3, bad_words_ids=[[2]])
+    with pytest.raises(NotImplementedError, match="encoder_repetition_penalty"):
+        model.generate(ids, max_new_tokens=3, encoder_repetition_penalty=1.5)
     with pytest.raises(ValueError, match="not used by the model"):
         model.generate(ids, max_new_tokens=3, temprature=0.5)
 

@@ -121,7 +121,9 @@ def build(root: Path) -> dict[str, Path]:
                                        decoder_start_token_id=pad, eos_token_id=0,
                                        tie_word_embeddings=False)
     out["marian"] = root / "marian"
-    randomize(transformers.MarianMTModel(config), 5, 0.1).save_pretrained(out["marian"])
+    model = randomize(transformers.MarianMTModel(config), 5, 0.1)
+    model.generation_config.bad_words_ids = [[pad]]  # as OPUS-MT checkpoints have it
+    model.save_pretrained(out["marian"])
     tokenizer.save_pretrained(out["marian"])
     for name in ("t5", "bart", "bart_mnli", "marian"):
         _readable_by_transformers_4(out[name])

@@ -195,6 +195,47 @@ class NoRepeatNGramLogitsProcessor(LogitsProcessor):
         return processed
 
 
+class NoBadWordsLogitsProcessor(LogitsProcessor):
+    """Token sequences that are never generated: a one-token sequence is never chosen; a
+    longer one's last token gets -inf when the row ends with the rest of it. A one-token
+    sequence that is an end-of-sequence token is dropped (it would forbid ever stopping)."""
+
+    def __init__(self, bad_words_ids: list[list[int]],
+                 eos_token_id: int | list[int] | torch.Tensor | None = None) -> None:
+        if not isinstance(bad_words_ids, (list, tuple)) or not bad_words_ids:
+            raise ValueError(f"`bad_words_ids` has to be a non-empty list, but is "
+                             f"{bad_words_ids!r:.80}.")
+        for words in bad_words_ids:
+            if not isinstance(words, (list, tuple)) or not words or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in words):
+                raise ValueError("`bad_words_ids` has to be a list of non-empty lists of "
+                                 f"non-negative token ids, but holds {words!r:.80}.")
+        eos = set() if eos_token_id is None else set(_as_id_tensor(eos_token_id).tolist())
+        sequences = [list(words) for words in bad_words_ids
+                     if not (len(words) == 1 and words[0] in eos)]
+        self.single = [words[0] for words in sequences if len(words) == 1]
+        self.longer = [words for words in sequences if len(words) > 1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        outside = sorted({i for i in self.single + sum(self.longer, []) if i >= vocab})
+        if outside:
+            raise ValueError(f"bad_words_ids holds token ids outside the model's vocabulary of "
+                             f"{vocab}: {outside}.")
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        mask[:, self.single] = True
+        if self.longer:
+            rows = input_ids.tolist()
+            for words in self.longer:
+                prefix, last = words[:-1], words[-1]
+                if len(prefix) > input_ids.shape[-1]:
+                    continue
+                for r, tokens in enumerate(rows):
+                    if tokens[len(tokens) - len(prefix):] == prefix:
+                        mask[r, last] = True
+        return scores.masked_fill(mask, NEG_INF)
+
+
 class MinLengthLogitsProcessor(LogitsProcessor):
     """No end-of-sequence token while the whole sequence is shorter than `min_length`."""
 

@@ -40,6 +40,7 @@ from cove.generation.logits_process import (
     MinLengthLogitsProcessor,
     MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     SuppressTokensAtBeginLogitsProcessor,
@@ -56,7 +57,7 @@ log = logging.getLogger("cove.generation")
 # a call that sets one to anything else is refused rather than silently ignored.
 _UNSUPPORTED: dict[str, tuple] = {
     "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+    "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
     "eta_cutoff": (None, 0.0), "top_h": (None,), "sequence_bias": (None,),
     "guidance_scale": (None, 1.0), "watermarking_config": (None,),
     "exponential_decay_length_penalty": (None,), "encoder_repetition_penalty": (None, 1.0),
@@ -682,6 +683,8 @@ class GenerationMixin:
                                                           prompt_ignore_length=padding))
         if config.no_repeat_ngram_size is not None and config.no_repeat_ngram_size > 0:
             chain.append(NoRepeatNGramLogitsProcessor(int(config.no_repeat_ngram_size)))
+        if config.bad_words_ids is not None:
+            chain.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos))
         if config.min_length is not None and eos and config.min_length > 0:
             chain.append(MinLengthLogitsProcessor(config.min_length, eos, device=device))
         if config.min_new_tokens is not None and eos and config.min_new_tokens > 0:
