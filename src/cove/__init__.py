@@ -68,8 +68,9 @@ _EXPORTS = {
     ),
     "cove.pipelines": (
         "FeatureExtractionPipeline", "FillMaskPipeline", "Pipeline",
-        "QuestionAnsweringPipeline", "TextClassificationPipeline", "TextGenerationPipeline",
-        "TokenClassificationPipeline", "ZeroShotClassificationPipeline", "pipeline",
+        "QuestionAnsweringPipeline", "SummarizationPipeline", "Text2TextGenerationPipeline",
+        "TextClassificationPipeline", "TextGenerationPipeline", "TokenClassificationPipeline",
+        "TranslationPipeline", "ZeroShotClassificationPipeline", "pipeline",
     ),
     "cove.trainer": (
         "DataCollatorForLanguageModeling", "DataCollatorForSeq2Seq",
@@ -209,9 +210,12 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         FillMaskPipeline,
         Pipeline,
         QuestionAnsweringPipeline,
+        SummarizationPipeline,
+        Text2TextGenerationPipeline,
         TextClassificationPipeline,
         TextGenerationPipeline,
         TokenClassificationPipeline,
+        TranslationPipeline,
         ZeroShotClassificationPipeline,
         pipeline,
     )
