@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # TYPE_CHECKING imports below and the packages' own exports in step.
 _EXPORTS = {
     "cove.models": (
-        "BitsAndBytesConfig", "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
+        "BitsAndBytesConfig", "TorchAoConfig", "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM",
         "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM",
         "AutoModelForSequenceClassification", "AutoModelForTokenClassification", "BartConfig",
         "BartForConditionalGeneration", "BartForQuestionAnswering",
@@ -198,6 +198,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time the names reso
         T5EncoderModel,
         T5ForConditionalGeneration,
         T5Model,
+        TorchAoConfig,
         XLMRobertaConfig,
         XLMRobertaForMaskedLM,
         XLMRobertaForQuestionAnswering,
