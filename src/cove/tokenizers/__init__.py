@@ -48,7 +48,7 @@ __all__ = [
     "AddedToken", "AutoTokenizer", "BatchEncoding", "BertTokenizer", "BertTokenizerFast",
     "CharSpan", "DistilBertTokenizer", "DistilBertTokenizerFast", "GPT2Tokenizer",
     "GPT2TokenizerFast", "LlamaTokenizer", "LlamaTokenizerFast", "MarianTokenizer",
-    "MPNetTokenizer", "MPNetTokenizerFast", "PaddingStrategy", "PreTrainedTokenizerBase", "PreTrainedTokenizerFast",
-    "RobertaTokenizer", "RobertaTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "TokenSpan",
+    "MPNetTokenizer", "MPNetTokenizerFast", "PaddingStrategy", "PreTrainedTokenizerBase",
+    "PreTrainedTokenizerFast", "RobertaTokenizer", "RobertaTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "TokenSpan",
     "TokenizersBackend", "TruncationStrategy",
 ]
