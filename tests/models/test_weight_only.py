@@ -171,6 +171,21 @@ def test_tiny_model_greedy_agrees(tiny_folder, quant):
     assert isinstance(kept.model.embed_tokens, Int8Embedding)
 
 
+def test_save_writes_float_weights(tiny_folder, tmp_path):
+    """save_pretrained writes the dequantised weights (a float checkpoint, as for the
+    bitsandbytes layers): reloaded in float, the logits are the quantised model's."""
+    model = cm.AutoModelForCausalLM.from_pretrained(
+        tiny_folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+    model.save_pretrained(tmp_path)
+    again = cm.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(again.lm_head) is torch.nn.Linear
+    torch.testing.assert_close(again.lm_head.weight, model.lm_head.dequantize())
+    ids = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        ours, reloaded = model(ids).logits, again(ids).logits
+    assert (ours - reloaded).abs().max() <= 0.02 * reloaded.abs().max()
+
+
 def test_tied_head_gets_a_quantised_copy():
     model = cm.LlamaForCausalLM(cm.LlamaConfig(**{**TINY, "tie_word_embeddings": True}))
     embeddings = model.model.embed_tokens.weight.detach().clone()

@@ -680,15 +680,19 @@ def dequantized_state(model: nn.Module, state: dict[str, torch.Tensor]
                       ) -> dict[str, torch.Tensor]:
     """A state dict with every quantised layer's codes and scales replaced by its float
     weight (in the model's dtype): what save_pretrained writes for a quantised model."""
+    from cove.models.weight_only import WEIGHT_ONLY_LAYERS, Int8Embedding
+
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
                  torch.float32)
     state = dict(state)
     for name, module in model.named_modules():
-        if isinstance(module, _QuantizedLinear):
+        if isinstance(module, (_QuantizedLinear, *WEIGHT_ONLY_LAYERS, Int8Embedding)):
             for key in module._buffers:
                 state.pop(f"{name}.{key}", None)
             weight = module.dequantize(dtype)
-            state[f"{name}.weight"] = weight.t().contiguous() if module.conv1d_layout else weight
+            if getattr(module, "conv1d_layout", False):
+                weight = weight.t().contiguous()
+            state[f"{name}.weight"] = weight
     log.warning("Saving a quantised %s: its quantised layers are written dequantised to %s "
                 "(a float checkpoint without quantization_config; load it with "
                 "quantization_config= to quantise it again).", type(model).__name__,
