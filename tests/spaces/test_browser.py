@@ -21,6 +21,7 @@ from playwright.sync_api import expect
 from cove.server.auth import set_password
 from cove.server.config import Settings
 from cove.server.hub import Hub
+from tests.server.live import LiveServer, cove
 from tests.spaces.conftest import push_space, wait_stage
 from tests.web.conftest import CHROMIUM
 
@@ -189,3 +190,21 @@ def test_owner_reads_the_logs_pauses_and_resumes(page, api, hub, spaces, owner_p
     app.get_by_role("button", name="Submit").click()
     expect(app.get_by_label("Reversed")).to_have_value("cba", timeout=30_000)
     page.screenshot(path=str(shots / "resumed.png"))
+
+
+def test_without_spaces_the_page_shows_the_card(tmp_path):
+    """`cove serve --no-spaces` (COVE_SPACES=0): Space repositories stay readable, and their
+    page is the card, as a model's; nothing is proxied."""
+    cove("admin", "user", "create", "alice", data=tmp_path)
+    token = cove("admin", "token", "create", "alice", "--role", "write", "--name", "t",
+                 data=tmp_path)
+    live = LiveServer(tmp_path, env={"COVE_SPACES": "0"}).start()
+    try:
+        api = HfApi(endpoint=live.url, token=token)
+        push_space(api, "idle", "static", {"index.html": INDEX}, tmp_path / "push")
+        page = httpx.get(f"{live.url}/spaces/alice/idle")
+        assert page.status_code == 200
+        assert "A test Space" in page.text and "space-app" not in page.text
+        assert httpx.get(f"{live.url}/spaces/alice/idle/app/").status_code == 404
+    finally:
+        live.stop()
