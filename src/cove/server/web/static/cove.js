@@ -16,19 +16,22 @@ if (space) {
   const runtime = `/api/spaces/${space.dataset.spaceId}/runtime`;
   const tick = async () => {
     try {
+      let fresh = null;  // this page as the server renders it now, fetched at most once a tick
+      const page = async () => fresh ??= new DOMParser().parseFromString(
+        await (await fetch(location.href, { cache: "no-store" })).text(), "text/html");
       const answer = await fetch(runtime, { cache: "no-store" });
-      // A private Space's runtime needs a token: reload the page (the session's view) instead.
-      if (!answer.ok || (await answer.json()).stage !== space.dataset.stage) {
+      // A private Space's runtime API wants a token: the page, read with this session, says it.
+      const stage = answer.ok ? (await answer.json()).stage
+        : (await page()).querySelector(".space")?.dataset.stage;
+      if (stage !== space.dataset.stage) {
         location.reload();
         return;
       }
       const log = document.getElementById("space-logs");
       if (log && log.closest("details").open) {
-        const page = await fetch(location.href, { cache: "no-store" });
-        const fresh = new DOMParser().parseFromString(await page.text(), "text/html")
-          .getElementById("space-logs");
+        const text = (await page()).getElementById("space-logs")?.textContent;
         const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-        if (fresh) log.textContent = fresh.textContent;
+        if (text !== undefined) log.textContent = text;
         if (atEnd) log.scrollTop = log.scrollHeight;
       }
     } catch (e) { /* the server restarts: try again at the next tick */ }
