@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -54,9 +55,12 @@ class LogBuffer:
         self._changed = asyncio.Event()
 
     def append(self, text: str) -> None:
+        # Whole seconds: huggingface_hub's fetch_space_logs stops at the first line stamped
+        # after the response's Date + 1 s, and the server's Date lags the clock by up to a
+        # second (refreshed once a second), so finer stamps could hide the newest lines.
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         for line in text.splitlines() or [""]:
-            stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            self.lines.append((stamp.replace("+00:00", "Z"), line))
+            self.lines.append((stamp, line))
             self.count += 1
         self._wake()
 
@@ -112,7 +116,7 @@ class Space:
     build_log: LogBuffer = field(default_factory=LogBuffer)
     run_log: LogBuffer = field(default_factory=LogBuffer)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    pip_ran: bool = False  # whether the last build installed anything (tests, the page)
+    env_key: str | None = None  # the environment it runs in
 
 
 class SpaceManager:
@@ -258,7 +262,13 @@ class SpaceManager:
         if factory and space.config is not None:
             await self._halt(space)
             key = env_key(space.config, self.python, repo.namespace)
-            await asyncio.to_thread(self.builder.forget, key)
+            sharing = [s.full_id for s in self.spaces.values()
+                       if s is not space and s.env_key == key and s.proc is not None]
+            if sharing:  # removing it would break apps that import from it while running
+                space.build_log.append("Factory reboot: the environment is kept, as running "
+                                       "Spaces use it: " + ", ".join(sharing))
+            else:
+                await asyncio.to_thread(self.builder.forget, key)
         self._launch(space)
         return self.runtime(repo)
 
@@ -452,14 +462,14 @@ class SpaceManager:
         space.cgroup = Cgroup.create(
             f"{self._cgroup_prefix}{space.repo_id}", self._memory_bytes(), self.options.cpus, who
         )
-        space.pip_ran = False
         try:
             if config.packages:
                 await self._packages(config, blog)
             key = env_key(config, self.python, space.full_id.split("/")[0])
 
+            space.env_key = key
+
             async def run(argv: list[str], env: dict[str, str], cwd: Path) -> int:
-                space.pip_ran = space.pip_ran or "pip" in argv
                 return await self._run_step(space, argv, env, cwd, who, blog)
 
             env_dir = await self.builder.ensure(key, config, self.python, who, home,
@@ -659,6 +669,7 @@ class SpaceManager:
         """Every few seconds: a running app idle past its sleep time is stopped (SLEEPING)."""
         while True:
             await asyncio.sleep(5)
+            await self._forget_deleted()
             now = time.monotonic()
             for space in list(self.spaces.values()):
                 if space.stage != "RUNNING" or space.sdk == "static" or space.active:
@@ -669,6 +680,23 @@ class SpaceManager:
                                          "without visits =====")
                     await self._halt(space)
                     self._set(space, "SLEEPING")
+
+
+    async def _forget_deleted(self) -> None:
+        """Spaces whose repository was deleted: stopped, their folders removed."""
+        ids = list(self.spaces)
+        if not ids:
+            return
+
+        def existing() -> set[int]:
+            with self.hub.session() as s:
+                return set(s.scalars(select(Repository.id).where(Repository.id.in_(ids))))
+
+        for repo_id in set(ids) - await asyncio.to_thread(existing):
+            space = self.spaces.pop(repo_id)
+            await self._halt(space)
+            for folder in ("work", "home"):
+                await asyncio.to_thread(shutil.rmtree, self.dir / folder / str(repo_id), True)
 
 
 def _reader(hub: Hub, git, entry):

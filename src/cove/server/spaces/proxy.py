@@ -92,18 +92,26 @@ def _response_headers(resp: httpx.Response, port: int, prefix: str) -> list[tupl
     return out
 
 
-async def _running(request, repo: Repository) -> tuple[int, bool]:
-    manager = request.app.state.spaces
+async def _settled(request, repo: Repository) -> dict:
+    """The Space's runtime once it runs (woken if asleep), or a 503 saying why it does not."""
     try:
-        runtime = await manager.wait_running(repo, WAKE_TIMEOUT)
+        runtime = await request.app.state.spaces.wait_running(repo, WAKE_TIMEOUT)
     except TimeoutError as e:
         raise errors.HubError(503, "SpaceNotReady", f"{e}; try again shortly.",
                               headers={"Retry-After": "5"}) from None
-    upstream = manager.upstream(repo)
-    if upstream is None:
+    if runtime["stage"] != "RUNNING":
         message = runtime.get("errorMessage") or f"The Space is {runtime['stage']}."
         raise errors.HubError(503, "SpaceNotRunning",
                               f"{repo.repo_id} is {runtime['stage']}: {message}")
+    return runtime
+
+
+async def _running(request, repo: Repository) -> tuple[int, bool]:
+    """(port, keep the prefix) of the Space's running app."""
+    await _settled(request, repo)
+    upstream = request.app.state.spaces.upstream(repo)
+    if upstream is None:  # a static Space: no app to connect to
+        raise errors.HubError(404, "NoAppServer", f"{repo.repo_id} is a static Space.")
     return upstream
 
 
@@ -121,9 +129,13 @@ async def proxy_http(owner: str, name: str, path: str, request: Request) -> Resp
     repo = _space_repo(request, owner, name)
     manager = request.app.state.spaces
     prefix = manager.app_prefix(repo)
-    if (repo.sdk or "") == "static" or manager.runtime(repo).get("sdk") == "static":
+    if (await _settled(request, repo))["sdk"] == "static":
         return await _static(request, repo, path)
-    port, keep_prefix = await _running(request, repo)
+    upstream = manager.upstream(repo)
+    if upstream is None:  # stopped between the two lines (a push, a pause)
+        raise errors.HubError(503, "SpaceNotReady", f"{repo.repo_id} is restarting.",
+                              headers={"Retry-After": "5"})
+    port, keep_prefix = upstream
     target = f"{prefix}/{path}" if keep_prefix else f"/{path}"
     raw = request.scope.get("raw_path")
     if raw:  # the path as the browser sent it (encoded characters kept)
