@@ -68,6 +68,7 @@ def stage_label(stage: str | None) -> tuple[str, str]:
 
 
 def _tail(text: str) -> str:
+    """The log's last LOG_TAIL characters, from a line's start."""
     if len(text) <= LOG_TAIL:
         return text
     cut = text[-LOG_TAIL:]
@@ -92,7 +93,7 @@ async def space_page(request: Request, owner: str, name: str) -> Response:
     if ctx.can_write:
         logs = {kind: _tail(manager.logs(repo, kind)) for kind in ("build", "run")}
     return render(
-        request, "space.html", ctx=ctx, tab="app", runtime=runtime, stage=stage,
+        request, "space.html", ctx=ctx, tab="app", stage=stage,
         stage_label=stage_label(stage), moving=stage in MOVING, serving=stage in SERVING,
         app_src=manager.app_prefix(repo) + "/", logs=logs, which_log=which,
         error_message=runtime.get("errorMessage"),
