@@ -101,27 +101,37 @@ http.server.ThreadingHTTPServer(
 ).serve_forever()
 '''
 
+# An app that never listens: stopped once the test Hub's start timeout (25 s) has passed.
+NO_PORT_APP = "import time\nprint('warming up', flush=True)\nwhile True:\n    time.sleep(1)\n"
+
 STREAMLIT_APP = '''import streamlit as st
 
 st.title("Cove streamlit test")
 st.write("hello from streamlit")
 '''
 
-
-# An app that never listens: stopped once the test Hub's start timeout (25 s) has passed.
-NO_PORT_APP = "import time\nprint('warming up', flush=True)\nwhile True:\n    time.sleep(1)\n"
+BROKEN_REQUIREMENTS = "cove-no-such-package-anywhere==9.9.9\n"
 
 
 @pytest.fixture(scope="module")
-def gradio_space(api: HfApi, tmp_path_factory) -> str:
-    """alice/hello, running. alice/no-port is pushed with it, so that its start timeout runs
-    out while the environment builds (its test then has nothing left to wait for)."""
-    tmp = tmp_path_factory.mktemp("hello")
-    repo_id = push_space(api, "hello", "gradio", {"app.py": GRADIO_APP}, tmp)
+def pushed(api: HfApi, tmp_path_factory) -> None:
+    """The Spaces that build, pushed together so that their builds overlap: alice/hello
+    (gradio), alice/no-port (its start timeout runs out meanwhile), alice/broken-build and
+    alice/streamlit-app. Each test waits for its own."""
+    tmp = tmp_path_factory.mktemp("pushed")
+    push_space(api, "hello", "gradio", {"app.py": GRADIO_APP}, tmp)
     push_space(api, "no-port", "gradio", {"app.py": NO_PORT_APP}, tmp)
-    runtime = wait_stage(api, repo_id, SETTLED)
+    push_space(api, "broken-build", "gradio",
+               {"app.py": GRADIO_APP, "requirements.txt": BROKEN_REQUIREMENTS}, tmp)
+    push_space(api, "streamlit-app", "streamlit", {"app.py": STREAMLIT_APP}, tmp)
+
+
+@pytest.fixture(scope="module")
+def gradio_space(api: HfApi, pushed) -> str:
+    """alice/hello, running."""
+    runtime = wait_stage(api, "alice/hello", SETTLED)
     assert runtime["stage"] == "RUNNING", runtime
-    return repo_id
+    return "alice/hello"
 
 
 def test_static_space_serves_its_index(api, hub, tmp_path):
@@ -171,10 +181,8 @@ def test_push_restarts_the_space_with_the_new_code(api, hub, gradio_space):
     assert "Using the cached environment" in build and "Installing" not in build
 
 
-def test_failing_requirements_show_build_error_with_pip_log(api, tmp_path):
-    repo_id = push_space(api, "broken-build", "gradio", {
-        "app.py": GRADIO_APP, "requirements.txt": "cove-no-such-package-anywhere==9.9.9\n",
-    }, tmp_path)
+def test_failing_requirements_show_build_error_with_pip_log(api, pushed):
+    repo_id = "alice/broken-build"
     runtime = wait_stage(api, repo_id, SETTLED)
     assert runtime["stage"] == "BUILD_ERROR", runtime
     assert "pip install failed" in runtime["errorMessage"]
@@ -194,7 +202,7 @@ def test_crashing_app_shows_runtime_error_with_traceback(api, gradio_space, tmp_
     assert "Traceback (most recent call last)" in run and 'line 2, in load' in run
 
 
-def test_app_that_never_opens_its_port_is_stopped(api, gradio_space):
+def test_app_that_never_opens_its_port_is_stopped(api, pushed):
     repo_id = "alice/no-port"
     runtime = wait_stage(api, repo_id, {"RUNTIME_ERROR", "RUNNING"}, timeout=120)
     assert runtime["stage"] == "RUNTIME_ERROR", runtime
@@ -290,8 +298,8 @@ def test_private_space_is_hidden_and_hub_credentials_stay_home(api, hub, tmp_pat
     assert seen["x-forwarded-host"] == hub.url.removeprefix("http://")
 
 
-def test_streamlit_space_runs_behind_the_proxy(api, hub, tmp_path):
-    repo_id = push_space(api, "streamlit-app", "streamlit", {"app.py": STREAMLIT_APP}, tmp_path)
+def test_streamlit_space_runs_behind_the_proxy(api, hub, pushed):
+    repo_id = "alice/streamlit-app"
     runtime = wait_stage(api, repo_id, SETTLED)
     assert runtime["stage"] == "RUNNING", runtime
     base = f"{hub.url}/spaces/{repo_id}/app"
