@@ -48,10 +48,10 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 class LogBuffer:
     """A log's last lines with their times; readers may follow it until it is closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, closed: bool = False) -> None:
         self.lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=LOG_LINES)
         self.count = 0  # lines ever appended
-        self.closed = False
+        self.closed = closed  # nothing more will come: followers stop at the end
         self._changed = asyncio.Event()
 
     def append(self, text: str) -> None:
@@ -113,8 +113,9 @@ class Space:
     last_visit: float = field(default_factory=time.monotonic)
     running_since: float = 0.0
     active: int = 0  # proxied requests and WebSockets open now: no sleep while any is
-    build_log: LogBuffer = field(default_factory=LogBuffer)
-    run_log: LogBuffer = field(default_factory=LogBuffer)
+    # Closed until a build or a run writes to them: nothing to follow yet.
+    build_log: LogBuffer = field(default_factory=lambda: LogBuffer(closed=True))
+    run_log: LogBuffer = field(default_factory=lambda: LogBuffer(closed=True))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     env_key: str | None = None  # the environment it runs in
 
@@ -411,6 +412,8 @@ class SpaceManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._stop_process(space)
+        space.build_log.close()
+        space.run_log.close()
 
     async def _stop_process(self, space: Space) -> None:
         proc, space.proc = space.proc, None
@@ -437,6 +440,7 @@ class SpaceManager:
             space.build_log.close()
             self._set(space, "RUNTIME_ERROR", f"Internal error of the Space runner: {e}")
             await self._stop_process(space)
+            space.run_log.close()
 
     async def _build_and_run(self, space: Space) -> None:
         space.build_log.close()
@@ -520,6 +524,7 @@ class SpaceManager:
                 message = (f"The app did not open its port within "
                            f"{self.options.start_timeout:g} s: stopped.")
                 space.run_log.append(message)
+                space.run_log.close()
                 self._set(space, "RUNTIME_ERROR", message)
                 return
             space.proc, space.port = None, None
