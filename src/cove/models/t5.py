@@ -87,6 +87,11 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
     return buckets + torch.where(is_small, distance, large)
 
 
+def _drop(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`dropout(x)`, without a module call in eval mode: a decoding step would make ~50."""
+    return dropout(x) if dropout.training else x
+
+
 class T5Attention(nn.Module):
     def __init__(self, config: T5Config, is_decoder: bool, has_relative_attention_bias: bool,
                  layer_idx: int) -> None:
@@ -122,9 +127,10 @@ class T5Attention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
                 position_bias: torch.Tensor | None, cache: Any = None,
                 key_value_states: torch.Tensor | None = None, need_weights: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """mask: additive, [batch or 1, 1, q, k]. Returns the output, the position bias (mask
-        not included: later blocks reuse it) and the attention weights if asked for."""
+        not included: later blocks reuse it; None in cross-attention) and the attention
+        weights if asked for."""
         q = self._split(self.q(x))
         cross = key_value_states is not None
         past = cache.length if cache is not None and not cross else 0
@@ -138,20 +144,25 @@ class T5Attention(nn.Module):
                     cache.set_cross(self.layer_idx, k, v)
                 else:
                     k, v = cache.update(self.layer_idx, k, v)
-        if position_bias is None:
-            if self.has_relative_attention_bias:
-                position_bias = self.compute_bias(x.shape[1], k.shape[2], past)
-            else:
-                position_bias = q.new_zeros(1, self.n_heads, x.shape[1], k.shape[2])
-        scores_bias = position_bias if mask is None else position_bias + mask
+        if position_bias is None and self.has_relative_attention_bias:
+            position_bias = self.compute_bias(x.shape[1], k.shape[2], past)
+        # Cross-attention has no position bias: without a padding mask either, SDPA gets no
+        # mask at all (transformers adds a zero bias)
+        if mask is None or position_bias is None:
+            scores_bias = mask if position_bias is None else position_bias
+        else:
+            scores_bias = position_bias + mask
         dropout = self.dropout_p if self.training else 0.0
         if need_weights:
-            scores = torch.matmul(q, k.transpose(-1, -2)) + scores_bias
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            if scores_bias is not None:
+                scores = scores + scores_bias
             weights = F.softmax(scores.float(), dim=-1).type_as(scores)
             out = torch.matmul(F.dropout(weights, p=dropout) if dropout else weights, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype),
-                                                 dropout_p=dropout, scale=1.0)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if scores_bias is None else scores_bias.to(q.dtype),
+                dropout_p=dropout, scale=1.0)
             weights = None
         return self.o(merge_heads(out)), position_bias, weights
 
@@ -167,7 +178,7 @@ class T5LayerSelfAttention(nn.Module):
     def forward(self, x, mask, position_bias, cache, need_weights):
         out, bias, weights = self.SelfAttention(self.layer_norm(x), mask, position_bias, cache,
                                                 need_weights=need_weights)
-        return x + self.dropout(out), bias, weights
+        return x + _drop(self.dropout, out), bias, weights
 
 
 class T5LayerCrossAttention(nn.Module):
@@ -180,7 +191,7 @@ class T5LayerCrossAttention(nn.Module):
     def forward(self, x, encoder_states, mask, position_bias, cache, need_weights):
         out, bias, weights = self.EncDecAttention(self.layer_norm(x), mask, position_bias, cache,
                                                   encoder_states, need_weights)
-        return x + self.dropout(out), bias, weights
+        return x + _drop(self.dropout, out), bias, weights
 
 
 class T5DenseActDense(nn.Module):
@@ -192,7 +203,7 @@ class T5DenseActDense(nn.Module):
         self.act = activation(config.dense_act_fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(self.act(self.wi(x))))
+        return self.wo(_drop(self.dropout, self.act(self.wi(x))))
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -205,7 +216,7 @@ class T5DenseGatedActDense(nn.Module):
         self.act = activation(config.dense_act_fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))
+        return self.wo(_drop(self.dropout, self.act(self.wi_0(x)) * self.wi_1(x)))
 
 
 class T5LayerFF(nn.Module):
@@ -217,7 +228,7 @@ class T5LayerFF(nn.Module):
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dropout(self.DenseReluDense(self.layer_norm(x)))
+        return x + _drop(self.dropout, self.DenseReluDense(self.layer_norm(x)))
 
 
 class T5Block(nn.Module):
@@ -270,7 +281,8 @@ class T5Stack(nn.Module):
         past = cache.length if cache is not None else 0
         kv_len = past + n
         mask = None
-        if self.is_decoder:
+        if self.is_decoder and (n > 1 or attention_mask is not None):
+            # (one new position and no padding: every cached key is visible, no mask needed)
             q_pos = torch.arange(past, kv_len, device=device)[:, None]
             allowed = torch.arange(kv_len, device=device)[None, :] <= q_pos  # [n, kv_len]
             allowed = allowed[None, None]
@@ -283,7 +295,7 @@ class T5Stack(nn.Module):
         if encoder_hidden_states is not None and encoder_attention_mask is not None \
                 and not bool(encoder_attention_mask.all()):
             encoder_mask = _additive(encoder_attention_mask[:, None, None, :].to(device), dtype)
-        x = self.dropout(x)
+        x = _drop(self.dropout, x)
         position_bias = cross_bias = None
         hidden, self_attns, cross_attns = [], [], []
         for block in self.block:
@@ -294,7 +306,7 @@ class T5Stack(nn.Module):
                 cache, output_attentions)
             self_attns.append(w_self)
             cross_attns.append(w_cross)
-        x = self.dropout(self.final_layer_norm(x))
+        x = _drop(self.dropout, self.final_layer_norm(x))
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=x, past_key_values=cache,
             hidden_states=(*hidden, x) if output_hidden_states else None,
