@@ -159,7 +159,9 @@ class Cgroup:
     def wrap(self, argv: list[str]) -> list[str]:
         """`argv` started through a shell that first joins this cgroup, then execs it."""
         procs = [str(p / "cgroup.procs") for p in self.dirs.values()]
-        script = 'for f in "$1" "$2"; do echo $$ > "$f" || exit 111; done; shift 2; exec "$@"'
+        script = ('for f in "$1" "$2"; do echo $$ > "$f" || '
+                  '{ echo "cove: cannot join the cgroup $f" >&2; exit 111; }; done; '
+                  'shift 2; exec "$@"')
         return ["/bin/sh", "-c", script, "sh", *procs, *argv]
 
     def pids(self) -> list[int]:
