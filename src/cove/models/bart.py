@@ -84,6 +84,11 @@ class BartLearnedPositionalEmbedding(nn.Embedding):
         return super().forward(positions + self.offset)[None]
 
 
+def _drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped in eval mode (a decoding step would make ~20 no-op calls)."""
+    return F.dropout(x, p, training) if training and p else x
+
+
 class BartAttention(nn.Module):
     def __init__(self, d_model: int, heads: int, dropout: float, layer_idx: int,
                  is_cross: bool = False) -> None:
@@ -133,9 +138,9 @@ class BartEncoderLayer(nn.Module):
 
     def forward(self, x, mask, need_weights):
         attn, weights = self.self_attn(x, mask, need_weights=need_weights)
-        x = self.self_attn_layer_norm(x + F.dropout(attn, self.dropout, self.training))
-        h = F.dropout(self.act(self.fc1(x)), self.activation_dropout, self.training)
-        x = self.final_layer_norm(x + F.dropout(self.fc2(h), self.dropout, self.training))
+        x = self.self_attn_layer_norm(x + _drop(attn, self.dropout, self.training))
+        h = _drop(self.act(self.fc1(x)), self.activation_dropout, self.training)
+        x = self.final_layer_norm(x + _drop(self.fc2(h), self.dropout, self.training))
         return x, weights
 
 
@@ -156,14 +161,14 @@ class BartDecoderLayer(nn.Module):
 
     def forward(self, x, mask, encoder_states, encoder_mask, cache, need_weights):
         attn, w_self = self.self_attn(x, mask, cache, need_weights=need_weights)
-        x = self.self_attn_layer_norm(x + F.dropout(attn, self.dropout, self.training))
+        x = self.self_attn_layer_norm(x + _drop(attn, self.dropout, self.training))
         w_cross = None
         if encoder_states is not None:
             attn, w_cross = self.encoder_attn(x, encoder_mask, cache, encoder_states,
                                               need_weights)
-            x = self.encoder_attn_layer_norm(x + F.dropout(attn, self.dropout, self.training))
-        h = F.dropout(self.act(self.fc1(x)), self.activation_dropout, self.training)
-        x = self.final_layer_norm(x + F.dropout(self.fc2(h), self.dropout, self.training))
+            x = self.encoder_attn_layer_norm(x + _drop(attn, self.dropout, self.training))
+        h = _drop(self.act(self.fc1(x)), self.activation_dropout, self.training)
+        x = self.final_layer_norm(x + _drop(self.fc2(h), self.dropout, self.training))
         return x, w_self, w_cross
 
 
@@ -196,7 +201,7 @@ class BartEncoder(nn.Module):
         x = self.embed_tokens(input_ids) * self.embed_scale if inputs_embeds is None \
             else inputs_embeds
         x = x + self.embed_positions(x.shape[1]).to(x.device, x.dtype)
-        x = F.dropout(self.layernorm_embedding(x), self.config.dropout, self.training)
+        x = _drop(self.layernorm_embedding(x), self.config.dropout, self.training)
         mask = _padding(attention_mask, x.dtype, x.device)
         hidden, attentions = [], []
         for layer in self.layers:
@@ -231,7 +236,7 @@ class BartDecoder(nn.Module):
         n = x.shape[1]
         past = cache.length if cache is not None else 0
         x = x + self.embed_positions(n, past).to(x.device, x.dtype)
-        x = F.dropout(self.layernorm_embedding(x), self.config.dropout, self.training)
+        x = _drop(self.layernorm_embedding(x), self.config.dropout, self.training)
         mask = None
         if n > 1 or attention_mask is not None:
             q_pos = torch.arange(past, past + n, device=x.device)[:, None]
