@@ -157,7 +157,9 @@ def test_gradio_space_answers_through_the_proxy(api, hub, gradio_space):
     page = httpx.get(f"{hub.url}/spaces/{gradio_space}/app/")
     assert page.status_code == 200 and "gradio" in page.text.lower()
     build = logs(api, gradio_space, build=True)
-    assert "Successfully installed" in build and "gradio" in build
+    # Built here, or by another test module of the session with the same requirements.
+    assert "Successfully installed" in build or "Using the cached environment" in build
+    assert "Starting the app." in build
     assert "Running on local URL" in logs(api, gradio_space)
 
 
