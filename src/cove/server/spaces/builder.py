@@ -132,7 +132,8 @@ class Builder:
                     raise BuildError("pip install failed")
             if config.uses_cove:
                 _share_server_packages(path, log)
-            await asyncio.to_thread(make_public_readonly, path)
+            if isolated():  # root's from now on: read-only for every Space
+                await asyncio.to_thread(make_public_readonly, path)
             marker = path / (COMPLETE + ".tmp")
             marker.write_text(json.dumps({"key": key, "install": config.install_lines(),
                                           "cove": config.uses_cove}))

@@ -596,8 +596,11 @@ class SpaceManager:
             await _pump(proc, blog)
             return await proc.wait()
         finally:
-            # Whatever the step left running (or all of it, when cancelled) goes too.
+            # Whatever the step left running (or all of it, when cancelled) goes too, also
+            # what left its session: nothing of the Space may run while root seals its files.
             await runner.stop(proc, None, grace=0)
+            if space.cgroup is not None:
+                space.cgroup.kill_all()
 
     async def _packages(self, config: SpaceConfig, blog: LogBuffer) -> None:
         names = " ".join(config.packages)

@@ -60,32 +60,38 @@ def own_dir(path: Path, who: Identity, mode: int = 0o700) -> Path:
     return path
 
 
-def chown_tree(root: Path, uid: int, gid: int, dir_mode: int | None = None) -> None:
-    """chown everything under `root` (links themselves, never their targets)."""
-    for base, dirs, files in os.walk(root):
-        os.chown(base, uid, gid, follow_symlinks=False)
-        if dir_mode is not None:
-            os.chmod(base, dir_mode)
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
-            os.chown(os.path.join(base, name), uid, gid, follow_symlinks=False)
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    """chown everything under `root` to uid:gid; see `_each_entry` for links."""
+    for dir_fd, name in _each_entry(root):
+        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def make_public_readonly(root: Path) -> None:
-    """Root owns `root`; everyone may read (and run) it, nobody else may change it."""
-    for base, _dirs, files in os.walk(root):
-        os.chown(base, 0, 0)
-        os.chmod(base, 0o755)
-        for name in files:
-            path = os.path.join(base, name)
-            st = os.lstat(path)
-            os.chown(path, 0, 0, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode):
-                executable = st.st_mode & 0o111
-                os.chmod(path, 0o755 if executable else 0o644)
-        for name in _dirs:
-            path = os.path.join(base, name)
-            if os.path.islink(path):
-                os.chown(path, 0, 0, follow_symlinks=False)
+    """Root owns everything under `root`; everyone may read (and run) it, nobody else may
+    change it."""
+    for dir_fd, name in _each_entry(root):
+        os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:  # a symbolic link (or a socket): its mode means nothing
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+                os.fchmod(fd, 0o755 if stat.S_ISDIR(mode) or mode & 0o111 else 0o644)
+        finally:
+            os.close(fd)
+
+
+def _each_entry(root: Path):
+    """(dir_fd, name) of `root` and of everything under it, walked through folder handles
+    that never follow a symbolic link: a Space's process that swaps a folder for a link
+    while root walks its files cannot turn root's chown or chmod onto another path."""
+    for top, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+        if top == str(root):
+            yield dir_fd, "."
+        for name in dirs + files:
+            yield dir_fd, name
 
 
 def prepare_spaces_dir(spaces_dir: Path, data_dir: Path) -> None:
