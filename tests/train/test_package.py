@@ -28,8 +28,9 @@ def test_missing_names_say_what_transformers_has():
 
     import cove.trainer
 
-    with pytest.raises(AttributeError, match=r"'cove.trainer' has no 'Seq2SeqTrainer' yet: "
-                                             r"transformers \([^)]*\) has it"):
-        cove.trainer.Seq2SeqTrainer  # noqa: B018
-    with pytest.raises(ImportError, match="has no 'DataCollatorForSeq2Seq' yet"):
-        from cove.trainer import DataCollatorForSeq2Seq  # noqa: F401
+    with pytest.raises(AttributeError, match=r"'cove.trainer' has no 'DataCollatorWithFlattening' "
+                                             r"yet: transformers \([^)]*\) has it"):
+        cove.trainer.DataCollatorWithFlattening  # noqa: B018
+    missing = "DataCollatorForPermutationLanguageModeling"
+    with pytest.raises(ImportError, match=f"has no '{missing}' yet"):
+        from cove.trainer import DataCollatorForPermutationLanguageModeling  # noqa: F401
