@@ -97,8 +97,13 @@ chromium:
 	@test -x $(CHROMIUM) || command -v chromium >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# Two workers: much of the suite waits (servers, browsers, Space builds), and each test process
+# runs torch on one thread. Whole files go to a worker, so module fixtures are built once.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.sentencepiece tests/.data/.fetched chromium
-	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q --durations=25 tests
+	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q --durations=25 \
+		-n $(TEST_WORKERS) --dist loadfile tests
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

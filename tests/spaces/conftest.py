@@ -47,7 +47,10 @@ def spaces_dir():
 def hub(tmp_path_factory, spaces_dir) -> LiveServer:
     """The live server (`.url`, `.accounts`); alice owns the test Spaces."""
     data = tmp_path_factory.mktemp("spaces-hub")
+    # Each pytest-xdist worker's Hub numbers its repositories from 1: distinct Space users.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
     live = LiveServer(data, env={"COVE_SPACES_DIR": str(spaces_dir),
+                                 "COVE_SPACES_UID_BASE": str(200_000 + 10_000 * worker),
                                  "COVE_SPACES_START_TIMEOUT": "25"})
     live.accounts = seed_accounts(data)
     live.start()
