@@ -173,16 +173,17 @@ def checkout(files: list[tuple[str, Callable[[], bytes]]], dest: Path, who: Iden
     tmp = dest.with_name(dest.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # Closed before anything is written: no other Space's user may enter it at any moment.
+    os.chmod(tmp, 0o700)
     for rel, read in files:
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(read())
+    if who.uid is not None:
+        chown_tree(tmp, who.uid, who.gid)
     old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
-    if who.uid is not None:
-        chown_tree(dest, who.uid, who.gid)
-    os.chmod(dest, 0o700)
