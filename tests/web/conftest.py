@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -166,13 +165,21 @@ def site(tmp_path_factory) -> Site:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def artifacts() -> Path:
+    """The screenshots' folder (kept, not emptied: the suite's workers share it and each
+    screenshot is overwritten by name)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+# One browser per test file, not per session: while sync_playwright runs, its event loop is
+# the process's running loop, and a later file's asyncio.run() on the same worker would fail.
+@pytest.fixture(scope="module")
+def browser(artifacts):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (make test installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, headless=True,
