@@ -23,7 +23,9 @@ from cove.server.config import Settings
 from cove.server.hub import Hub
 from tests.server.live import LiveServer, cove
 from tests.spaces.conftest import push_space, wait_stage
-from tests.web.conftest import CHROMIUM
+
+# The web pages' browser (one per test file), launched with the flags the tests agree on.
+from tests.web.conftest import artifacts, browser  # noqa: F401
 
 SETTLED = {"RUNNING", "BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR", "NO_APP_FILE", "PAUSED"}
 PASSWORD = "alice-secret-1"
@@ -78,23 +80,6 @@ def owner_password(hub) -> str:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def shots() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="cove-space-pages-"))
     print(f"screenshots in {folder}")
@@ -102,7 +87,7 @@ def shots() -> Path:
 
 
 @pytest.fixture
-def page(browser, hub):
+def page(browser, hub):  # noqa: F811 (the imported fixture)
     context = browser.new_context(base_url=hub.url, viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     yield tab
