@@ -101,6 +101,59 @@ http.server.ThreadingHTTPServer(
 ).serve_forever()
 '''
 
+# An app that shows how the proxy relays answers: an event stream whose second event waits
+# for a request to /release (so the first must pass alone), a forged Hub session cookie beside
+# its own, a redirect to its own loopback origin, an empty answer with a length, HEAD.
+RELAY_APP = '''import http.server
+import os
+import threading
+
+port = int(os.environ["GRADIO_SERVER_PORT"])
+release = threading.Event()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        if status != 204:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def chunk(self, data):
+        self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.path == "/events":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.chunk(b"data: first\\n\\n")
+            release.wait(60)
+            self.chunk(b"data: second\\n\\n")
+            self.wfile.write(b"0\\r\\n\\r\\n")
+        elif self.path == "/release":
+            release.set()
+            self.answer(204)
+        elif self.path == "/moved":
+            self.answer(302, headers=[("Location", f"http://127.0.0.1:{port}/target?a=1")])
+        else:
+            self.answer(200, b"cookies", [("Set-Cookie", "cove_session=forged; Path=/"),
+                                          ("Set-Cookie", "theme=dark; Path=/")])
+
+    do_HEAD = do_GET
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
 # An app that never listens: stopped once the test Hub's start timeout (25 s) has passed.
 NO_PORT_APP = "import time\nprint('warming up', flush=True)\nwhile True:\n    time.sleep(1)\n"
 
@@ -249,6 +302,32 @@ def test_space_sees_only_its_own_files_and_secrets(api, hub, gradio_space, space
                         headers={"authorization": f"Bearer {hub.accounts.alice_write}"}).json()
     assert secrets["MY_SECRET"]["updatedAt"] and "value" not in secrets["MY_SECRET"]
     assert api.get_space_variables(repo_id)["DATA_DIR"].value == str(hub.data)
+
+
+def test_proxy_relays_events_as_they_come_and_guards_the_hub_cookie(api, hub, gradio_space,
+                                                                     tmp_path):
+    repo_id = "alice/relay"
+    push_space(api, "relay", "gradio", {"app.py": RELAY_APP}, tmp_path)
+    runtime = wait_stage(api, repo_id, SETTLED)
+    assert runtime["stage"] == "RUNNING", (runtime, logs(api, repo_id))
+    base = f"{hub.url}/spaces/{repo_id}/app"
+    with httpx.Client(timeout=30) as client, client.stream("GET", f"{base}/events") as events:
+        lines = events.iter_lines()
+        # The first event passes while the app holds the second back until /release.
+        assert next(lines) == "data: first"
+        assert client.get(f"{base}/release").status_code == 204
+        assert [line for line in lines if line] == ["data: second"]
+    page = httpx.get(f"{base}/page")
+    assert page.text == "cookies" and page.headers.get_list("set-cookie") == [
+        "theme=dark; Path=/"]
+    # One Date and one Server header: the Hub's, not the app's beside them.
+    assert len(page.headers.get_list("date")) == len(page.headers.get_list("server")) == 1
+    moved = httpx.get(f"{base}/moved", follow_redirects=False)
+    assert moved.status_code == 302 and moved.headers["location"] == (
+        f"/spaces/{repo_id}/app/target?a=1")
+    head = httpx.head(f"{base}/page")
+    assert head.status_code == 200 and head.headers["content-length"] == "7"
+    assert head.content == b""
 
 
 def test_owner_actions_and_access(api, hub, gradio_space):

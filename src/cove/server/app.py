@@ -98,5 +98,6 @@ def create_app(settings: Settings, hub: Hub | None = None) -> FastAPI:
     from cove.server import web
 
     web.install(app)
+    # Added last, so outermost: it runs before the Spaces proxy's middleware too.
     app.add_middleware(RawPathMiddleware)
     return app

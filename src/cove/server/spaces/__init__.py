@@ -1,7 +1,8 @@
 """Spaces: building and running Space apps (Gradio, Streamlit, static) behind the Hub.
 
-`install(app, hub)` mounts the API and the reverse proxy and puts the `SpaceManager` at
-`app.state.spaces`; the app's lifespan calls `manager.start()` and `manager.close()`.
+`install(app, hub)` mounts the API and the reverse proxy (middleware, ahead of the routes)
+and puts the `SpaceManager` at `app.state.spaces`; the app's lifespan calls
+`manager.start()` and `manager.close()`.
 """
 
 from __future__ import annotations
@@ -19,5 +20,6 @@ def install(app: FastAPI, hub: Hub) -> SpaceManager:
     manager = SpaceManager(hub)
     app.state.spaces = manager
     app.include_router(routes.router)
-    app.include_router(proxy.router)
+    # Middleware added later wraps it: RawPathMiddleware (app.py) still sees every request.
+    app.add_middleware(proxy.SpacesProxy, manager=manager)
     return manager

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
 import shutil
@@ -23,15 +24,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from cove.server import errors
 from cove.server.db import Repository, SpaceSetting, SpaceVariable, utcnow
-from cove.server.hub import Hub
+from cove.server.hub import Hub, Principal
 from cove.server.spaces import runner
 from cove.server.spaces.builder import Builder, BuildError, checkout, env_key, find_python
 from cove.server.spaces.config import RunnerOptions, SpaceConfig, SpaceConfigError, parse_config
 from cove.server.spaces.runner import Cgroup, Identity, SpacesDirError
+from cove.server.spaces.upstream import Pool, UpstreamError
 
 log = logging.getLogger("cove.spaces")
 
@@ -133,9 +135,16 @@ class SpaceManager:
         self.unusable: str | None = None  # why Spaces cannot run here, if they cannot
         self.python = ""
         self._idle: asyncio.Task | None = None
-        # The proxy's connections to the apps (and the start-up probes): no read timeout,
-        # as server-sent events and long polls stay open as long as the app keeps them.
-        self.client: httpx.AsyncClient | None = None
+        # The proxy's connections to the apps (and the start-up probes).
+        self.upstreams = Pool()
+        # The Spaces' rows as the proxy last read them, by (namespace, name), each with the
+        # database generation it was read in: any commit to the Hub's database starts a new
+        # one (visibility, a move, a delete, a push), so no row outlives a change. Writers in
+        # other processes (`cove admin`) change accounts and tokens, never repositories.
+        self._rows: dict[tuple[str, str], tuple[int, Repository]] = {}
+        self._generations = itertools.count(1)  # next() is atomic: commits come from threads
+        self._generation = 0
+        event.listen(hub.sessions, "after_commit", self._committed)
         hub.main_listeners.append(self._on_main)
         # Cgroups are named per Spaces folder: several Hubs on one machine keep apart.
         tag = hashlib.sha256(str(self.dir).encode()).hexdigest()[:8]
@@ -145,10 +154,6 @@ class SpaceManager:
     async def start(self) -> None:
         """Prepare the Spaces folder (permissions) and start the sleep timer."""
         self.loop = asyncio.get_running_loop()
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-        )
         if not runner.isolated():
             log.warning("Spaces run unisolated: the server is not root, so every Space runs "
                         "as the server's own user and can read the Hub's data folder.")
@@ -168,10 +173,35 @@ class SpaceManager:
             self._idle.cancel()
         await asyncio.gather(*(self._halt(s) for s in self.spaces.values()),
                              return_exceptions=True)
-        if self.client:
-            await self.client.aclose()
+        self.upstreams.close()
 
     # -- the interface of the pages and the proxy ---------------------------------------
+    def find(self, namespace: str, name: str,
+             visitor: Callable[[], Principal | None]) -> Repository:
+        """The Space `namespace/name` if the caller may see it, else RepoNotFound. The
+        caller (`visitor()`, a token or session lookup) is asked for private Spaces only."""
+        key = (namespace, name)
+        hit = self._rows.get(key)
+        if hit is not None and hit[0] == self._generation:
+            repo = hit[1]
+        else:
+            generation = self._generation  # before the read: a commit meanwhile outdates it
+            with self.hub.session() as s:
+                repo = s.scalar(select(Repository).where(
+                    Repository.type == "space", Repository.namespace == namespace,
+                    Repository.name == name))
+            if repo is None:
+                raise errors.repo_not_found(f"{namespace}/{name}")
+            self._rows[key] = (generation, repo)
+        if repo.private and not self.hub.can_read(repo, visitor()):
+            raise errors.repo_not_found(f"{namespace}/{name}")
+        return repo
+
+    def _committed(self, session) -> None:
+        """After any commit to the Hub's database (any thread): the cached rows are old."""
+        self._generation = next(self._generations)
+        self._rows.clear()
+
     def runtime(self, repo: Repository) -> dict:
         """The Space's runtime as HF's SpaceRuntime JSON (`space_info().runtime`)."""
         space = self._space(repo)
@@ -422,6 +452,8 @@ class SpaceManager:
         elif space.cgroup is not None:
             space.cgroup.kill_all()
             space.cgroup.remove()
+        if space.port is not None:
+            self.upstreams.forget(space.port)
         space.cgroup, space.port = None, None
 
     async def _lifecycle(self, space: Space, previous: asyncio.Task | None) -> None:
@@ -527,6 +559,7 @@ class SpaceManager:
                 space.run_log.close()
                 self._set(space, "RUNTIME_ERROR", message)
                 return
+            self.upstreams.forget(port)
             space.proc, space.port = None, None
             space.failures += 1
             delay = min(BACKOFF_FIRST * 2 ** (space.failures - 1), BACKOFF_MAX)
@@ -543,11 +576,15 @@ class SpaceManager:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
                 return False
+            probe = self.upstreams.exchange(port)
             try:
-                await self.client.get(f"http://127.0.0.1:{port}/", timeout=2.0)
+                await asyncio.wait_for(
+                    probe.request("GET", b"/", [(b"host", b"127.0.0.1:%d" % port)]), 2.0)
                 return True
-            except httpx.HTTPError:
+            except (UpstreamError, asyncio.TimeoutError):
                 await asyncio.sleep(0.25)
+            finally:
+                probe.close()
         return False
 
     def _command(self, space: Space, config: SpaceConfig, env_dir: Path, port: int) -> list[str]:

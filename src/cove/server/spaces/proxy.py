@@ -3,6 +3,11 @@
 HTTP responses are streamed (server-sent events pass as they come), WebSockets are relayed
 both ways. The Hub's own credentials (its session cookie, the Authorization header) never
 reach a Space, and a Space cannot set the Hub's session cookie.
+
+`SpacesProxy` is ASGI middleware ahead of the Hub's routes: a proxied request skips FastAPI's
+routing, dependency injection and response classes, and the Space's row comes from the
+manager's cache, so what the proxy adds to an app's answer stays small (issue 18: <= 5 ms
+for a Gradio API call, two requests; `bench/spaces.py`).
 """
 
 from __future__ import annotations
@@ -11,30 +16,64 @@ import asyncio
 import contextlib
 import mimetypes
 import posixpath
-from http.cookies import SimpleCookie
+import re
 
-import httpx
 import websockets
-from fastapi import APIRouter, Request, WebSocket
-from starlette.background import BackgroundTask
-from starlette.responses import RedirectResponse, Response, StreamingResponse
-from starlette.websockets import WebSocketDisconnect
+from starlette.requests import HTTPConnection
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cove.server import errors
 from cove.server.db import Repository
 from cove.server.deps import SESSION_COOKIE, hub_of, principal, session_of
 from cove.server.hub import Principal
-
-router = APIRouter(include_in_schema=False)
+from cove.server.spaces.manager import SpaceManager
+from cove.server.spaces.upstream import UpstreamError
 
 # Headers that belong to one connection, never forwarded (RFC 9110 7.6.1), and the Hub's
 # own credentials.
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-              "trailer", "trailers", "transfer-encoding", "upgrade", "host", "authorization",
-              "proxy-connection"}
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+              b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host",
+              b"authorization", b"proxy-connection"}
+# Also not passed on to the app: the body's length (the upstream client frames the body) and
+# the forwarding headers, which the proxy sets itself.
+_NOT_FORWARDED = HOP_BY_HOP | {b"content-length", b"x-forwarded-for", b"x-forwarded-proto",
+                               b"x-forwarded-host", b"x-forwarded-prefix"}
+# Not passed back: the Hub's server answers with its own Date and Server headers (uvicorn
+# adds them to every response), and two of each would be invalid.
+_NOT_RETURNED = HOP_BY_HOP | {b"date", b"server"}
+_SESSION_COOKIE = SESSION_COOKIE.encode()
 WAKE_TIMEOUT = 60.0  # seconds a visit waits for a sleeping or building Space
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-def _visitor(request) -> Principal | None:
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# The app's prefix and what follows it, on the routed path (where %2F is NUL: `routing`).
+_APP_PATH = re.compile(r"/spaces/([^/]+)/([^/]+)/app(/.*)?", re.DOTALL)
+
+
+class SpacesProxy:
+    """ASGI middleware: HTTP and WebSocket requests under a Space's app prefix go to the app,
+    everything else to the Hub's routes (`app`)."""
+
+    def __init__(self, app: ASGIApp, manager: SpaceManager) -> None:
+        self.app = app
+        self.manager = manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = None
+        if scope["type"] in ("http", "websocket"):
+            match = _APP_PATH.fullmatch(scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await _websocket(self.manager, WebSocket(scope, receive, send), *match.groups())
+        else:
+            try:
+                await _http(self.manager, scope, receive, send, *match.groups())
+            except errors.HubError as e:
+                await errors.error_response(e)(scope, receive, send)
+
+
+def _visitor(request: HTTPConnection) -> Principal | None:
     """The caller: a bearer token, else the pages' signed-in session."""
     if request.headers.get("authorization"):
         return principal(request)
@@ -44,58 +83,178 @@ def _visitor(request) -> Principal | None:
     return None
 
 
-def _space_repo(request, owner: str, name: str) -> Repository:
-    hub = hub_of(request)
-    with hub.session() as s:
-        return hub.find_repo(s, "space", f"{owner}/{name}", _visitor(request))
+def _find(manager: SpaceManager, scope: Scope, owner: str, name: str) -> Repository:
+    """The Space, if the caller may see it; the caller is looked up for private Spaces only."""
+    return manager.find(owner, name, lambda: _visitor(HTTPConnection(scope)))
 
 
-def _forward_headers(headers, client_host: str, scheme: str, host: str, prefix: str) -> dict:
-    connection = {h.strip().lower() for h in headers.get("connection", "").split(",")}
-    out = {}
-    for key, value in headers.items():
-        k = key.lower()
-        if k in HOP_BY_HOP or k in connection or k.startswith("sec-websocket"):
+async def _http(manager: SpaceManager, scope: Scope, receive: Receive, send: Send, owner: str,
+                name: str, path: str | None) -> None:
+    method = scope["method"]
+    if method not in METHODS:
+        raise errors.HubError(405, "MethodNotAllowed", "Method Not Allowed",
+                              headers={"Allow": ", ".join(METHODS)})
+    repo = _find(manager, scope, owner, name)
+    prefix = manager.app_prefix(repo)
+    if path is None:  # the app's root is its prefix with a slash, as relative links need it
+        query = scope["query_string"].decode("latin-1")
+        await RedirectResponse(f"{prefix}/" + (f"?{query}" if query else ""),
+                               status_code=307)(scope, receive, send)
+        return
+    upstream = manager.upstream(repo)
+    if upstream is None:  # asleep, starting, in trouble, or a static Space
+        if (await _settled(manager, repo))["sdk"] == "static":
+            await (await _static(manager, repo, path[1:]))(scope, receive, send)
+            return
+        upstream = manager.upstream(repo)
+        if upstream is None:  # stopped meanwhile (a push, a pause)
+            raise errors.HubError(503, "SpaceNotReady", f"{repo.repo_id} is restarting.",
+                                  headers={"Retry-After": "5"})
+    port, keep_prefix = upstream
+    # The path as the browser sent it (encoded characters kept), without the prefix unless
+    # the app serves under it (Streamlit). The routed path matched, so the raw one has the
+    # prefix's four slashes.
+    raw = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
+    target = raw if keep_prefix else b"/" + raw.split(b"/", 5)[5]
+    if scope["query_string"]:
+        target += b"?" + scope["query_string"]
+    headers, length = _forward_headers(scope, prefix)
+    body, rest = b"", None
+    if method not in ("GET", "HEAD"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body = message.get("body", b"")
+        if message.get("more_body"):
+            rest = _body_rest(receive)
+    exchange = manager.upstreams.exchange(port)
+    gone = asyncio.Event()
+
+    async def watch() -> None:  # the visitor may leave while the app thinks or streams
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        exchange.abort()
+
+    # receive() is the body's until it is read; with the body whole, watch from now on.
+    watcher = asyncio.create_task(watch()) if rest is None else None
+    end_visit = manager.begin_visit(repo)
+    try:
+        try:
+            status, answer_headers = await exchange.request(method, target, headers, body,
+                                                            rest, length)
+        except UpstreamError as e:
+            if gone.is_set():
+                return
+            raise errors.HubError(502, "SpaceUnreachable",
+                                  f"The Space {repo.repo_id} did not answer: {e}") from None
+        except _VisitorLeft:
+            return
+        if watcher is None:
+            watcher = asyncio.create_task(watch())
+        await send({"type": "http.response.start", "status": status,
+                    "headers": _response_headers(answer_headers, port, prefix, status)})
+        last = False
+        while not last:
+            try:
+                data, last = await exchange.read()
+            except UpstreamError:
+                if gone.is_set():
+                    return
+                raise
+            await send({"type": "http.response.body", "body": data, "more_body": not last})
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        exchange.close()
+        end_visit()
+
+
+class _VisitorLeft(Exception):
+    """The visitor went away while sending the request's body."""
+
+
+async def _body_rest(receive: Receive):
+    """The request body's pieces after the first, as they arrive."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _VisitorLeft
+        yield message.get("body", b"")
+        if not message.get("more_body"):
+            return
+
+
+def _forward_headers(scope: Scope, prefix: str) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """The request's headers for the app, and the body's length when the visitor gave it."""
+    raw = scope["headers"]
+    connection = set()
+    for key, value in raw:
+        if key == b"connection":
+            connection.update(t.strip().lower() for t in value.split(b","))
+    out = []
+    host = b""
+    length = None
+    for key, value in raw:  # names are lowercase in ASGI
+        if key in _NOT_FORWARDED or key in connection or key.startswith(b"sec-websocket"):
+            if key == b"host":
+                host = value
+            elif key == b"content-length":
+                length = int(value)
             continue
-        if k == "cookie":
+        if key == b"cookie" and _SESSION_COOKIE in value:
             value = _without_hub_cookie(value)
             if not value:
                 continue
-        out[k] = value
-    out["x-forwarded-for"] = client_host
-    out["x-forwarded-proto"] = scheme
-    out["x-forwarded-host"] = host
-    out["x-forwarded-prefix"] = prefix
-    out["host"] = host
-    return out
+        out.append((key, value))
+    client = scope.get("client")
+    out += ((b"x-forwarded-for", client[0].encode("latin-1") if client else b""),
+            (b"x-forwarded-proto", b"https" if scope["scheme"] in ("https", "wss") else b"http"),
+            (b"x-forwarded-host", host), (b"x-forwarded-prefix", prefix.encode("latin-1")),
+            (b"host", host))
+    return out, length
 
 
-def _without_hub_cookie(header: str) -> str:
-    parts = [p.strip() for p in header.split(";")]
-    return "; ".join(p for p in parts if p and p.split("=", 1)[0].strip() != SESSION_COOKIE)
+def _without_hub_cookie(header: bytes) -> bytes:
+    parts = [p.strip() for p in header.split(b";")]
+    return b"; ".join(p for p in parts if p and p.split(b"=", 1)[0].strip() != _SESSION_COOKIE)
 
 
-def _response_headers(resp: httpx.Response, port: int, prefix: str) -> list[tuple[str, str]]:
-    connection = {h.strip().lower() for h in resp.headers.get("connection", "").split(",")}
+def _response_headers(headers: list[tuple[bytes, bytes]], port: int, prefix: str,
+                      status: int) -> list[tuple[bytes, bytes]]:
+    """The app's headers for the visitor, repeated ones (Set-Cookie) kept."""
+    connection = set()
+    for key, value in headers:
+        if key == b"connection":
+            connection.update(t.strip().lower() for t in value.split(b","))
     out = []
-    for key, value in resp.headers.multi_items():
-        k = key.lower()
-        if k in HOP_BY_HOP or k in connection:
+    for key, value in headers:
+        if key in _NOT_RETURNED or key in connection:
             continue
-        if k == "set-cookie" and SESSION_COOKIE in SimpleCookie(value):
+        if key == b"content-length" and status in (204, 304):
+            continue  # no body follows; the server would wait for one of this length
+        if key == b"set-cookie" and _cookie_name(value) == _SESSION_COOKIE:
             continue  # a Space must not sign anyone in or out of the Hub
-        if k == "location":
-            for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        if key == b"location":
+            for origin in (b"http://127.0.0.1:%d" % port, b"http://localhost:%d" % port):
                 if value.startswith(origin):
-                    value = prefix + value[len(origin):]
-        out.append((k, value))
+                    value = prefix.encode("latin-1") + value[len(origin):]
+        out.append((key, value))
     return out
 
 
-async def _settled(request, repo: Repository) -> dict:
+def _cookie_name(set_cookie: bytes) -> bytes:
+    """The name a browser reads from a Set-Cookie header (RFC 6265 5.2): up to the first
+    `=` of its first part, trimmed."""
+    pair = set_cookie.split(b";", 1)[0]
+    name, sep, _ = pair.partition(b"=")
+    return name.strip() if sep else b""
+
+
+async def _settled(manager: SpaceManager, repo: Repository) -> dict:
     """The Space's runtime once it runs (woken if asleep), or a 503 saying why it does not."""
     try:
-        runtime = await request.app.state.spaces.wait_running(repo, WAKE_TIMEOUT)
+        runtime = await manager.wait_running(repo, WAKE_TIMEOUT)
     except TimeoutError as e:
         raise errors.HubError(503, "SpaceNotReady", f"{e}; try again shortly.",
                               headers={"Retry-After": "5"}) from None
@@ -106,89 +265,28 @@ async def _settled(request, repo: Repository) -> dict:
     return runtime
 
 
-async def _running(request, repo: Repository) -> tuple[int, bool]:
-    """(port, keep the prefix) of the Space's running app."""
-    await _settled(request, repo)
-    upstream = request.app.state.spaces.upstream(repo)
-    if upstream is None:  # a static Space: no app to connect to
-        raise errors.HubError(404, "NoAppServer", f"{repo.repo_id} is a static Space.")
-    return upstream
-
-
-@router.api_route("/spaces/{owner}/{name}/app", methods=_METHODS)
-async def app_root(owner: str, name: str, request: Request) -> Response:
-    """The app's root is its prefix with a slash, as relative links need it."""
-    _space_repo(request, owner, name)
-    query = f"?{request.url.query}" if request.url.query else ""
-    return RedirectResponse(f"/spaces/{owner}/{name}/app/{query}", status_code=307)
-
-
-@router.api_route("/spaces/{owner}/{name}/app/{path:path}", methods=_METHODS)
-async def proxy_http(owner: str, name: str, path: str, request: Request) -> Response:
-    """Everything under the app's prefix, relayed to the Space's server."""
-    repo = _space_repo(request, owner, name)
-    manager = request.app.state.spaces
-    prefix = manager.app_prefix(repo)
-    if (await _settled(request, repo))["sdk"] == "static":
-        return await _static(request, repo, path)
-    upstream = manager.upstream(repo)
-    if upstream is None:  # stopped between the two lines (a push, a pause)
-        raise errors.HubError(503, "SpaceNotReady", f"{repo.repo_id} is restarting.",
-                              headers={"Retry-After": "5"})
-    port, keep_prefix = upstream
-    target = f"{prefix}/{path}" if keep_prefix else f"/{path}"
-    raw = request.scope.get("raw_path")
-    if raw:  # the path as the browser sent it (encoded characters kept)
-        raw_path = raw.split(b"?", 1)[0].decode("latin-1")
-        target = raw_path if keep_prefix else raw_path[len(prefix):] or "/"
-    url = httpx.URL(f"http://127.0.0.1:{port}{target}",
-                    query=request.url.query.encode("latin-1"))
-    headers = _forward_headers(request.headers, request.client.host if request.client else "",
-                               request.url.scheme, request.headers.get("host", ""), prefix)
-    body = request.stream() if request.method not in ("GET", "HEAD") else None
-    client = manager.client
-    upstream = client.build_request(request.method, url, headers=headers, content=body)
-    end_visit = manager.begin_visit(repo)
-    try:
-        resp = await client.send(upstream, stream=True)
-    except httpx.HTTPError as e:
-        end_visit()
-        raise errors.HubError(502, "SpaceUnreachable",
-                              f"The Space {repo.repo_id} did not answer: {e}") from None
-
-    async def done() -> None:  # after the last byte, or when the visitor went away
-        await resp.aclose()
-        end_visit()
-
-    response = StreamingResponse(resp.aiter_raw(), status_code=resp.status_code,
-                                 background=BackgroundTask(done))
-    # The app's headers as they came, repeated ones (Set-Cookie) included.
-    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1"))
-                            for k, v in _response_headers(resp, port, prefix)]
-    return response
-
-
-@router.websocket("/spaces/{owner}/{name}/app/{path:path}")
-async def proxy_websocket(websocket: WebSocket, owner: str, name: str, path: str) -> None:
+async def _websocket(manager: SpaceManager, websocket: WebSocket, owner: str, name: str,
+                     path: str | None) -> None:
     """A WebSocket of the app (Streamlit's stream, Gradio's older queue), relayed both ways."""
     try:
-        repo = _space_repo(websocket, owner, name)
-        port, keep_prefix = await _running(websocket, repo)
+        repo = _find(manager, websocket.scope, owner, name)
+        await _settled(manager, repo)
+        upstream = manager.upstream(repo)
     except errors.HubError:
+        upstream = None
+    if upstream is None or path is None:  # refused, not running, static, or no path
         await websocket.close(code=1008)
         return
-    prefix = websocket.app.state.spaces.app_prefix(repo)
-    target = f"{prefix}/{path}" if keep_prefix else f"/{path}"
+    port, keep_prefix = upstream
+    prefix = manager.app_prefix(repo)
+    target = f"{prefix}{path}" if keep_prefix else path
     query = websocket.url.query
     url = f"ws://127.0.0.1:{port}{target}" + (f"?{query}" if query else "")
     protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
                  if p.strip()]
-    headers = _forward_headers(websocket.headers,
-                               websocket.client.host if websocket.client else "",
-                               "https" if websocket.url.scheme == "wss" else "http",
-                               websocket.headers.get("host", ""), prefix)
-    headers.pop("host", None)
-    headers.pop("origin", None)
+    forwarded, _ = _forward_headers(websocket.scope, prefix)
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in forwarded
+               if k not in (b"host", b"origin")]
     try:
         upstream = await websockets.connect(
             url, additional_headers=headers, subprotocols=protocols or None,
@@ -199,7 +297,7 @@ async def proxy_websocket(websocket: WebSocket, owner: str, name: str, path: str
         await websocket.close(code=1011)
         return
     await websocket.accept(subprotocol=upstream.subprotocol)
-    end_visit = websocket.app.state.spaces.begin_visit(repo)
+    end_visit = manager.begin_visit(repo)
     try:
         await _relay(websocket, upstream)
     finally:
@@ -236,9 +334,8 @@ async def _relay(websocket: WebSocket, upstream) -> None:
             await websocket.close()
 
 
-async def _static(request: Request, repo: Repository, path: str) -> Response:
+async def _static(manager: SpaceManager, repo: Repository, path: str) -> Response:
     """A static Space's file from main: `index.html` for the root and for folders."""
-    manager = request.app.state.spaces
     space = await manager.wake(repo)
     path = posixpath.normpath(path or ".").lstrip("/")
     if path.startswith("..") or any(p == ".git" for p in path.split("/")):
