@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cove import kernels
 from cove.models.checkpoint import save_weights
 
 log = logging.getLogger("cove.models")
@@ -951,11 +952,11 @@ def _linear(tensors: _Tensors, name: str, bias: torch.Tensor | None, compute: to
         for r in range(0, shape[0], _ROWS):
             data = tensors.blocks(name, r, r + _ROWS)
             codes, scale, zero = _int4_groups(kind, data.reshape(data.shape[0], -1, block_bytes))
-            packed.append(pack_int4(torch.from_numpy(codes).to(torch.int32)))
+            packed.append(pack_int4(torch.from_numpy(codes)))
             scales.append(torch.from_numpy(scale))
             zeros.append(torch.from_numpy(zero))
-        return Int4WeightOnlyLinear.from_packed(torch.cat(packed), torch.cat(scales),
-                                                torch.cat(zeros), 32, bias, compute)
+        return Int4WeightOnlyLinear(torch.cat(packed), torch.cat(scales), torch.cat(zeros), 32,
+                                    bias, compute)
     q, scale = tensors.int8_rows(name)
     return Int8WeightOnlyLinear(q, scale, bias, compute)
 
@@ -1023,6 +1024,7 @@ def load_quantized(model_class: type, name_or_path: str | os.PathLike, gguf_file
         raise GGUFError(f"{path}: tensors {', '.join(unused)} have no place in "
                         f"{type(model).__name__}")
     model.tied_weights = {}  # the head shares the embedding's rows already
+    kernels.use_for_linears(model)  # the float layers built here
     release_freed_memory()
     model.is_quantized = True
     model.quantization_config = None

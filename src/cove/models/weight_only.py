@@ -26,6 +26,12 @@ inputs they run 4-10x slower than a float32 GEMV), so each layer computes in `co
 another dtype; the scales are kept in that dtype. Only inference: these layers have no
 backward (QLoRA training uses cove.models.quantization's bitsandbytes-compatible layers).
 
+When Cove's own kernels are built (cove.kernels, the usual case), decoding's 1..8 rows go
+through them instead, with float32 activations and accumulation: torch's kernels are slow at
+one row. int4 codes are then packed in the kernels' layout, and a prompt's many rows go
+through the dequantised float32 weight and torch's GEMM (int8 prompts still through
+`_weight_int8pack_mm`, which reads the same rows). COVE_KERNELS=0 keeps torch's kernels.
+
 The token embedding stays in float unless `include_input_output_embeddings=True` (then int8
 rows, a scale per row); the output head (lm_head) is quantised, to int8 also under an int4
 config (the output is the layer most sensitive to rounding: on SmolLM2-135M an int4 head cost
@@ -43,6 +49,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cove import kernels
 
 log = logging.getLogger("cove.models")
 
@@ -242,7 +250,12 @@ def quantize_int4(weight: torch.Tensor, group_size: int
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """The kernel's layout of int32 codes [out, in] (uint8 [out, in // 2]); rows in chunks."""
+    """Codes [out, in] (0..15) in the layout this process multiplies with, uint8
+    [out, in // 2]: cove.kernels' when they are built, else that of torch's CPU kernel (rows
+    in chunks)."""
+    if kernels.available():
+        return kernels.pack_int4(codes)
+    codes = codes.to(torch.int32)
     parts = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes[r:r + ROW_CHUNK], 1)
              for r in range(0, codes.shape[0], ROW_CHUNK)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -294,6 +307,12 @@ class _WeightOnly(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         h = x.reshape(-1, shape[-1])
+        ext = kernels.load()
+        if ext is not None and h.device.type == "cpu" and h.shape[0] > 0:
+            # Decoding's few rows: float32 activations in Cove's kernel, bias included.
+            out = self._gemv(ext, h) if h.shape[0] <= kernels.MAX_ROWS else self._wide(ext, h)
+            if out is not None:
+                return out.view(*shape[:-1], self.out_features)
         if h.dtype != self.compute_dtype:
             h = h.to(self.compute_dtype)
         out = self._mm(h.contiguous())
@@ -325,16 +344,27 @@ class Int8WeightOnlyLinear(_WeightOnly):
     def _mm(self, h: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(h, self.qweight, self.scale)
 
+    def _gemv(self, ext: Any, h: torch.Tensor) -> torch.Tensor:
+        return ext.int8_linear(h, self.qweight, self.scale, self.bias)
+
+    def _wide(self, ext: Any, h: torch.Tensor) -> None:
+        return None  # torch's kernel reads the same int8 rows
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.float() * self.scale.float()[:, None]).to(dtype)
 
 
 class Int4WeightOnlyLinear(_WeightOnly):
     """y = x @ ((q - 8) * scale + zero).T + b, q in 0..15, a scale and zero point per group of
-    `group_size` inputs; q packed in the CPU kernel's layout (`qweight`, [out, in // 2])."""
+    `group_size` inputs; q packed by `pack_int4` (`qweight`, [out, in // 2]).
 
-    def __init__(self, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
-                 bias: torch.Tensor | None = None,
+    Two layouts, chosen once per process by whether cove.kernels is built: Cove's (buffers
+    `qweight`, `scale`, `zero` [out, in // group_size]; decoding's few rows through the
+    kernel, longer inputs through the dequantised weight and torch's GEMM), or that of torch's
+    CPU kernel (`qweight`, `scales_and_zeros` [in // group_size, out, 2])."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                 group_size: int, bias: torch.Tensor | None = None,
                  compute_dtype: torch.dtype = torch.bfloat16) -> None:
         out_features, half = qweight.shape
         if half * 2 % group_size:
@@ -343,16 +373,13 @@ class Int4WeightOnlyLinear(_WeightOnly):
         super().__init__(half * 2, out_features, bias, compute_dtype)
         self.group_size = group_size
         self.register_buffer("qweight", qweight)
-        # The kernel's [in // group, out, 2] of (scale, zero).
-        self.register_buffer("scales_and_zeros", scales_and_zeros.to(compute_dtype))
-
-    @classmethod
-    def from_packed(cls, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                    group_size: int, bias: torch.Tensor | None = None,
-                    compute_dtype: torch.dtype = torch.bfloat16) -> Int4WeightOnlyLinear:
-        """From packed codes and the scale and zero [out, in // group_size] of each group."""
-        pairs = torch.stack([scale.t(), zero.t()], dim=-1).to(compute_dtype).contiguous()
-        return cls(qweight, pairs, group_size, bias, compute_dtype)
+        self.cove_layout = kernels.available()
+        if self.cove_layout:
+            self.register_buffer("scale", scale.to(compute_dtype).contiguous())
+            self.register_buffer("zero", zero.to(compute_dtype).contiguous())
+        else:
+            pairs = torch.stack([scale.t(), zero.t()], dim=-1).to(compute_dtype).contiguous()
+            self.register_buffer("scales_and_zeros", pairs)
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -365,16 +392,42 @@ class Int4WeightOnlyLinear(_WeightOnly):
             packed.append(pack_int4(codes))
             scales.append(scale)
             zeros.append(zero)
-        return cls.from_packed(torch.cat(packed), torch.cat(scales), torch.cat(zeros),
-                               group_size, bias, compute_dtype)
+        return cls(torch.cat(packed), torch.cat(scales), torch.cat(zeros), group_size, bias,
+                   compute_dtype)
 
     def _mm(self, h: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(h, self.qweight, self.group_size,
                                                           self.scales_and_zeros)
 
+    def _gemv(self, ext: Any, h: torch.Tensor) -> torch.Tensor:
+        return ext.int4_linear(h, self.qweight, self.scale, self.zero, self.group_size,
+                               self.bias)
+
+    def _wide(self, ext: Any, h: torch.Tensor) -> torch.Tensor | None:
+        """More rows than decoding's (a prompt): the float32 weight, a slice of rows at a
+        time (16 MiB), in torch's GEMM; float32 activations as in the kernel, so a prompt and
+        its continuation see the same arithmetic (bfloat16 activations here flipped
+        SmolLM2's near-tied first answer token)."""
+        if not self.cove_layout:
+            return None
+        x = h.float()
+        step = max(64, (1 << 22) // self.in_features)
+        parts = [F.linear(x, ext.int4_dequantize(self.qweight[r:r + step],
+                                                 self.scale[r:r + step],
+                                                 self.zero[r:r + step], self.group_size))
+                 for r in range(0, self.out_features, step)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out.to(h.dtype)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight, read back through the kernel (the packed layout is the kernel's
-        own): the product with the identity, a slice of inputs at a time."""
+        """The float weight [out, in]."""
+        if self.cove_layout:
+            return kernels.load().int4_dequantize(self.qweight, self.scale, self.zero,
+                                                  self.group_size).to(dtype)
+        # torch's packed layout is its kernel's own: read back as the product with the
+        # identity, a slice of inputs at a time.
         eye = torch.eye(self.in_features, dtype=self.compute_dtype)
         cols = [self._mm(eye[i:i + ROW_CHUNK]) for i in range(0, self.in_features, ROW_CHUNK)]
         return torch.cat(cols).t().to(dtype).contiguous()

@@ -1,0 +1,233 @@
+"""Cove's decode GEMV kernels (cove.kernels): each kind against torch's product with the same
+weights, the routing of the layers through them, and the fallback to torch's kernels.
+
+Tolerances: the kernels accumulate in float32 in their own order, so against torch's float32
+product they differ by float32 rounding over K terms (1e-5 of the output's magnitude, with
+margin); outputs cast to bfloat16 by one bfloat16 step (2^-8 relative).
+The first build compiles the extension (about a minute on two cores, once per cache); the
+scalar build is a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cove.models as cm
+from cove import kernels
+from cove.models.weight_only import Int4WeightOnlyLinear, Int8WeightOnlyLinear, quantize_int4
+
+pytestmark = pytest.mark.skipif(os.environ.get("COVE_KERNELS") == "0",
+                                reason="COVE_KERNELS=0 turns the kernels off")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def ext():
+    module = kernels.load()
+    assert module is not None, "the kernels did not build on this machine (see the warning)"
+    return module
+
+
+@pytest.fixture(scope="module")
+def scalar_ext():
+    return kernels.build(("-DCOVE_KERNELS_SCALAR",))
+
+
+def close(out: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    err = (out.float() - expected.float()).abs().max().item()
+    assert err <= rel * max(expected.float().abs().max().item(), 1.0), err
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def int4_case(rows: int, cols: int, group: int, dtype: torch.dtype):
+    w = torch.randn(rows, cols, generator=gen(1))
+    codes, scale, zero = quantize_int4(w, group)
+    scale, zero = scale.to(dtype), zero.to(dtype)
+    dq = ((codes.float() - 8).view(rows, -1, group) * scale.float()[..., None]
+          + zero.float()[..., None]).view(rows, cols)
+    return kernels.pack_int4(codes), scale, zero, dq
+
+
+# -- each kind against torch ----------------------------------------------------------------
+@pytest.mark.parametrize("rows", range(1, 9))
+@pytest.mark.parametrize("shape", [(576, 1536), (1536, 200), (37, 100)], ids=str)
+def test_dense_float32(ext, rows, shape):
+    k, n = shape  # 100: a tail past the last 16 inputs; 37 and 200: past the last 4 rows
+    x, w, b = (torch.randn(rows, k, generator=gen()), torch.randn(n, k, generator=gen(1)),
+               torch.randn(n, generator=gen(2)))
+    close(ext.dense(x, w, b), F.linear(x, w, b))
+    close(ext.dense(x, w, None), F.linear(x, w))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_dense_bfloat16(ext, rows):
+    x, w = torch.randn(rows, 576, generator=gen()), torch.randn(200, 576, generator=gen(1))
+    wb = w.bfloat16()
+    close(ext.dense(x, wb, None), F.linear(x, wb.float()))  # exact widening, float32 sums
+    out = ext.dense(x.bfloat16(), wb, None)  # a bfloat16 model's call: bfloat16 out
+    close(out, F.linear(x.bfloat16().float(), wb.float()).bfloat16(), rel=2**-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+def test_int8(ext, rows, dtype):
+    q = torch.randint(-127, 128, (208, 300), dtype=torch.int8, generator=gen(1))
+    scale = (torch.rand(208, generator=gen(2)) * 0.01).to(dtype)
+    x, b = torch.randn(rows, 300, generator=gen()), torch.randn(208, generator=gen(3))
+    close(ext.int8_linear(x, q, scale, b), F.linear(x, q.float() * scale.float()[:, None], b))
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 4, 7, 8])
+def test_int4(ext, rows, dtype, group):
+    packed, scale, zero, dq = int4_case(200, 384, group, dtype)
+    torch.testing.assert_close(ext.int4_dequantize(packed, scale, zero, group), dq,
+                               rtol=0, atol=1e-6)
+    x, b = torch.randn(rows, 384, generator=gen()), torch.randn(200, generator=gen(3))
+    close(ext.int4_linear(x, packed, scale, zero, group, b), F.linear(x, dq, b))
+
+
+def test_scalar_build_matches(ext, scalar_ext):
+    """The path built for CPUs without AVX-512 (forced here by a flag) computes the same."""
+    assert scalar_ext.isa() == "scalar"
+    x = torch.randn(3, 256, generator=gen())
+    w = torch.randn(40, 256, generator=gen(1))
+    close(scalar_ext.dense(x, w, None), ext.dense(x, w, None))
+    close(scalar_ext.dense(x, w.bfloat16(), None), ext.dense(x, w.bfloat16(), None))
+    q, s = torch.randint(-127, 128, (40, 256), dtype=torch.int8, generator=gen(2)), torch.rand(40)
+    close(scalar_ext.int8_linear(x, q, s, None), ext.int8_linear(x, q, s, None))
+    packed, scale, zero, dq = int4_case(40, 256, 64, torch.bfloat16)
+    close(scalar_ext.int4_linear(x, packed, scale, zero, 64, None), F.linear(x, dq))
+    torch.testing.assert_close(scalar_ext.int4_dequantize(packed, scale, zero, 64), dq)
+
+
+def test_bad_input_is_refused(ext):
+    w = torch.randn(16, 64)
+    with pytest.raises(RuntimeError, match="1 to 8 rows"):
+        ext.dense(torch.randn(9, 64), w, None)
+    with pytest.raises(RuntimeError, match=r"x must be \[rows, 64\]"):
+        ext.dense(torch.randn(2, 63), w, None)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ext.dense(torch.randn(2, 64), torch.randn(64, 16).t(), None)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ext.dense(torch.randn(2, 64), w.half(), None)
+    with pytest.raises(RuntimeError, match="one scale per output row"):
+        ext.int8_linear(torch.randn(1, 64), w.to(torch.int8), torch.ones(15), None)
+    packed = torch.zeros(16, 32, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="group 48"):
+        ext.int4_linear(torch.randn(1, 64), packed, torch.ones(16, 1), torch.ones(16, 1), 48, None)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernels.pack_int4(torch.zeros(4, 48, dtype=torch.int32))
+
+
+def test_cache_key_names_the_cpu_and_flags(monkeypatch):
+    key = kernels.build_key()
+    assert kernels.build_key(("-DCOVE_KERNELS_SCALAR",)) != key
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "flags : sse2")  # another CPU
+    assert kernels.build_key() != key
+
+
+# -- the layers through the kernels ---------------------------------------------------------
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_layers_take_the_kernel_for_few_rows(ext, kind):
+    w, b = torch.randn(208, 256, generator=gen(1)) * 0.05, torch.randn(208, generator=gen(2))
+    layer = (Int8WeightOnlyLinear.from_weight(w, b) if kind == "int8"
+             else Int4WeightOnlyLinear.from_weight(w, b, 64))
+    dq = layer.dequantize()
+    for rows in (1, 8, 20):  # 20 rows: a prompt, through torch's GEMM
+        x = torch.randn(2, rows, 256, generator=gen(3))
+        out = layer(x)
+        assert out.shape == (2, rows, 208) and out.dtype == torch.float32
+        expected = F.linear(x, dq, b)
+        # the int4 layer computes in float32 (1e-5); the int8 layer's prompts in bfloat16
+        rel = 0.02 if kind == "int8" and rows > 4 else 1e-5
+        close(out, expected, rel)
+
+
+def tiny_llama(dtype: torch.dtype = torch.float32, tie: bool = True) -> cm.LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = cm.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=64, tie_word_embeddings=tie)
+    return cm.LlamaForCausalLM(config).to(dtype).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_decodes_as_before(ext, dtype):
+    """The plain nn.Linear layers (the tied head included) go through the dense kernel when
+    decoding, keep their type and state_dict, and greedy tokens are those of F.linear."""
+    model = tiny_llama(dtype)
+    assert type(model.lm_head) is torch.nn.Linear
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    keys = list(model.state_dict())
+    ids = torch.tensor([[5, 17, 101, 9], [200, 3, 3, 48]])
+    with torch.no_grad():
+        fast = model.generate(ids, max_new_tokens=10, do_sample=False)
+        fast_step = model(ids[:, :1]).logits
+    for module in model.modules():  # back to nn.Linear's own forward
+        module.__dict__.pop("forward", None)
+    with torch.no_grad():
+        plain = model.generate(ids, max_new_tokens=10, do_sample=False)
+        plain_step = model(ids[:, :1]).logits
+    assert torch.equal(fast, plain)
+    close(fast_step, plain_step, 1e-5 if dtype == torch.float32 else 2**-7)
+    assert list(model.state_dict()) == keys
+
+
+def test_training_keeps_autograd(ext):
+    model = tiny_llama().train()
+    loss = model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss
+    loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+# -- the fallback ---------------------------------------------------------------------------
+def test_build_failure_falls_back_with_one_warning(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "gemv.cpp"
+    broken.write_text("#error this source does not compile\n")
+    monkeypatch.setattr(kernels, "SOURCE", broken)
+    monkeypatch.setenv("COVE_KERNELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "_loaded", kernels._UNSET)
+    with caplog.at_level(logging.WARNING, logger="cove.kernels"):
+        assert kernels.load() is None
+        assert kernels.load() is None  # decided once
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "could not be built" in warnings[0].getMessage()
+    layer = Int4WeightOnlyLinear.from_weight(torch.randn(32, 64) * 0.05, None, 32)
+    assert not layer.cove_layout and hasattr(layer, "scales_and_zeros")
+    assert layer(torch.randn(1, 64)).shape == (1, 32)
+
+
+_OFF = """
+import torch
+from cove import kernels
+import cove.models as cm
+from cove.models.weight_only import Int4WeightOnlyLinear
+assert kernels.load() is None
+layer = Int4WeightOnlyLinear.from_weight(torch.randn(32, 64) * 0.05, None, 32)
+assert not layer.cove_layout
+config = cm.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1)
+model = cm.LlamaForCausalLM(config)
+assert all("forward" not in m.__dict__ for m in model.modules())
+print("ok")
+"""
+
+
+def test_env_turns_them_off():
+    env = {**os.environ, "COVE_KERNELS": "0", "PYTHONPATH": REPO}
+    result = subprocess.run([sys.executable, "-c", _OFF], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
