@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cove.models.fused import low_rank_linear
 from cove.peft.config import LoraConfig
 from cove.peft.tuners import (
     BaseTuner,
@@ -209,9 +210,30 @@ class Linear(nn.Module, LoraLayer):
             unscaled = transpose(weight, self.fan_in_fan_out) / factor.to(weight.dtype)
             set_weight(self.base_layer, transpose(unscaled, self.fan_in_fan_out) - delta)
 
+    def _fusable(self, x: torch.Tensor, names: list[str]) -> bool:
+        """Whether the active adapters can run as one merged-weight GEMM (`low_rank_linear`):
+        a plain float nn.Linear base, no dropout, no DoRA, one dtype throughout."""
+        base = self.base_layer
+        if type(base) is not nn.Linear or self.fan_in_fan_out or not names:
+            return False
+        dtype = base.weight.dtype
+        return x.dtype == dtype and all(
+            isinstance(self.lora_dropout[n], nn.Identity) and not self.use_dora.get(n)
+            and self.lora_A[n].weight.dtype == dtype and self.lora_B[n].weight.dtype == dtype
+            for n in names)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters or self.merged:
             return self.base_layer(x, *args, **kwargs)
+        if torch.is_grad_enabled() and not args and not kwargs:
+            names = [n for n in self.active_adapters if n in self.lora_A]
+            if self._fusable(x, names):
+                # Training: one GEMM with W + s * B @ A, keeping only x (and x @ A^T) for the
+                # backward pass, instead of the base GEMM, two thin ones, a scale and an add.
+                base = self.base_layer
+                return low_rank_linear(x, base.weight, base.bias, [
+                    (self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n])
+                    for n in names])
         result = self.base_layer(x, *args, **kwargs)
         out_dtype = result.dtype
         for name in self.active_adapters:
