@@ -9,6 +9,8 @@ bench/.cache/spaces (COVE_BENCH_SPACES_DIR), so Gradio is installed on the first
   server-sent answer) straight to the app's loopback port and through the Hub at
   /spaces/{owner}/{name}/app, alternately, one keep-alive connection each; the medians side by
   side and the median of the paired differences. Target: the proxy adds <= 5 ms.
+  Beside the times, the Hub process's CPU time per proxied call against its CPU time per
+  small Hub request (GET runtime): a cost the machine's load inflates much less.
 - The Space's page and the /spaces listing (client round trips), against bench/web.py's
   targets for a repository page (50 ms) and a list page (30 ms).
 - Restart with the cached environment: `restart_space` until the app answers again, and a
@@ -128,6 +130,18 @@ def app_port(api) -> int:
         time.sleep(0.5)
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time the process has used so far (all its threads, from the scheduler's
+    nanosecond counts), in ms."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            pass
+    return total / 1e6
+
+
 class GradioCaller:
     """One keep-alive connection calling the app's `reverse` through Gradio's REST API."""
 
@@ -162,14 +176,17 @@ PAGES = {"Space page (App tab, running)": f"/spaces/{SPACE}", "/spaces listing":
          "runtime API": f"/api/spaces/{SPACE}/runtime"}
 
 
-def page_times(url: str) -> dict[str, list[float]]:
+def page_times(url: str, pid: int) -> tuple[dict[str, list[float]], list[float]]:
     """Client round trips (ms) of PAGES, one keep-alive connection: the Space's page and the
     listing (held to bench/web.py's targets for a repository page and a list page), and the
-    runtime API as the floor of a Hub request."""
+    runtime API as the floor of a Hub request; and the server's (`pid`) CPU ms per runtime
+    request, one figure per round."""
     conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=30)
     out: dict[str, list[float]] = {name: [] for name in PAGES}
+    cpu = []
     for _ in range(REPEATS):
         for name, path in PAGES.items():
+            began = cpu_ms(pid)
             for _ in range(CALLS):
                 t = time.perf_counter()
                 conn.request("GET", path)
@@ -180,8 +197,10 @@ def page_times(url: str) -> dict[str, list[float]]:
                 shows_app = not path.startswith("/spaces/") or b"space-app" in body
                 if resp.status != 200 or not shows_app:
                     raise RuntimeError(f"GET {path}: {resp.status} {body[:300]!r}")
+            if name == "runtime API":
+                cpu.append((cpu_ms(pid) - began) / CALLS)
     conn.close()
-    return out
+    return out, cpu
 
 
 def gradio_version(spaces: Path) -> str:
@@ -213,8 +232,9 @@ def main() -> list[Row]:
                     assert caller.call("abc") == ["cba"]
             print(f"spaces: {REPEATS} rounds of {CALLS} calls each way, alternating ...")
             times: dict[str, list[float]] = {"direct": [], "proxy": []}
-            diffs = []
+            diffs, proxy_cpu = [], []
             for _ in range(REPEATS):
+                began = cpu_ms(server.proc.pid)  # only the proxied calls reach the Hub
                 for i in range(CALLS):
                     pair = {}
                     # Alternate which goes first, so neither always meets a warmer app.
@@ -225,9 +245,10 @@ def main() -> list[Row]:
                         pair[name] = (time.perf_counter() - t) * 1000
                         times[name].append(pair[name])
                     diffs.append(pair["proxy"] - pair["direct"])
+                proxy_cpu.append((cpu_ms(server.proc.pid) - began) / CALLS)
             direct.close()
             proxied.close()
-            pages = page_times(server.url)
+            pages, request_cpu = page_times(server.url, server.proc.pid)
 
             restarts, cold = [], []
             for _ in range(REPEATS):
@@ -262,6 +283,10 @@ def main() -> list[Row]:
             f"mean {statistics.fmean(diffs):.2f} ms; a call is two requests through the proxy, "
             f"and one small Hub request (GET runtime) takes "
             f"{statistics.median(pages['runtime API']):.2f} ms here"),
+        Row("spaces", "Hub CPU per proxied call (two requests)", "ms", Stats.of(proxy_cpu),
+            Stats.of(request_cpu), "Hub CPU per small Hub request (GET runtime)", "",
+            "CPU time of the Hub's process (all threads), per round of "
+            f"{CALLS}: the machine's load inflates it much less than the round trips"),
         Row("spaces", "Space page (App tab, running), client round trip", "ms",
             Stats.of(pages["Space page (App tab, running)"]), Stats.fixed(50.0), "target",
             "<= 1.00", "bench/web.py's target for a repository page"),
