@@ -45,40 +45,30 @@ class _HeadLoss(torch.autograd.Function):
         needs_hidden = ctx.needs_input_grad[0]
         wanted = [p for p, needed in zip(params, ctx.needs_input_grad[5:], strict=True)
                   if needed]
-        train = needs_hidden or bool(wanted)
         grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
         grad_params = [torch.zeros_like(p) for p in wanted]
         # float32 sum of the per-token losses; the mean divides once at the end, as
         # F.cross_entropy's mean does
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        logits_out = None
         scale = 1.0 / count.clamp(min=1).to(torch.float32)
+        weight = getattr(head, "weight", None)
+        plain = type(head) is nn.Linear and weight.dtype == hidden.dtype
+        logits_out = hidden.new_empty((hidden.shape[0], weight.shape[0])) if plain else None
+        # the plain head's gradient buffers by role: weight, bias (None when not wanted)
+        accumulators = [next((g for p, g in zip(wanted, grad_params, strict=True) if p is t),
+                             None) for t in (weight, getattr(head, "bias", None))]
         for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk].detach()
-            y = labels[start:start + chunk]
-            has_labels = bool(valid[start:start + chunk].any())
-            with torch.enable_grad():
-                if train and has_labels:
-                    h.requires_grad_(needs_hidden)
-                    logits = head(h)
-                    loss = F.cross_entropy(logits.float(), y, ignore_index=-100,
-                                           reduction="sum")
-                    inputs = ([h] if needs_hidden else []) + wanted
-                    grads = torch.autograd.grad(loss * scale, inputs)
-                    if needs_hidden:
-                        grad_hidden[start:start + chunk] = grads[0]
-                        grads = grads[1:]
-                    for acc, g in zip(grad_params, grads, strict=True):
-                        acc += g
-                    logits, loss = logits.detach(), loss.detach()
-                else:
-                    with torch.no_grad():
-                        logits = head(h)
-                        loss = F.cross_entropy(logits.float(), y, ignore_index=-100,
-                                               reduction="sum") if has_labels else None
-            if logits_out is None:
-                logits_out = logits.new_empty((hidden.shape[0], logits.shape[-1]))
-            logits_out[start:start + chunk] = logits
+            rows = slice(start, start + chunk)
+            h, y = hidden[rows].detach(), labels[rows]
+            if plain:
+                loss = _linear_chunk(head, h, y, valid[rows], scale, logits_out[rows],
+                                     grad_hidden, accumulators, start)
+            else:
+                logits, loss = _module_chunk(head, h, y, valid[rows], scale, grad_hidden,
+                                             wanted, grad_params, start)
+                if logits_out is None:
+                    logits_out = logits.new_empty((hidden.shape[0], logits.shape[-1]))
+                logits_out[rows] = logits
             if loss is not None:
                 total += loss
         # as F.cross_entropy's mean: NaN when every label is ignored
@@ -98,6 +88,65 @@ class _HeadLoss(torch.autograd.Function):
         grads = iter(saved)
         param_grads = [next(grads) * grad_loss if needed else None for needed in ctx.wanted]
         return (grad_hidden, None, None, None, None, *param_grads)
+
+
+def _linear_chunk(head: nn.Linear, h: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
+                  scale: torch.Tensor, out: torch.Tensor, grad_hidden: torch.Tensor | None,
+                  accumulators: list[torch.Tensor | None], start: int) -> torch.Tensor | None:
+    """One chunk through a plain nn.Linear head: the logits written straight into `out`, and
+    one chunk-sized buffer for the log-softmax, turned in place into the logits' gradient."""
+    weight, bias = head.weight, head.bias
+    if bias is None:
+        torch.mm(h, weight.t(), out=out)
+    else:
+        torch.addmm(bias, h, weight.t(), out=out)
+    if not bool(valid.any()):
+        return None
+    log_probs = torch.log_softmax(out.float(), -1)
+    target = y.clamp(min=0)[:, None]
+    counted = valid.to(log_probs.dtype)[:, None]
+    loss = -(log_probs.gather(1, target) * counted).sum()
+    grad_weight, grad_bias = accumulators
+    if grad_hidden is None and grad_weight is None and grad_bias is None:
+        return loss
+    # d(mean loss)/d(logits) = (softmax - one_hot(label)) / count, zero on ignored rows
+    grad = log_probs.exp_().scatter_add_(1, target, -counted).mul_(counted * scale)
+    grad = grad.to(weight.dtype)
+    if grad_hidden is not None:
+        torch.mm(grad, weight, out=grad_hidden[start:start + len(h)])
+    if grad_weight is not None:
+        grad_weight.addmm_(grad.t(), h)
+    if grad_bias is not None:
+        grad_bias.add_(grad.sum(0))
+    return loss
+
+
+def _module_chunk(head: nn.Module, h: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
+                  scale: torch.Tensor, grad_hidden: torch.Tensor | None,
+                  wanted: list[torch.Tensor], grad_params: list[torch.Tensor], start: int
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk through any head module (an adapter layer, a quantised or wrapped head):
+    its logits, loss, and gradients by autograd on the chunk alone."""
+    if not bool(valid.any()):
+        with torch.no_grad():
+            return head(h), None
+    if grad_hidden is None and not wanted:
+        with torch.no_grad():
+            logits = head(h)
+            return logits, F.cross_entropy(logits.float(), y, ignore_index=-100,
+                                           reduction="sum")
+    with torch.enable_grad():
+        h.requires_grad_(grad_hidden is not None)
+        logits = head(h)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=-100, reduction="sum")
+        grads = torch.autograd.grad(loss * scale, ([h] if grad_hidden is not None else [])
+                                    + wanted)
+    if grad_hidden is not None:
+        grad_hidden[start:start + len(h)] = grads[0]
+        grads = grads[1:]
+    for acc, g in zip(grad_params, grads, strict=True):
+        acc += g
+    return logits.detach(), loss.detach()
 
 
 def lm_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
