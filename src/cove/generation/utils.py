@@ -304,7 +304,9 @@ class _Runner:
 class _Seq2SeqRunner:
     """Feeds an encoder-decoder model: the encoder ran once (its output is reused by every
     step), the decoder gets its start tokens, then one token per step into a preallocated
-    cache that also keeps each layer's cross-attention keys and values from the first step."""
+    cache that also keeps each layer's cross-attention keys and values from the first step.
+    The encoder's output has one row per prompt: a prompt's beams (or returned sequences),
+    consecutive decoder rows, share it and attend to it together."""
 
     def __init__(self, model: Any, decoder_input_ids: torch.Tensor,
                  encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor | None, max_new: int,
@@ -346,15 +348,11 @@ class _Seq2SeqRunner:
         return self._call(seqs, end)
 
     def reorder(self, index: torch.Tensor) -> None:
+        # Beams only move among the rows of their own prompt, which share one row of the
+        # encoder's output and so its cross-attention keys and values: only self-attention
+        # moves.
         if self.cache is not None:
-            # Beams only move among the rows of their own prompt, which share the encoder's
-            # output and so the cross-attention keys and values: only self-attention moves.
             self.cache.self_attention_cache.reorder(index)
-        else:  # the rows' encoder outputs follow their beams
-            index = index.reshape(-1).long().to(self.encoder_outputs[0].device)
-            self.encoder_outputs = (self.encoder_outputs[0].index_select(0, index),)
-            if self.encoder_mask is not None:
-                self.encoder_mask = self.encoder_mask.index_select(0, index)
 
 
 _PARAMS: dict[type, frozenset] = {}
@@ -560,10 +558,8 @@ class GenerationMixin:
                 inputs_embeds = inputs_embeds.repeat_interleave(expand, dim=0)
             if position_ids is not None:
                 position_ids = position_ids.repeat_interleave(expand, dim=0)
-            if encoder_hidden is not None:
-                encoder_hidden = encoder_hidden.repeat_interleave(expand, dim=0)
-                if encoder_mask is not None:
-                    encoder_mask = encoder_mask.repeat_interleave(expand, dim=0)
+            # (an encoder-decoder model's encoder output is not repeated: a prompt's rows
+            # share it, and its cross-attention keys and values, in the decoder)
         if streamer is not None:
             if num_beams > 1:
                 raise ValueError("`streamer` cannot be used with beam search (yet!). Make sure "

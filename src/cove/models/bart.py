@@ -36,6 +36,10 @@ from cove.models.seq2seq import (
     Seq2SeqQuestionAnsweringModelOutput,
     Seq2SeqSequenceClassifierOutput,
     as_encoder_output,
+    fold_queries,
+    lm_logits,
+    shared_rows,
+    unfold_rows,
 )
 
 
@@ -107,7 +111,8 @@ class BartAttention(nn.Module):
         return x.view(b, s, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x, mask, cache=None, key_value_states=None, need_weights=False):
-        q = self._split(self.q_proj(x))
+        """In cross-attention, consecutive rows of `x` may share a row of `key_value_states`
+        (a prompt's beams): their queries then attend together."""
         if self.is_cross and cache is not None and cache.cross(self.layer_idx) is not None:
             k, v = cache.cross(self.layer_idx)
         else:
@@ -118,9 +123,14 @@ class BartAttention(nn.Module):
                     cache.set_cross(self.layer_idx, k, v)
                 else:
                     k, v = cache.update(self.layer_idx, k, v)
+        group = shared_rows(x.shape[0], k.shape[0]) if self.is_cross else 1
+        q = fold_queries(self.q_proj(x), group, self.heads)
         out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
                               need_weights)
-        return self.out_proj(merge_heads(out)), weights
+        if group > 1 and weights is not None:
+            weights = unfold_rows(weights, group)
+        # (folded rows: [rows / group, group * n, width] is [rows, n, width] in memory)
+        return self.out_proj(merge_heads(out).view(*x.shape[:2], -1)), weights
 
 
 class BartEncoderLayer(nn.Module):
@@ -371,8 +381,8 @@ class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
                           encoder_outputs, past_key_values, inputs_embeds,
                           decoder_inputs_embeds, use_cache, output_attentions,
                           output_hidden_states, return_dict=True)
-        logits = self.lm_head(base.last_hidden_state) + self.final_logits_bias.to(
-            base.last_hidden_state.device)
+        logits = lm_logits(self.lm_head, base.last_hidden_state, base.past_key_values) \
+            + self.final_logits_bias.to(base.last_hidden_state.device)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),

@@ -30,6 +30,10 @@ from cove.models.seq2seq import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
     as_encoder_output,
+    fold_queries,
+    lm_logits,
+    shared_rows,
+    unfold_rows,
 )
 
 
@@ -130,8 +134,8 @@ class T5Attention(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """mask: additive, [batch or 1, 1, q, k]. Returns the output, the position bias (mask
         not included: later blocks reuse it; None in cross-attention) and the attention
-        weights if asked for."""
-        q = self._split(self.q(x))
+        weights if asked for. In cross-attention, consecutive rows of `x` may share a row of
+        `key_value_states` (a prompt's beams): their queries then attend together."""
         cross = key_value_states is not None
         past = cache.length if cache is not None and not cross else 0
         if cross and cache is not None and cache.cross(self.layer_idx) is not None:
@@ -144,6 +148,8 @@ class T5Attention(nn.Module):
                     cache.set_cross(self.layer_idx, k, v)
                 else:
                     k, v = cache.update(self.layer_idx, k, v)
+        group = shared_rows(x.shape[0], k.shape[0]) if cross else 1
+        q = fold_queries(self.q(x), group, self.n_heads)
         if position_bias is None and self.has_relative_attention_bias:
             position_bias = self.compute_bias(x.shape[1], k.shape[2], past)
         # Cross-attention has no position bias: without a padding mask either, SDPA gets no
@@ -164,7 +170,10 @@ class T5Attention(nn.Module):
                 q, k, v, attn_mask=None if scores_bias is None else scores_bias.to(q.dtype),
                 dropout_p=dropout, scale=1.0)
             weights = None
-        return self.o(merge_heads(out)), position_bias, weights
+        if group > 1 and weights is not None:
+            weights = unfold_rows(weights, group)
+        # (folded rows: [rows / group, group * n, width] is [rows, n, width] in memory)
+        return self.o(merge_heads(out).view(*x.shape[:2], -1)), position_bias, weights
 
 
 class T5LayerSelfAttention(nn.Module):
@@ -503,7 +512,7 @@ class T5ForConditionalGeneration(GenerationMixin, T5PreTrainedModel):
         x = dec.last_hidden_state
         if c.scales_decoder_output:
             x = x * (c.d_model ** -0.5)
-        logits = self.lm_head(x)
+        logits = lm_logits(self.lm_head, x, dec.past_key_values)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
