@@ -7,6 +7,7 @@ from torch import nn
 
 from cove.models.bert import BertEncoder, _base_kwargs, _finish
 from cove.models.configuration import PretrainedConfig
+from cove.models.dropout import Dropout
 from cove.models.layers import (
     activation,
     check_heads,
@@ -62,7 +63,7 @@ class DistilBertEmbeddings(nn.Module):
                                             padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.dim)
         self.LayerNorm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None],
                              persistent=False)
 
@@ -98,7 +99,7 @@ class FFN(nn.Module):
         self.lin1 = nn.Linear(config.dim, config.hidden_dim)
         self.lin2 = nn.Linear(config.hidden_dim, config.dim)
         self.activation = activation(config.activation)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.lin2(self.activation(self.lin1(x))))
@@ -196,7 +197,7 @@ class DistilBertForSequenceClassification(DistilBertPreTrainedModel):
         self.distilbert = DistilBertModel(config)
         self.pre_classifier = nn.Linear(config.dim, config.dim)
         self.classifier = nn.Linear(config.dim, config.num_labels)
-        self.dropout = nn.Dropout(config.seq_classif_dropout)
+        self.dropout = Dropout(config.seq_classif_dropout)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
@@ -214,7 +215,7 @@ class DistilBertForTokenClassification(DistilBertPreTrainedModel):
     def __init__(self, config: DistilBertConfig) -> None:
         super().__init__(config)
         self.distilbert = DistilBertModel(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.classifier = nn.Linear(config.dim, config.num_labels)
         self.post_init()
 
@@ -235,7 +236,7 @@ class DistilBertForQuestionAnswering(DistilBertPreTrainedModel):
             raise ValueError(f"config.num_labels should be 2, but it is {config.num_labels}")
         self.distilbert = DistilBertModel(config)
         self.qa_outputs = nn.Linear(config.dim, 2)
-        self.dropout = nn.Dropout(config.qa_dropout)
+        self.dropout = Dropout(config.qa_dropout)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,

@@ -20,6 +20,7 @@ from cove.models.bert import (
     _finish,
 )
 from cove.models.configuration import PretrainedConfig
+from cove.models.dropout import Dropout
 from cove.models.layers import (
     check_heads,
     classification_loss,
@@ -71,7 +72,7 @@ class MPNetEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
                                                 padding_idx=PADDING_IDX)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None],
                              persistent=False)
 
@@ -106,7 +107,7 @@ class MPNetAttention(nn.Module):
         super().__init__()
         self.attn = MPNetSelfAttention(config)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, mask, need_weights):
         out, weights = self.attn(x, mask, need_weights)
@@ -236,7 +237,7 @@ class MPNetForTokenClassification(MPNetPreTrainedModel):
     def __init__(self, config: MPNetConfig) -> None:
         super().__init__(config)
         self.mpnet = MPNetModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from cove.models.bert import BertConfig, BertEmbeddings, BertModel, _base_kwargs, _finish
 from cove.models.configuration import PretrainedConfig
+from cove.models.dropout import Dropout
 from cove.models.layers import classification_loss, span_logits, span_loss, token_loss
 from cove.models.modeling import PreTrainedModel
 from cove.models.outputs import (
@@ -81,7 +82,7 @@ class RobertaClassificationHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         p = getattr(config, "classifier_dropout", None)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if p is None else p)
+        self.dropout = Dropout(config.hidden_dropout_prob if p is None else p)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,7 @@ class RobertaForTokenClassification(RobertaPreTrainedModel):
         super().__init__(config)
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         p = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if p is None else p)
+        self.dropout = Dropout(config.hidden_dropout_prob if p is None else p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 

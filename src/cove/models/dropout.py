@@ -1,0 +1,157 @@
+"""Training dropout that keeps a 1-byte mask, and attention with dropout that saves only what its
+backward pass needs.
+
+ATen's CPU dropout draws a float noise value per element (bernoulli_), multiplies by it and
+keeps the 4-byte noise for the backward pass; with SDPA, non-zero dropout also rules out the
+fused CPU kernels, so the attention probabilities, the noise and the dropped probabilities are
+all kept. Here each random 64-bit word from torch's generator gives four 16-bit lanes, each
+compared with an integer threshold: a quarter of the generator calls, and a bool mask.
+
+Probability resolution: the drop probability is rounded to the nearest multiple of 1/65536 (at
+most 7.7e-6 off: p = 0.1 drops 6554/65536 = 0.100006 of the elements), and kept elements are
+scaled by the inverse of that realised keep rate, so the output's expectation is the input's.
+The masks come from the given generator (or torch's default one, so `torch.manual_seed` makes
+them reproducible).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_LANES = 1 << 16  # values of one 16-bit lane: the probability resolution
+
+
+def _check_probability(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """A bool mask of `shape`, True where an element is kept (it is dropped with probability p,
+    to 1/65536), and the scale for the kept elements (the inverse of the realised keep rate)."""
+    _check_probability(p)
+    dropped = round(p * _LANES)
+    if dropped == _LANES:
+        return torch.zeros(shape, dtype=torch.bool, device=device), 1.0
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(1 << 63), None, generator=generator)  # every bit random
+    lanes = words.view(torch.int16)[:n].view(shape)
+    # A lane is uniform over [-32768, 32767]: it is below -32768 + dropped with probability
+    # dropped / 65536.
+    return lanes >= dropped - _LANES // 2, _LANES / (_LANES - dropped)
+
+
+def _multiplier(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The keep mask as 0/1 in `dtype`. Converting the mask, then a plain product, is the fast
+    way on CPU: a product with the bool (or uint8) mask, torch.where or masked_fill each took
+    2-5x as long as the two (a 16x12x128x128 float32 tensor, one thread, cold cache)."""
+    return keep.to(dtype)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, generator: torch.Generator | None
+                ) -> torch.Tensor:
+        keep, scale = dropout_mask(x.shape, p, x.device, generator)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return _multiplier(keep, x.dtype).mul_(x).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return _multiplier(keep, grad.dtype).mul_(grad).mul_(ctx.scale), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """`F.dropout` with a 16-bit-lane mask kept as 1 byte per element; `x` itself when not
+    training or p == 0."""
+    _check_probability(p)
+    if not training or p == 0.0:
+        return x
+    return _Dropout.apply(x, p, generator)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout (same `p`, no parameters, nothing in the state dict) drawing its mask with
+    `dropout` on CPU; elsewhere torch's own, whose fused kernels already keep a byte mask."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return dropout(x, self.p, self.training)
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + mask) with dropout, times v. Saves q, k, v, the probabilities and
+    the 1-byte keep mask; the dropped probabilities are recomputed in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float, p: float, generator):
+        with torch.autocast(q.device.type, enabled=False):
+            # Scores and softmax in float32 at least (as SDPA's math kernel): bfloat16 scores
+            # would round a logit of 5 by up to 0.016.
+            wide = torch.promote_types(q.dtype, torch.float32)
+            scores = torch.matmul(q.to(wide) * scale, k.to(wide).transpose(-1, -2))
+            if mask is not None and mask.dtype == torch.bool:
+                scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+            elif mask is not None:
+                scores.add_(mask)
+            probs = scores.softmax(-1).to(q.dtype)
+            del scores
+            keep, keep_scale = dropout_mask(probs.shape, p, probs.device, generator)
+            # The keep scale goes on the [.., q, dim] output, not on the [.., q, kv] probabilities.
+            out = torch.matmul(_multiplier(keep, probs.dtype).mul_(probs), v).mul_(keep_scale)
+        ctx.save_for_backward(q, k, v, probs, keep)
+        ctx.scale, ctx.keep_scale = scale, keep_scale
+        ctx.mask_shape = None if mask is None else mask.shape
+        ctx.mask_dtype = None if mask is None else mask.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, probs, keep = ctx.saved_tensors
+        with torch.autocast(q.device.type, enabled=False):
+            grad = grad.to(v.dtype) * ctx.keep_scale
+            multiplier = _multiplier(keep, probs.dtype)
+            grad_v = torch.matmul((probs * multiplier).transpose(-1, -2), grad)
+            grad_probs = torch.matmul(grad, v.transpose(-1, -2)).mul_(multiplier)
+            del multiplier
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            del grad_probs
+            grad_mask = None
+            if ctx.needs_input_grad[3]:  # an additive mask that learns (T5's position bias)
+                grad_mask = grad_scores.sum_to_size(ctx.mask_shape).to(ctx.mask_dtype)
+            grad_q = torch.matmul(grad_scores, k).mul_(ctx.scale)
+            grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, grad_mask, None, None, None
+
+
+def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: torch.Tensor | None, p: float, scale: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Attention over [batch, heads, seq, dim] queries, keys and values (as many heads each)
+    with dropout p on the probabilities. `mask` is additive or boolean (True = attend),
+    broadcast to [batch, heads, q, kv]. Under autocast the inputs are cast to its dtype first,
+    as SDPA's would be."""
+    _check_probability(p)
+    if q.shape[1] != k.shape[1] or k.shape[1] != v.shape[1]:
+        raise ValueError(f"dropout_attention takes as many key/value heads as query heads; got "
+                         f"{q.shape[1]}, {k.shape[1]} and {v.shape[1]} (expand them first)")
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    elif not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"query, key and value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return _DropoutAttention.apply(q, k, v, mask, scale, p, generator)
