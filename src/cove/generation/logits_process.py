@@ -248,7 +248,7 @@ class MinLengthLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] >= self.min_length:
-            return scores.clone()
+            return scores  # (no copy: a decoding step would copy [rows, vocab] for nothing)
         mask = _token_mask(self.eos_token_id, scores.shape[-1], scores.device)
         return scores.masked_fill(mask, NEG_INF)
 
@@ -269,7 +269,7 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] - self.prompt_length_to_skip >= self.min_new_tokens:
-            return scores.clone()
+            return scores  # (no copy, as above)
         mask = _token_mask(self.eos_token_id, scores.shape[-1], scores.device)
         return scores.masked_fill(mask, NEG_INF)
 
