@@ -96,8 +96,10 @@ def main() -> list[Row]:
         for _ in range(REPEATS):
             for which in runs:
                 runs[which].append(run(which, folder))
+            # the load average: other work on the machine slows the steps (not the peaks)
             print("  " + "   ".join(f"{w} {r[-1]['step']:.2f} s/step {r[-1]['peak']:.0f} MiB"
-                                    for w, r in runs.items()))
+                                    for w, r in runs.items())
+                  + f"   load {os.getloadavg()[0]:.1f}")
 
     def stat(which: str, key: str) -> Stats:
         return Stats.of([r[key] for r in runs[which]])

@@ -9,8 +9,10 @@ eval and without gradients, where the callers keep using the plain ops) but save
 - `low_rank_linear`: x @ (W + sum of s * B @ A)^T + bias in one GEMM (LoRA with no dropout),
   saving only x and the thin x @ A^T; the merged weight is rebuilt in the backward pass.
 - `rms_norm`: RMSNorm saving its input and the per-row reciprocal RMS only.
-- `swiglu`: act(gate) * up saving gate and up only; `recompute_swiglu` lets the next layer
-  (the down projection) save a recipe instead of the product.
+- `silu_gate`: silu(gate) * up saving gate and up only.
+- `lean_saving` and `remade_on_save`: within a block, a tensor cheap to remake from tensors
+  kept anyway (a norm's output, the gated product, merged attention heads) is saved by the
+  layers that use it as a recipe, not as a copy of its values.
 """
 
 from __future__ import annotations
@@ -164,21 +166,18 @@ def lm_head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
                          f"{tuple(hidden.shape)}: they must cover the same positions.")
     flat = hidden.reshape(-1, hidden.shape[-1])
     params = [p for p in head.parameters() if p.requires_grad]
-    chunk = max(1, LOSS_CHUNK_ELEMENTS // _vocab_size(head))
+    chunk = max(1, LOSS_CHUNK_ELEMENTS // _vocab_size(head, flat))
     return _HeadLoss.apply(flat, labels.reshape(-1), head, chunk, hidden.shape[:-1], *params)
 
 
-def _vocab_size(head: nn.Module) -> int:
-    """The head's output width: `out_features` (linear and adapter layers), else the rows of
-    its weight (a wrapper such as modules_to_save's)."""
+def _vocab_size(head: nn.Module, hidden: torch.Tensor) -> int:
+    """The head's output width: `out_features` (linear and adapter layers), else what it
+    makes of one position (a wrapper such as modules_to_save's)."""
     size = getattr(head, "out_features", None)
     if isinstance(size, int):
         return size
-    weight = getattr(head, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return int(weight.shape[0])
-    raise TypeError(f"Cannot tell the vocabulary size of a {type(head).__name__} LM head: it "
-                    "has neither `out_features` nor a 2-D `weight`.")
+    with torch.no_grad():
+        return int(head(hidden[:1]).shape[-1])
 
 
 class _LowRankLinear(torch.autograd.Function):
@@ -191,7 +190,8 @@ class _LowRankLinear(torch.autograd.Function):
         out = F.linear(x, merged, bias)
         flat = x.reshape(-1, x.shape[-1])
         # x @ A^T is [tokens, r]: kept rather than recomputed (a pass over x each)
-        thin = [flat @ a.t() for a in factors[0::2]]
+        thin = [flat @ a.t() if ctx.needs_input_grad[5 + 2 * i] else None
+                for i, a in enumerate(factors[0::2])]
         ctx.scales = scales
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight, *factors, *thin)
@@ -352,6 +352,7 @@ def lean_saving() -> Iterator[None]:
     Does nothing without gradients, or under other saved-tensor hooks (gradient
     checkpointing, offloading), which then see every saved tensor as before.
     """
+    # torch has no public way to ask for the active saved-tensor hooks
     top = torch._C._autograd._top_saved_tensors_default_hooks(False)
     if not torch.is_grad_enabled() or top is not None:
         yield
