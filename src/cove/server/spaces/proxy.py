@@ -90,6 +90,7 @@ def _find(manager: SpaceManager, scope: Scope, owner: str, name: str) -> Reposit
 
 async def _http(manager: SpaceManager, scope: Scope, receive: Receive, send: Send, owner: str,
                 name: str, path: str | None) -> None:
+    """One HTTP request under the app's prefix (`path` follows it), relayed to the app."""
     method = scope["method"]
     if method not in METHODS:
         raise errors.HubError(405, "MethodNotAllowed", "Method Not Allowed",
@@ -128,12 +129,10 @@ async def _http(manager: SpaceManager, scope: Scope, receive: Receive, send: Sen
         if message.get("more_body"):
             rest = _body_rest(receive)
     exchange = manager.upstreams.exchange(port)
-    gone = asyncio.Event()
 
     async def watch() -> None:  # the visitor may leave while the app thinks or streams
         while (await receive())["type"] != "http.disconnect":
             pass
-        gone.set()
         exchange.abort()
 
     # receive() is the body's until it is read; with the body whole, watch from now on.
@@ -144,7 +143,7 @@ async def _http(manager: SpaceManager, scope: Scope, receive: Receive, send: Sen
             status, answer_headers = await exchange.request(method, target, headers, body,
                                                             rest, length)
         except UpstreamError as e:
-            if gone.is_set():
+            if exchange.aborted:
                 return
             raise errors.HubError(502, "SpaceUnreachable",
                                   f"The Space {repo.repo_id} did not answer: {e}") from None
@@ -159,7 +158,7 @@ async def _http(manager: SpaceManager, scope: Scope, receive: Receive, send: Sen
             try:
                 data, last = await exchange.read()
             except UpstreamError:
-                if gone.is_set():
+                if exchange.aborted:
                     return
                 raise
             await send({"type": "http.response.body", "body": data, "more_body": not last})

@@ -96,7 +96,7 @@ class Exchange:
     def __init__(self, pool: Pool, port: int) -> None:
         self.pool, self.port = pool, port
         self._conn: _Connection | None = None
-        self._aborted = False
+        self.aborted = False  # given up by `abort`
         self._framing = _NONE
         self._left = 0
         self._keep = False
@@ -126,7 +126,7 @@ class Exchange:
         data = b"".join(head)
         conn, reused = await self.pool._connect(self.port)
         while True:
-            if self._aborted:
+            if self.aborted:
                 conn.close()
                 raise UpstreamError("the request was given up")
             self._conn = conn
@@ -209,7 +209,7 @@ class Exchange:
         empty); the connection goes back to the pool after the last."""
         conn = self._conn
         if conn is None:
-            raise UpstreamError("the request was given up" if self._aborted else "no request")
+            raise UpstreamError("the request was given up" if self.aborted else "no request")
         reader = conn.reader
         try:
             if self._framing == _LENGTH and self._left:
@@ -242,7 +242,7 @@ class Exchange:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ValueError) as e:
             self._drop()
-            raise UpstreamError("the request was given up" if self._aborted
+            raise UpstreamError("the request was given up" if self.aborted
                                 else str(e) or type(e).__name__) from None
         except UpstreamError:
             self._drop()
@@ -250,7 +250,7 @@ class Exchange:
 
     def _done(self) -> None:
         conn, self._conn = self._conn, None
-        if self._keep and not self._aborted:
+        if self._keep and not self.aborted:
             self.pool._release(self.port, conn)
         else:
             conn.close()
@@ -262,7 +262,7 @@ class Exchange:
 
     def abort(self) -> None:
         """Give the exchange up (the visitor went away): a pending `request` or `read` fails."""
-        self._aborted = True
+        self.aborted = True
         self._drop()
 
     def close(self) -> None:
