@@ -87,15 +87,15 @@ def _cache(layers=1, rows=4):
     return EncoderDecoderCache(KVCache(layers, rows, 2, 4, 8))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 16, 17])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16, 17, 64, 65])
 def test_decoding_lm_head_matches_the_linear(rows):
     torch.manual_seed(0)
-    head = nn.Linear(64, 1000, bias=False)
+    head = nn.Linear(64, 5000, bias=False)  # (more than one block of 2048 vocabulary rows)
     x = torch.randn(rows, 1, 64)
     with torch.no_grad():
         got = lm_logits(head, x, _cache())
         torch.testing.assert_close(got, head(x), rtol=0, atol=1e-5)
-        assert got.shape == (rows, 1, 1000) and got.is_contiguous()
+        assert got.shape == (rows, 1, 5000) and got.is_contiguous()
         head.weight.mul_(2)  # an in-place change: the kept transposed copy is remade
         torch.testing.assert_close(lm_logits(head, x, _cache()), head(x), rtol=0, atol=1e-5)
     # training (gradients) and full sequences go through the module itself

@@ -7,6 +7,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cove.models.cache import KVCache
@@ -73,8 +74,11 @@ def unfold_rows(x: torch.Tensor, group: int) -> torch.Tensor:
         b * group, heads, gn // group, k)
 
 
-# Decoding rows up to which the LM head is taken as weight @ x^T (below).
+# Decoding rows up to which the LM head is taken as weight @ x^T, and up to which in blocks of
+# vocabulary rows (below).
 _FEW_ROWS = 16
+_BLOCK_ROWS = 64
+_VOCAB_BLOCK = 2048
 # Each LM head's weight, transposed, for single-row decoding, with the weight's state it was
 # made from: [width, vocab] contiguous.
 _COLUMNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -99,20 +103,27 @@ def lm_logits(head: nn.Module, x: torch.Tensor, cache: EncoderDecoderCache | Non
     nn.Linear head without hooks) the same dot products are taken in another order: the
     [vocab, width] weight (tens of MB, read once per step, most of a step's memory traffic)
     streams faster through weight @ x^T than through x @ weight^T for a few rows (about 1.5-2x
-    for 2-8 rows, measured with torch's CPU BLAS), and for one row faster still as
-    x @ (a transposed copy of the weight, kept with the head: about 2x).
+    for 2-8 rows, measured with torch's CPU BLAS), for one row faster still as
+    x @ (a transposed copy of the weight, kept with the head: about 2x), and for up to 64 rows
+    (8 prompts' beams) in blocks of 2048 vocabulary rows that stay in cache (about 1.25x).
     Values agree with head(x) to float32 rounding (a different summation order).
     """
     rows = x.shape[0]
-    if (cache is None or x.shape[1] != 1 or rows > _FEW_ROWS or torch.is_grad_enabled()
+    if (cache is None or x.shape[1] != 1 or rows > _BLOCK_ROWS or torch.is_grad_enabled()
             or type(head) is not nn.Linear or head.bias is not None or head._forward_hooks
             or head._forward_pre_hooks):
         return head(x)
     states = x.reshape(rows, x.shape[2])
     if rows == 1:
         logits = states @ _columns(head)
-    else:
+    elif rows <= _FEW_ROWS:
         logits = torch.mm(head.weight, states.t()).t().contiguous()
+    else:
+        w = head.weight
+        logits = states.new_empty(rows, w.shape[0])
+        for start in range(0, w.shape[0], _VOCAB_BLOCK):
+            block = w[start:start + _VOCAB_BLOCK]
+            logits[:, start:start + block.shape[0]] = F.linear(states, block)
     return logits.unsqueeze(1)
 
 
