@@ -5,8 +5,11 @@ Random weights in the shapes of t5-small (6 + 6 layers, d_model 512, 8 heads, vo
 transformers and loaded by each library, float32. A 64-token input, NEW new tokens (forced:
 min_new_tokens = max_new_tokens), greedy and beam search with 4 beams, batch 1 and 8; the two
 libraries alternate A B A B. tokens/s = batch x NEW / the whole generate call (the encoder
-included). Goal: >= 1.3x transformers (the encoder runs once and each layer's cross-attention
-keys and values are computed once, into a preallocated cache).
+included). Goal: >= 1.3x transformers (the encoder runs once; each layer's cross-attention
+keys and values are computed once per prompt, not per beam, and a prompt's beams attend to them
+together; the LM head's weight is read in the order that streams fastest for a few rows).
+COVE_BENCH_THREADS=1 gives steadier ratios on a loaded machine (two OpenMP threads stall when
+other processes hold the cores).
 """
 
 from __future__ import annotations
