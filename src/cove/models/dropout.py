@@ -5,7 +5,8 @@ ATen's CPU dropout draws a float noise value per element (bernoulli_), multiplie
 keeps the 4-byte noise for the backward pass; with SDPA, non-zero dropout also rules out the
 fused CPU kernels, so the attention probabilities, the noise and the dropped probabilities are
 all kept. Here each random 64-bit word from torch's generator gives four 16-bit lanes, each
-compared with an integer threshold: a quarter of the generator calls, and a bool mask.
+compared with an integer threshold (one generator draw per four elements), and the backward
+pass keeps the bool mask; attention saves its probabilities and that mask only.
 
 Probability resolution: the drop probability is rounded to the nearest multiple of 1/65536 (at
 most 7.7e-6 off: p = 0.1 drops 6554/65536 = 0.100006 of the elements), and kept elements are
@@ -97,6 +98,9 @@ class _DropoutAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale: float, p: float, generator):
+        # Heads split from a [batch, seq, width] projection are strided views: one contiguous
+        # copy each here, kept for the backward pass, instead of one per matmul using them.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         with torch.autocast(q.device.type, enabled=False):
             # Scores and softmax in float32 at least (as SDPA's math kernel): bfloat16 scores
             # would round a logit of 5 by up to 0.016.
@@ -121,11 +125,14 @@ class _DropoutAttention(torch.autograd.Function):
     def backward(ctx, grad):
         q, k, v, probs, keep = ctx.saved_tensors
         with torch.autocast(q.device.type, enabled=False):
-            grad = grad.to(v.dtype) * ctx.keep_scale
+            # contiguous once: the two matmuls below then copy nothing
+            grad = grad.contiguous().to(v.dtype) * ctx.keep_scale
             multiplier = _multiplier(keep, probs.dtype)
             grad_v = torch.matmul((probs * multiplier).transpose(-1, -2), grad)
             grad_probs = torch.matmul(grad, v.transpose(-1, -2)).mul_(multiplier)
             del multiplier
+            # ATen's fused softmax backward (what autograd runs for softmax): one kernel for
+            # probs * (grad - sum(grad * probs))
             grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
             del grad_probs
             grad_mask = None
