@@ -18,6 +18,10 @@ the GGUF by llama_model_quantize, cached in bench/.cache), and the GGUF kept qua
 (`dtype="auto"`: Q4_1 layers as int4, Q8_0 embedding as int8) against llama.cpp on the same
 Q4_1 file. Goals: int8 >= 1.0x, int4 >= 0.9x. Each quantised model's greedy tokens are also
 compared with float32's (top-1 agreement per step along float32's answers to chat prompts).
+
+`python bench/generate.py kernels`: cove.kernels' GEMV alone (float32, bfloat16, int8, int4 at
+one row over SmolLM2-135M's layer shapes) in GB/s against torch's op on the same weights,
+beside the bandwidth probe; `quantized`: only the weight-only rows.
 """
 
 from __future__ import annotations
@@ -232,6 +236,7 @@ def quantized_rows(folder: Path, prompt: list[int]) -> list[Row]:
     import torch
     from serve import llama_cpp_version
 
+    from cove import kernels
     from cove.models import AutoModelForCausalLM
     from cove.models.weight_only import Int4WeightOnlyConfig, Int8WeightOnlyConfig, TorchAoConfig
     from cove.tokenizers import AutoTokenizer
@@ -291,11 +296,77 @@ def quantized_rows(folder: Path, prompt: list[int]) -> list[Row]:
     if worker:
         worker.close()
     goals = {"int8": ">= 1.0", "int4 g32": ">= 0.9", "GGUF Q4_1 kept": ">= 0.9"}
+    ext = kernels.load()
+    note = (f"weight-only; decode in cove.kernels ({ext.isa()}, float32 activations)" if ext
+            else "weight-only; torch's kernels (COVE_KERNELS=0), bfloat16 activations")
     return [Row("generate", f"decode {name}, batch 1, {QUANT_PROMPT}-token prompt", "tokens/s", Stats.of(times[name]),
                 Stats.of(times[pairs[name]]) if worker else None,
                 f"llama.cpp {pairs[name]}", goals[name],
-                "weight-only, bfloat16 activations in the quantised layers")
+                note)
             for name in ours]
+
+
+def kernel_rows() -> list[Row]:
+    """cove.kernels' GEMV against torch's op for the same weights, batch 1: SmolLM2-135M's 30
+    layers of projections (7 weights each, every one read once per pass, as a decode step
+    reads them; the set is past the caches), alternating; GB/s = weight bytes / time, beside
+    a bandwidth probe taken between kinds."""
+    import torch
+    import torch.nn.functional as F
+
+    from cove import kernels
+    from cove.models.weight_only import quantize_int4, quantize_int8
+
+    ext = kernels.load()
+    if ext is None:
+        print("generate: cove.kernels is not built (COVE_KERNELS=0 or no compiler): no rows")
+        return []
+    g = torch.Generator().manual_seed(0)
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576),
+              (576, 1536)] * 30
+    weights = [torch.randn(n, k, generator=g) * 0.05 for n, k in shapes]
+    xs = {k: torch.randn(1, k, generator=g) for k in (576, 1536)}
+    rows = []
+    for kind in ("float32", "bfloat16", "int8", "int4 g32"):
+        if kind in ("float32", "bfloat16"):
+            ws = [w.to(getattr(torch, kind)) for w in weights]
+            size = sum(w.numel() * w.element_size() for w in ws)
+            ours = [lambda x, w=w: ext.dense(x, w, None) for w in ws]
+            theirs = [lambda x, w=w: F.linear(x.to(w.dtype), w) for w in ws]
+            ref = "F.linear (MKL / oneDNN)"
+        elif kind == "int8":
+            qs = [(q, s.bfloat16()) for q, s in map(quantize_int8, weights)]
+            size = sum(q.numel() + s.numel() * 2 for q, s in qs)
+            ours = [lambda x, q=q, s=s: ext.int8_linear(x, q, s, None) for q, s in qs]
+            theirs = [lambda x, q=q, s=s: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, s)
+                      for q, s in qs]
+            ref = "_weight_int8pack_mm, bf16 x"
+        else:
+            ours, theirs, size = [], [], 0
+            for w in weights:
+                codes, scale, zero = quantize_int4(w, 32)
+                packed, s16, z16 = kernels.pack_int4(codes), scale.bfloat16(), zero.bfloat16()
+                tpacked = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+                pairs = torch.stack([scale.t(), zero.t()], -1).bfloat16().contiguous()
+                size += packed.numel() + s16.numel() * 4
+                ours.append(lambda x, a=(packed, s16, z16): ext.int4_linear(x, *a, 32, None))
+                theirs.append(lambda x, a=(tpacked, pairs): torch.ops.aten.
+                              _weight_int4pack_mm_for_cpu(x.bfloat16(), a[0], 32, a[1]))
+            ref = "_weight_int4pack_mm_for_cpu, bf16 x"
+        times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        with torch.inference_mode():
+            for _ in range(max(REPEATS, 7)):
+                for side, fns in (("ours", ours), ("theirs", theirs)):
+                    t = time.perf_counter()
+                    for fn, w in zip(fns, weights, strict=True):
+                        fn(xs[w.shape[1]])
+                    times[side].append(size / (time.perf_counter() - t) / 1e9)
+        bw = bandwidth_gbs()
+        rows.append(Row("generate", f"GEMV {kind}, SmolLM2-135M's layers, 1 row", "GB/s",
+                        Stats.of(times["ours"]), Stats.of(times["theirs"]), ref, "",
+                        f"{size / 1e6:.0f} MB per pass; bandwidth probe {bw:.1f} GB/s, "
+                        f"ours = {Stats.of(times['ours']).median / bw:.0%} of it"))
+    return rows
 
 
 def main() -> list[Row]:
@@ -348,6 +419,7 @@ def main() -> list[Row]:
         rows.append(reorder_row())
         rows += llama_cpp_rows(list(range(100, 100 + PROMPT)))
         rows += quantized_rows(folder, list(range(100, 100 + QUANT_PROMPT)))
+    rows += kernel_rows()
     print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
     return rows
 
@@ -366,4 +438,5 @@ def main_quantized() -> list[Row]:
 
 
 if __name__ == "__main__":
-    finish(main_quantized() if sys.argv[1:] == ["quantized"] else main())
+    modes = {"quantized": main_quantized, "kernels": kernel_rows}
+    finish(modes[sys.argv[1]]() if sys.argv[1:2] and sys.argv[1] in modes else main())

@@ -29,8 +29,9 @@ backward (QLoRA training uses cove.models.quantization's bitsandbytes-compatible
 When Cove's own kernels are built (cove.kernels, the usual case), decoding's 1..8 rows go
 through them instead, with float32 activations and accumulation: torch's kernels are slow at
 one row. int4 codes are then packed in the kernels' layout, and a prompt's many rows go
-through the dequantised float32 weight and torch's GEMM (int8 prompts still through
-`_weight_int8pack_mm`, which reads the same rows). COVE_KERNELS=0 keeps torch's kernels.
+through the dequantised float32 weight (a slice of rows at a time) and torch's GEMM, so a
+prompt and its continuation see the same float32 arithmetic. COVE_KERNELS=0 keeps torch's
+kernels.
 
 The token embedding stays in float unless `include_input_output_embeddings=True` (then int8
 rows, a scale per row); the output head (lm_head) is quantised, to int8 also under an int4
@@ -347,8 +348,18 @@ class Int8WeightOnlyLinear(_WeightOnly):
     def _gemv(self, ext: Any, h: torch.Tensor) -> torch.Tensor:
         return ext.int8_linear(h, self.qweight, self.scale, self.bias)
 
-    def _wide(self, ext: Any, h: torch.Tensor) -> None:
-        return None  # torch's kernel reads the same int8 rows
+    def _wide(self, ext: Any, h: torch.Tensor) -> torch.Tensor:
+        """More rows than decoding's (a prompt): float32 activations as in the kernel, over
+        the float32 weight a slice of rows (4 MiB) at a time, in torch's GEMM."""
+        x = h.float()
+        step = max(64, (1 << 20) // self.in_features)
+        parts = [F.linear(x, self.qweight[r:r + step].float()
+                          * self.scale[r:r + step].float()[:, None])
+                 for r in range(0, self.out_features, step)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.bias is not None:
+            out = out + self.bias.float()
+        return out.to(h.dtype)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.float() * self.scale.float()[:, None]).to(dtype)
@@ -396,6 +407,9 @@ class Int4WeightOnlyLinear(_WeightOnly):
                    compute_dtype)
 
     def _mm(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cove_layout:
+            raise RuntimeError("Int4WeightOnlyLinear packed for cove.kernels runs on the CPU "
+                               f"only, not on {h.device}")
         return torch.ops.aten._weight_int4pack_mm_for_cpu(h, self.qweight, self.group_size,
                                                           self.scales_and_zeros)
 
@@ -405,13 +419,13 @@ class Int4WeightOnlyLinear(_WeightOnly):
 
     def _wide(self, ext: Any, h: torch.Tensor) -> torch.Tensor | None:
         """More rows than decoding's (a prompt): the float32 weight, a slice of rows at a
-        time (16 MiB), in torch's GEMM; float32 activations as in the kernel, so a prompt and
+        time (4 MiB), in torch's GEMM; float32 activations as in the kernel, so a prompt and
         its continuation see the same arithmetic (bfloat16 activations here flipped
         SmolLM2's near-tied first answer token)."""
         if not self.cove_layout:
             return None
         x = h.float()
-        step = max(64, (1 << 22) // self.in_features)
+        step = max(64, (1 << 20) // self.in_features)
         parts = [F.linear(x, ext.int4_dequantize(self.qweight[r:r + step],
                                                  self.scale[r:r + step],
                                                  self.zero[r:r + step], self.group_size))
