@@ -10,6 +10,14 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from cove.models.fused import (
+    lean,
+    lean_saving,
+    lm_head_loss,
+    remade_on_save,
+    rms_norm,
+    silu_gate,
+)
 from cove.models.outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -51,7 +59,8 @@ def run_block(block: nn.Module, *args):
     kwargs = getattr(block, "checkpoint_kwargs", None)
     if kwargs is not None and block.training and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(block, *args, **kwargs)
-    return block(*args)
+    with lean_saving():  # training: norm outputs and gated products are remade, not kept
+        return block(*args)
 
 
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -402,6 +411,9 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            # the same values, keeping only x and the reciprocal RMS for the backward pass
+            return rms_norm(x, self.weight, self.variance_epsilon)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
@@ -423,6 +435,13 @@ class GatedMLP(nn.Module):
         self.act_fn = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_fn is F.silu and lean():
+            # Training: keep gate and up only; the down projection's saved input (the
+            # product) is remade from them in the backward pass.
+            gate, up = self.gate_proj(x), self.up_proj(x)
+            product = silu_gate(gate, up)
+            remade_on_save(product, lambda: F.silu(gate) * up)
+            return self.down_proj(product)
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -506,8 +525,19 @@ def decoder_output(config, return_dict, x: torch.Tensor, inputs: DecoderInputs,
 
 def causal_lm_output(lm_head: nn.Module, config, base, labels,
                      logits_to_keep: int | torch.Tensor, return_dict):
-    logits = lm_head(keep_last(base.last_hidden_state, logits_to_keep))
-    loss = causal_lm_loss(logits, labels) if labels is not None else None
+    """The LM head's logits and, given labels, the next-token loss.
+
+    With labels over all positions the head and the loss run fused, in chunks of tokens
+    (`fused.lm_head_loss`): the same loss without the full log-softmax and its gradient in
+    memory. The logits are then returned detached (no gradient flows through them: the
+    loss carries it).
+    """
+    hidden = keep_last(base.last_hidden_state, logits_to_keep)
+    if labels is not None and isinstance(logits_to_keep, int) and not logits_to_keep:
+        loss, logits = lm_head_loss(lm_head, hidden, labels)
+    else:
+        logits = lm_head(hidden)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
     return _finish(CausalLMOutputWithPast(
         loss=loss, logits=logits, past_key_values=base.past_key_values,
         hidden_states=base.hidden_states, attentions=base.attentions), config, return_dict)
