@@ -11,10 +11,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import cove.models as cm
 from cove.models.dropout import Dropout, dropout, dropout_attention, dropout_mask
+from cove.models.layers import attend
 
 ELEMENTS = 1 << 22
 
@@ -221,6 +223,37 @@ def test_attention_refuses_unexpanded_grouped_heads():
     k = v = torch.randn(1, 2, 3, 8)
     with pytest.raises(ValueError, match="as many key/value heads"):
         dropout_attention(q, k, v, None, 0.1)
+
+
+def test_attend_uses_dropout_attention_on_cpu_and_sdpa_without_dropout():
+    q, k, v = qkv((2, 4, 9, 8), torch.float32)
+    out, _ = attend(q, k, v, None, 0.0)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+    torch.manual_seed(3)
+    dropped, _ = attend(q, k, v, None, 0.2)
+    assert type(dropped.grad_fn).__name__ == "_DropoutAttentionBackward"
+    torch.manual_seed(3)
+    again, _ = attend(q, k, v, None, 0.2)
+    assert torch.equal(dropped, again)
+
+
+def test_attend_causal_grouped_dropout():
+    """Causal attention with dropout and grouped-query heads: a query sees no later key."""
+    q = torch.randn(1, 4, 6, 8)
+    k, v = (torch.randn(1, 2, 6, 8, requires_grad=True) for _ in range(2))
+    out, _ = attend(q, k, v, None, 0.5, causal=True)
+    out[:, :, 2].sum().backward()
+    assert torch.all(v.grad[:, :, 3:] == 0) and torch.all(k.grad[:, :, 3:] == 0)
+    assert torch.any(v.grad[:, :, :3] != 0)
+
+
+def test_attend_weights_path_is_causal():
+    """need_weights with causal=True and no mask (a decoder asked for its attentions): the
+    weights put nothing on later keys, and the output is SDPA's causal one."""
+    q, k, v = qkv((1, 2, 5, 8), torch.float32)
+    out, weights = attend(q, k, v, None, 0.0, need_weights=True, causal=True)
+    assert torch.all(weights.triu(1) == 0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "mpnet"])

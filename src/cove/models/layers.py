@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from cove.models.dropout import dropout as apply_dropout
+from cove.models.dropout import dropout_attention
 from cove.models.fused import (
     lean,
     lean_saving,
@@ -108,7 +110,9 @@ def attend(
     [batch, heads, q, kv]. `causal` with no mask means plain causal attention over q == kv
     positions (or a single query, which sees everything). Keys and values may have fewer heads
     than queries (grouped-query attention). SDPA unless the caller asks for the attention
-    weights, which SDPA does not return.
+    weights, which SDPA does not return, or for dropout on CPU, where SDPA falls back to its
+    unfused kernel: `dropout_attention` then keeps a 1-byte mask instead of the float noise
+    and the dropped probabilities.
     """
     if isinstance(mask, PackedCausalMask):
         if not need_weights:
@@ -117,6 +121,13 @@ def attend(
     groups = q.shape[1] // k.shape[1]
     q_len = q.shape[2]
     is_causal = causal and mask is None and q_len > 1
+    if is_causal and (need_weights or (dropout and q.device.type == "cpu")):
+        # the queries are the last q_len of the keys' positions (as causal_mask has them)
+        kv_len = k.shape[2]
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
+    if dropout and not need_weights and q.device.type == "cpu":
+        return dropout_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), mask, dropout,
+                                 scale), None
     if not need_weights:
         if groups > 1 and q_len == 1:
             # One query per head: fold each group's heads into query positions of its kv head,
@@ -135,15 +146,13 @@ def attend(
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if is_causal:
-        mask = causal_mask(None, q_len, k.shape[2], None, q.device)
     if mask is not None and mask.dtype == torch.bool:
         # masked_fill, not an addition: a large negative plus a score could overflow half floats.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:
         scores = scores + mask
     weights = scores.softmax(dim=-1)
-    probs = F.dropout(weights, p=dropout) if dropout else weights
+    probs = apply_dropout(weights, dropout) if dropout else weights
     return torch.matmul(probs, v), weights
 
 
