@@ -2,9 +2,10 @@
 
 Connections are kept alive per port. A request goes out in one write (its head, and its body
 when that arrived whole); the answer's body comes back piece by piece as the app sends it, so
-server-sent events pass at once. httpx did this before: its request and response objects, URL
-and header models cost more per proxied request than the forwarding itself (issue 18), and
-the apps are local HTTP/1.1 servers, so a small client for that one case does.
+server-sent events pass at once. h11 does the protocol (framing, parsing, keep-alive state);
+this module moves its bytes over asyncio streams. httpx did all of it before: its request and
+response objects, URL and header models cost more per proxied request than the forwarding
+itself (issue 18). WebSockets do not come here: the proxy relays them with `websockets`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator
 
+import h11
+
 CONNECT_TIMEOUT = 5.0  # seconds; reads have no timeout: event streams stay open
 IDLE_PER_PORT = 32  # kept-alive connections per app; more are closed after use
 HEAD_LIMIT = 1 << 20  # bytes of an answer's status line and headers
-PIECE = 1 << 16  # bytes read at a time from a body of known length
+PIECE = 1 << 16  # bytes read from the socket at a time
 
 
 class UpstreamError(Exception):
@@ -24,17 +27,19 @@ class UpstreamError(Exception):
 
 
 class _Stale(UpstreamError):
-    """A kept-alive connection the app had closed before it read the request."""
+    """A kept-alive connection the app had closed before it answered the request."""
 
 
 class _Connection:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("reader", "writer", "h11")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_LIMIT)
 
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        return (self.h11.our_state is h11.IDLE and not self.reader.at_eof()
+                and not self.writer.is_closing())
 
     def close(self) -> None:
         self.writer.transport.abort()  # at once: nothing of ours is left to send
@@ -60,7 +65,7 @@ class Pool:
             conn.close()
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port, limit=HEAD_LIMIT), CONNECT_TIMEOUT)
+                asyncio.open_connection("127.0.0.1", port), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             raise UpstreamError(f"no connection to port {port} within {CONNECT_TIMEOUT:g} s")\
                 from None
@@ -69,11 +74,14 @@ class Pool:
         return _Connection(reader, writer), False
 
     def _release(self, port: int, conn: _Connection) -> None:
-        idle = self._idle.setdefault(port, collections.deque())
-        if len(idle) < IDLE_PER_PORT and conn.usable():
-            idle.append(conn)
-        else:
-            conn.close()
+        """Keep `conn` for the next request to `port` if both sides may go on with it."""
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            idle = self._idle.setdefault(port, collections.deque())
+            if len(idle) < IDLE_PER_PORT and conn.usable():
+                idle.append(conn)
+                return
+        conn.close()
 
     def forget(self, port: int) -> None:
         """Close the idle connections to `port` (its app stopped)."""
@@ -85,10 +93,6 @@ class Pool:
             self.forget(port)
 
 
-# How an answer's body is delimited.
-_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-
-
 class Exchange:
     """One request to an app and its answer: `request`, then `read` until it says last;
     `abort` (from any task) ends it early, `close` after it is done or given up."""
@@ -97,33 +101,29 @@ class Exchange:
         self.pool, self.port = pool, port
         self._conn: _Connection | None = None
         self.aborted = False  # given up by `abort`
-        self._framing = _NONE
-        self._left = 0
-        self._keep = False
+        self._next: h11.Data | h11.EndOfMessage | None = None  # an event read ahead
 
     async def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                       body: bytes = b"", rest: AsyncIterator[bytes] | None = None,
                       length: int | None = None) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Send the request (`body`, then the pieces of `rest` if the body is still arriving,
         `length` bytes in all when known) and answer the status and headers (lowercase
-        names) of the app's answer. `headers` must not hold the body's framing."""
-        head = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
-        for name, value in headers:
-            head += (name, b": ", value, b"\r\n")
+        names) of the app's answer. `headers` must not hold the body's framing; a missing
+        Host is the app's address."""
+        headers = list(headers)
+        if not any(name.lower() == b"host" for name, _ in headers):
+            headers.append((b"host", b"127.0.0.1:%d" % self.port))  # HTTP/1.1 requires one
         if rest is None:
             if body or length is not None:
-                head.append(b"content-length: %d\r\n" % len(body))
+                headers.append((b"content-length", b"%d" % len(body)))
         elif length is not None:
-            head.append(b"content-length: %d\r\n" % length)
+            headers.append((b"content-length", b"%d" % length))
         else:
-            head.append(b"transfer-encoding: chunked\r\n")
-        head.append(b"\r\n")
-        chunked = rest is not None and length is None
-        if chunked and body:
-            head += (b"%x\r\n" % len(body), body, b"\r\n")
-        elif body:
-            head.append(body)
-        data = b"".join(head)
+            headers.append((b"transfer-encoding", b"chunked"))
+        try:
+            head = h11.Request(method=method, target=target, headers=headers)
+        except h11.LocalProtocolError as e:
+            raise UpstreamError(f"the request cannot be sent: {e}") from None
         conn, reused = await self.pool._connect(self.port)
         while True:
             if self.aborted:
@@ -131,25 +131,25 @@ class Exchange:
                 raise UpstreamError("the request was given up")
             self._conn = conn
             try:
-                return await self._send(method, conn, data, rest, chunked)
+                return await self._send(conn, head, body, rest)
             except _Stale:
                 self._drop()
                 # Once more on a new connection, unless the body was streamed (it is gone).
                 if not reused or rest is not None:
                     raise
-            except UpstreamError:
+            except BaseException as e:
                 self._drop()
-                raise
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError) as e:
-                self._drop()
-                raise UpstreamError(str(e) or type(e).__name__) from None
+                raise self._error(e) from None
             conn, reused = await self.pool._connect(self.port, fresh=True)
 
-    async def _send(self, method: str, conn: _Connection, data: bytes,
-                    rest: AsyncIterator[bytes] | None,
-                    chunked: bool) -> tuple[int, list[tuple[bytes, bytes]]]:
-        writer, reader = conn.writer, conn.reader
+    async def _send(self, conn: _Connection, head: h11.Request, body: bytes,
+                    rest: AsyncIterator[bytes] | None) -> tuple[int, list[tuple[bytes, bytes]]]:
+        protocol, writer = conn.h11, conn.writer
+        data = protocol.send(head)
+        if body:
+            data += protocol.send(h11.Data(data=body))
+        if rest is None:
+            data += protocol.send(h11.EndOfMessage())
         try:
             writer.write(data)
             await writer.drain()
@@ -158,51 +158,33 @@ class Exchange:
         if rest is not None:
             async for piece in rest:
                 if piece:
-                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    writer.write(protocol.send(h11.Data(data=piece)))
                     await writer.drain()
-            if chunked:
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
+            writer.write(protocol.send(h11.EndOfMessage()))
+            await writer.drain()
         while True:
+            event = await self._event(conn, answered=False)
+            # Interim answers (100 Continue, 103 Early Hints) are skipped. No 101 comes: the
+            # proxy never forwards Upgrade (WebSockets are relayed apart).
+            if isinstance(event, h11.Response):
+                return event.status_code, list(event.headers)
+
+    async def _event(self, conn: _Connection, answered: bool = True) -> h11.Event:
+        """The next event of the app's answer, read from the socket as needed; before the
+        answer began (not `answered`), a close with nothing received means a stale
+        connection."""
+        protocol = conn.h11
+        while True:
+            event = protocol.next_event()
+            if event is not h11.NEED_DATA:
+                return event
             try:
-                block = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as e:
-                if not e.partial:
-                    raise _Stale("the app closed the connection without an answer") from None
-                raise
-            lines = block.split(b"\r\n")
-            version, _, status_text = lines[0].partition(b" ")
-            if not version.startswith(b"HTTP/1.") or len(status_text) < 3:
-                raise UpstreamError(f"not an HTTP/1 answer: {lines[0][:80]!r}")
-            status = int(status_text[:3])
-            if status >= 200 or status == 101:
-                break  # 1xx: interim answers (100 Continue, 103 Early Hints) are skipped
-        headers = []
-        length = None
-        chunked_answer = False
-        close = version != b"HTTP/1.1"
-        for line in lines[1:-2]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise UpstreamError(f"a header line without a colon: {line[:80]!r}")
-            name, value = name.strip().lower(), value.strip()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked_answer = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-            elif name == b"connection":
-                close = close or b"close" in value.lower()
-            headers.append((name, value))
-        if method == "HEAD" or status in (101, 204, 304):
-            self._framing = _NONE
-        elif chunked_answer:
-            self._framing = _CHUNKED
-        elif length is not None:
-            self._framing, self._left = _LENGTH, length
-        else:
-            self._framing, close = _UNTIL_CLOSE, True
-        self._keep = not close
-        return status, headers
+                data = await conn.reader.read(PIECE)
+            except ConnectionResetError:
+                data = b""
+            if not data and not answered and not protocol.trailing_data[0]:
+                raise _Stale("the app closed the connection without an answer")
+            protocol.receive_data(data)
 
     async def read(self) -> tuple[bytes, bool]:
         """The next piece of the answer's body, and whether it is the last one (which may be
@@ -210,50 +192,46 @@ class Exchange:
         conn = self._conn
         if conn is None:
             raise UpstreamError("the request was given up" if self.aborted else "no request")
-        reader = conn.reader
         try:
-            if self._framing == _LENGTH and self._left:
-                data = await reader.read(min(self._left, PIECE))
-                if not data:
-                    raise UpstreamError(f"the app closed its answer {self._left} bytes short")
-                self._left -= len(data)
-                if self._left:
-                    return data, False
-                self._done()
-                return data, True
-            if self._framing == _CHUNKED:
-                line = await reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0], 16)
-                if size:
-                    data = await reader.readexactly(size + 2)
-                    if data[-2:] != b"\r\n":
-                        raise UpstreamError("a chunk of the answer is not terminated")
-                    return data[:-2], False
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers, not relayed
+            event, self._next = self._next or await self._event(conn), None
+            if isinstance(event, h11.Data):
+                # Whatever the app sent is passed on now; only an end already in the buffer
+                # is looked for, so that a body's last piece says it is the last.
+                after = conn.h11.next_event()
+                if isinstance(after, h11.EndOfMessage):
+                    self._done()
+                    return bytes(event.data), True
+                if after is not h11.NEED_DATA:
+                    self._next = after
+                return bytes(event.data), False
+            if isinstance(event, h11.EndOfMessage):
                 self._done()
                 return b"", True
-            if self._framing == _UNTIL_CLOSE:
-                data = await reader.read(PIECE)
-                if data:
-                    return data, False
-            self._done()
-            return b"", True
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as e:
+            raise UpstreamError(f"the app's answer went on with {type(event).__name__}")
+        except BaseException as e:
             self._drop()
-            raise UpstreamError("the request was given up" if self.aborted
-                                else str(e) or type(e).__name__) from None
-        except UpstreamError:
-            self._drop()
-            raise
+            raise self._error(e) from None
+
+    def _error(self, e: BaseException) -> BaseException:
+        """What a failed `request` or `read` raises for `e`."""
+        if self.aborted and isinstance(e, Exception):
+            return UpstreamError("the request was given up")
+        if isinstance(e, UpstreamError) or not isinstance(e, Exception):
+            return e  # ours, or a cancellation
+        if isinstance(e, h11.RemoteProtocolError):
+            return UpstreamError(f"the app's answer is not valid HTTP/1.1: {e}")
+        if isinstance(e, h11.LocalProtocolError):
+            return UpstreamError(f"the request cannot be sent: {e}")
+        if isinstance(e, OSError):
+            return UpstreamError(str(e) or type(e).__name__)
+        return e
 
     def _done(self) -> None:
         conn, self._conn = self._conn, None
-        if self._keep and not self.aborted:
-            self.pool._release(self.port, conn)
-        else:
+        if self.aborted:
             conn.close()
+        else:
+            self.pool._release(self.port, conn)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
