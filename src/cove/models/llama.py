@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cove import kernels
 from cove.generation import GenerationMixin
 from cove.models.cache import KVCache
 from cove.models.configuration import PretrainedConfig
@@ -29,6 +30,7 @@ from cove.models.layers import (
     decoder_inputs,
     decoder_output,
     merge_heads,
+    remade_on_save,
     run_block,
     sequence_classifier_output,
 )
@@ -197,7 +199,10 @@ class LlamaAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
                               need_weights, scale=self.head_dim ** -0.5, causal=True)
-        return self.o_proj(merge_heads(out)), weights
+        merged = merge_heads(out)
+        # a copy of attention's output, which attention keeps: remade for o_proj's backward
+        remade_on_save(merged, lambda: merge_heads(out))
+        return self.o_proj(merged), weights
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -275,6 +280,8 @@ class LlamaForCausalLM(GenerationMixin, LlamaPreTrainedModel):
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        # Decoding's 1..8 rows through Cove's GEMV kernels (the tied head included).
+        kernels.use_for_linears(self)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
