@@ -522,3 +522,22 @@ def test_custom_optimizer_loss_and_logits_hooks(bert, tmp_path):
     metrics = evaluated.evaluate(data[:10])
     assert received == [(8, 3), (2, 3)] and 0 <= metrics["eval_accuracy"] <= 1
     assert metrics["eval_loss"] == pytest.approx(default.evaluate(data[:10])["eval_loss"])
+
+
+def test_causal_lm_share_of_the_loss_comes_from_the_model(llama, tmp_path):
+    """Under accumulation a causal LM's micro-batch loss is the model's own (its chunked head
+    and loss: the logits come back without a gradient) scaled to the global batch's label
+    tokens; a micro-batch without label tokens adds 0, not NaN."""
+    model = AutoModelForCausalLM.from_pretrained(llama)
+    trainer = Trainer(model, TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+    batch = pad_lm(lm_data(2))
+    items = int(batch["labels"][:, 1:].ne(-100).sum())
+    loss, outputs = trainer.compute_loss(model, batch, return_outputs=True,
+                                         num_items_in_batch=torch.tensor(items + 7))
+    assert not outputs.logits.requires_grad
+    torch.testing.assert_close(loss, outputs.loss * items / (items + 7))
+    empty = dict(batch, labels=torch.full_like(batch["labels"], -100))
+    loss = trainer.compute_loss(model, empty, num_items_in_batch=torch.tensor(5))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -771,12 +771,16 @@ class Trainer:
         processes, since DDP averages the gradients."""
         inputs = dict(inputs)
         token_level = self._loss_kind in (_CAUSAL, _TOKEN)
+        batch_items = self._items(inputs)
         labels = None
+        # A token-level loss is the model's own (its mean times the batch's label tokens is
+        # their sum: a causal LM's chunked head and loss then never hold the whole
+        # log-softmax), except for a batch without label tokens, whose mean is NaN: that one
+        # is summed here, from the logits, to 0.
         if "labels" in inputs and (self.compute_loss_func is not None
-                                   or (num_items_in_batch is not None and token_level)):
+                                   or (num_items_in_batch is not None and token_level
+                                       and batch_items is not None and int(batch_items) == 0)):
             labels = inputs.pop("labels")
-        batch_items = self._items({"labels": labels if labels is not None
-                                   else inputs.get("labels")})
         outputs = model(**inputs)
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
