@@ -101,7 +101,10 @@ chromium:
 # runs torch on one thread. Whole files go to a worker, so module fixtures are built once.
 TEST_WORKERS ?= 2
 
+# The CPU decoding kernels (cove.kernels) are compiled before the tests, once per machine (about
+# a minute): otherwise the first test to decode would pay it, under whatever timeout it has.
 test: $(VENV)/.dev $(HF036)/.installed $(TF4)/.sentencepiece tests/.data/.fetched chromium
+	$(BIN)/python -c "from cove import kernels; kernels.load()"
 	HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/python -m pytest -q --durations=25 \
 		-n $(TEST_WORKERS) --dist loadfile tests
 

@@ -83,6 +83,9 @@ def build(flags: tuple[str, ...] = ()) -> ModuleType:
         if not source.exists() or source.read_bytes() != SOURCE.read_bytes():
             source.write_bytes(SOURCE.read_bytes())
         built = any(folder.glob("*.so"))
+        if not built:  # the first decoding step would otherwise pause silently
+            log.warning("cove kernels: compiling them once for this machine into %s (about a "
+                        "minute; COVE_KERNELS=0 skips them)", folder)
         start = time.perf_counter()
         module = cpp_extension.load(
             name=f"cove_kernels_{key}", sources=[str(source)], build_directory=str(folder),
