@@ -114,18 +114,32 @@ def facets(s: Session, q: RepoQuery, top: int = 12) -> tuple[int, dict[str, list
 
 
 # Commits seen per engine: any commit may change what a listing finds, so it empties the cache.
-# A TTL covers writers in other processes (`cove admin`, a second worker).
+# Counted twice, as a commit starts (the engine's event) and once it has landed (the
+# session's): a listing computed in between may have read the old rows, and is cached under
+# a count that the landing moves past. A TTL covers writers in other processes (`cove admin`,
+# a second worker).
 _COMMITS: WeakKeyDictionary[Engine, list[int]] = WeakKeyDictionary()
 _CACHE: dict[tuple, tuple[float, tuple[int, dict]]] = {}
 CACHE_TTL = 60.0
 _CACHE_MAX = 1024
 
 
+def _bump(bind: object) -> None:
+    box = _COMMITS.get(bind)  # type: ignore[call-overload]
+    if box is not None:
+        box[0] += 1
+
+
+@event.listens_for(Session, "after_commit")
+def _landed(session: Session) -> None:
+    _bump(session.bind)
+
+
 def _commits(engine: Engine) -> int:
     box = _COMMITS.get(engine)
     if box is None:
         box = _COMMITS[engine] = [0]
-        event.listen(engine, "commit", lambda _conn: box.__setitem__(0, box[0] + 1))
+        event.listen(engine, "commit", lambda conn: _bump(conn.engine))
     return box[0]
 
 
