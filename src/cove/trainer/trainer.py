@@ -72,6 +72,7 @@ from cove.trainer.evaluation import (
     speed_metrics,
     to_numpy,
 )
+from cove.trainer.heap import steady_heap
 from cove.trainer.model_card import model_card
 from cove.trainer.optimization import (
     create_optimizer,
@@ -479,7 +480,9 @@ class Trainer:
         if self.is_world_process_zero():
             ckpt.sweep_partial_checkpoints(args.output_dir)
         try:
-            return self._inner_training_loop(resume_from_checkpoint, ignore_keys_for_eval)
+            # each step reuses the previous step's freed pages instead of faulting them in
+            with steady_heap():
+                return self._inner_training_loop(resume_from_checkpoint, ignore_keys_for_eval)
         finally:
             self.is_in_train = False
 
