@@ -67,7 +67,8 @@ def test_reorder_rejects_rows_out_of_range():
 
 
 def test_reorder_agrees_with_index_select_on_any_index():
-    """Chains, shared sources and cycles (rows swapping places, which need a spare copy)."""
+    """Chains, shared sources and cycles (rows swapping places), over all layers' block at
+    once (layers filled alike) and layer by layer (filled to different lengths)."""
     g = torch.Generator().manual_seed(0)
     for trial in range(300):
         rows = 1 + trial % 7
@@ -75,9 +76,13 @@ def test_reorder_agrees_with_index_select_on_any_index():
             index = torch.randint(rows, (rows,), generator=g)
         else:
             index = torch.randperm(rows, generator=g)
-        cache = KVCache(1, rows, 1, 2, 4)
-        cache.update(0, torch.randn(rows, 1, 3, 2, generator=g), torch.randn(rows, 1, 3, 2))
-        expected = [t[:, :, :3].index_select(0, index) for t in cache.keys + cache.values]
+        cache = KVCache(2, rows, 1, 2, 4)
+        lengths = (3, 3) if trial % 2 else (3, 2)
+        for layer, n in enumerate(lengths):
+            cache.update(layer, torch.randn(rows, 1, n, 2, generator=g),
+                         torch.randn(rows, 1, n, 2))
+        expected = [t[:, :, :n].index_select(0, index)
+                    for t, n in zip(cache.keys + cache.values, lengths * 2, strict=True)]
         cache.reorder(index)
-        assert all(torch.equal(t[:, :, :3], e) for t, e in zip(cache.keys + cache.values,
-                                                                expected, strict=True)), index
+        assert all(torch.equal(t[:, :, :n], e) for t, n, e in zip(
+            cache.keys + cache.values, lengths * 2, expected, strict=True)), index

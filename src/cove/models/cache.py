@@ -1,17 +1,13 @@
 """The key/value cache of decoder models: preallocated once, filled in place.
 
-Each layer's keys and values live in one tensor of shape [2, batch, kv_heads, max_length,
-head_dim] allocated before generation starts, so decoding appends without reallocating or
-copying.
+All layers' keys and values live in one tensor of shape [layers, 2, batch, kv_heads,
+max_length, head_dim] allocated before generation starts, so decoding appends without
+reallocating or copying.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
-
-_SPARE = -1  # in a row move: the copy set aside to break a cycle of rows
 
 
 class KVCache:
@@ -25,10 +21,12 @@ class KVCache:
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int,
                  max_length: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
-        # A layer's keys and values share one tensor [2, batch, ...]: a beam-search reorder
-        # then moves a row of both with one copy.
-        shape = (2, batch_size, num_kv_heads, max_length, head_dim)
-        self._kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Every layer's keys and values in one block [layers, 2, batch, ...] (each layer's
+        # [2, batch, ...] a view of it): a beam-search reorder then moves the rows of all
+        # layers with one gather and one scatter, not a copy per layer and row.
+        shape = (num_layers, 2, batch_size, num_kv_heads, max_length, head_dim)
+        self._block: torch.Tensor | None = torch.zeros(shape, dtype=dtype, device=device)
+        self._kv = list(self._block.unbind(0))
         self.lengths = [0] * num_layers
         self.max_length = max_length
 
@@ -59,8 +57,10 @@ class KVCache:
                              f"{end} were asked for. Allocate a larger cache.")
         kv = self._kv[layer]
         if kv.device != k.device:
-            # a layer placed on another device (device_map): its slots move there, once
+            # a layer placed on another device (device_map): its slots move there, once, and
+            # the layers no longer share one block
             kv = self._kv[layer] = kv.to(k.device)
+            self._block = None
         kv[0, :, :, start:end] = k
         kv[1, :, :, start:end] = v
         self.lengths[layer] = end
@@ -81,51 +81,32 @@ class KVCache:
         rows = index.tolist()  # (beam search reads its scores on the host every step anyway)
         if rows and not 0 <= min(rows) <= max(rows) < len(rows):
             raise IndexError(f"reorder: row indices must lie in [0, {len(rows)}), got {rows}.")
-        moves = _row_moves(rows)
-        for kv, end in zip(self._kv, self.lengths, strict=True):
-            filled = kv[:, :, :, :end]
-            spare = None
-            for to, frm in moves:
-                if to == _SPARE:
-                    spare = filled[:, frm].clone()
-                else:
-                    filled[:, to].copy_(spare if frm == _SPARE else filled[:, frm])
+        changed = [i for i, row in enumerate(rows) if row != i]
+        if not changed:
+            return
+        to, frm = torch.tensor(changed), torch.tensor([rows[i] for i in changed])
+        if self._block is not None and len(set(self.lengths)) == 1:
+            parts = [(self._block, self.lengths[0])]
+        else:  # layers on several devices, or filled to different lengths
+            parts = [(kv[None], end) for kv, end in zip(self._kv, self.lengths, strict=True)]
+        for kv, end in parts:
+            filled = kv[:, :, :, :, :end]
+            # the changed rows' sources are gathered (a copy) before any is overwritten
+            filled.index_copy_(2, to.to(kv.device),
+                               filled.index_select(2, frm.to(kv.device)))
 
     def _resize(self, index: torch.Tensor) -> None:
-        for layer, (kv, end) in enumerate(zip(self._kv, self.lengths, strict=True)):
-            new = kv.new_zeros((2, index.numel(), *kv.shape[2:]))
-            # layers may live on different devices (device_map)
-            new[:, :, :, :end] = kv[:, :, :, :end].index_select(1, index.to(kv.device))
-            self._kv[layer] = new
-
-
-def _row_moves(index: list[int]) -> list[tuple[int, int]]:
-    """Row copies (to, from) that make row i hold what row index[i] held, in place.
-
-    Each row that changes is written once, after every copy that reads its old content; rows
-    that only read one another in a cycle (two beams swapping) go through one spare copy:
-    (_SPARE, row) sets it aside, (to, _SPARE) reads it back.
-    """
-    todo = {to: frm for to, frm in enumerate(index) if to != frm}
-    readers = Counter(todo.values())
-    ready = [to for to in todo if not readers[to]]
-    moves: list[tuple[int, int]] = []
-    while todo:
-        if not ready:  # only cycles are left: set one row aside, its readers read the copy
-            row = next(iter(todo))
-            moves.append((_SPARE, row))
-            for to, frm in todo.items():
-                if frm == row:
-                    todo[to] = _SPARE
-            readers[row] = 0
-            ready.append(row)
-        to = ready.pop()
-        frm = todo.pop(to)
-        moves.append((to, frm))
-        readers[frm] -= 1
-        if frm in todo and not readers[frm]:
-            ready.append(frm)
-    return moves
+        # layers may live on different devices (device_map)
+        moved = [kv[:, :, :, :end].index_select(1, index.to(kv.device))
+                 for kv, end in zip(self._kv, self.lengths, strict=True)]
+        if self._block is not None:
+            self._block = self._block.new_zeros(
+                (len(moved), 2, index.numel(), *self._block.shape[3:]))
+            self._kv = list(self._block.unbind(0))
+        else:
+            self._kv = [kv.new_zeros((2, index.numel(), *kv.shape[2:])) for kv in self._kv]
+        for kv, rows in zip(self._kv, moved, strict=True):
+            kv[:, :, :, :rows.shape[3]] = rows
 
 
 class SlotKVCache:
