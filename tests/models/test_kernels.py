@@ -195,7 +195,7 @@ def test_training_keeps_autograd(ext):
 def test_build_failure_falls_back_with_one_warning(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "gemv.cpp"
     broken.write_text("#error this source does not compile\n")
-    monkeypatch.setattr(kernels, "SOURCE", broken)
+    monkeypatch.setattr(kernels, "FILES", (broken,))
     monkeypatch.setenv("COVE_KERNELS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(kernels, "_loaded", kernels._UNSET)
     with caplog.at_level(logging.WARNING, logger="cove.kernels"):
@@ -222,6 +222,11 @@ config = cm.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num
                         num_attention_heads=2, num_key_value_heads=1)
 model = cm.LlamaForCausalLM(config)
 assert all("forward" not in m.__dict__ for m in model.modules())
+from cove.models.decoding import StaticKVCache
+out = model.eval().generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False,
+                            return_dict_in_generate=True)
+assert out.sequences.shape == (1, 6)
+assert not isinstance(out.past_key_values, StaticKVCache)  # the module forward decoded
 print("ok")
 """
 

@@ -262,15 +262,20 @@ class _Runner:
         else:
             self.mask = torch.cat([attention_mask.long(), torch.ones(
                 rows, max_new, dtype=torch.long, device=device)], dim=1)
-        self.cache = None
-        if use_cache:
-            self.cache = model.new_cache(rows, total, device=device)
         params = _forward_parameters(type(model))
         self.kwargs = {k: v for k, v in forward_kwargs.items() if k in params or _ANY in params}
         if "logits_to_keep" in params:
             self.kwargs["logits_to_keep"] = 1
         self.takes_positions = "position_ids" in params
         self.length = 0  # positions fed so far
+        self.cache = self.fast = None
+        if use_cache:
+            # A model may run its one-token steps its own faster way (Llama's kernel steps),
+            # over a cache of its own that the prompt's forward fills.
+            fast = getattr(model, "fast_decoder", None)
+            self.fast = fast(self.positions, self.kwargs) if fast is not None else None
+            self.cache = self.fast.cache if self.fast is not None \
+                else model.new_cache(rows, total, device=device)
 
     def _call(self, ids: torch.Tensor | None, embeds: torch.Tensor | None, start: int,
               end: int) -> Any:
@@ -292,6 +297,9 @@ class _Runner:
     def step(self, seqs: torch.Tensor) -> Any:
         """Feed the newest token of each row (seqs: every id so far, [rows, length])."""
         end = self.length + 1
+        if self.fast is not None:
+            self.length = end
+            return self.fast.step(seqs[:, -1], self.positions[:, end - 1], self.mask)
         if self.cache is not None:
             return self._call(seqs[:, -1:], None, end - 1, end)
         return self._call(seqs, None, 0, end)  # no cache: the whole sequence again

@@ -1,11 +1,13 @@
-"""Cove's CPU kernels for decoding: a small C++ extension (gemv.cpp, shipped as source) built
-at first use for the machine it runs on.
+"""Cove's CPU kernels for decoding: a small C++ extension (shipped as source) built at first
+use for the machine it runs on.
 
     from cove import kernels
     ext = kernels.load()          # the extension, or None (then callers use torch's ops)
     y = ext.dense(x, weight, bias)
 
-What it holds and why: see gemv.cpp. The build uses torch.utils.cpp_extension with
+What it holds and why: gemv.cpp (products of 1..8 rows with float32, bfloat16, int8 and int4
+weights) and decode.cpp (a Llama-family decoder's whole one-token step, used by
+cove.models.decoding). The build uses torch.utils.cpp_extension with
 `-O3 -march=native -fopenmp` (at::parallel_for then runs on torch's own OpenMP pool: the
 extension's libgomp.so.1 is the one torch already loaded). The binary is cached under
 `COVE_KERNELS_CACHE` (default `~/.cache/cove/kernels`) in a folder keyed by the source, the
@@ -34,7 +36,8 @@ import torch
 
 log = logging.getLogger("cove.kernels")
 
-SOURCE = Path(__file__).with_name("gemv.cpp")
+# The extension's files: the .cpp ones are compiled, all of them key the cache.
+FILES = tuple(Path(__file__).with_name(n) for n in ("gemv.h", "gemv.cpp", "decode.cpp"))
 # Activation rows the kernels take (decoding batch 1..8); more go to torch's GEMM.
 MAX_ROWS = 8
 _UNSET = object()
@@ -62,7 +65,7 @@ def _cpu_flags() -> str:
 
 def build_key(flags: tuple[str, ...] = ()) -> str:
     """The cache folder's name: source, compile flags, torch, Python, machine and CPU."""
-    parts = [SOURCE.read_bytes(), " ".join(flags).encode(), torch.__version__.encode(),
+    parts = [*(f.read_bytes() for f in FILES), " ".join(flags).encode(), torch.__version__.encode(),
              sys.version.encode(), platform.machine().encode(), _cpu_flags().encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
 
@@ -77,18 +80,20 @@ def build(flags: tuple[str, ...] = ()) -> ModuleType:
     folder.mkdir(parents=True, exist_ok=True)
     with open(cache_root() / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        # A copy of the source inside the folder: ninja then rebuilds only when it changes,
+        # A copy of the sources inside the folder: ninja then rebuilds only when they change,
         # not when the package is reinstalled with new timestamps.
-        source = folder / SOURCE.name
-        if not source.exists() or source.read_bytes() != SOURCE.read_bytes():
-            source.write_bytes(SOURCE.read_bytes())
+        for file in FILES:
+            copy = folder / file.name
+            if not copy.exists() or copy.read_bytes() != file.read_bytes():
+                copy.write_bytes(file.read_bytes())
         built = any(folder.glob("*.so"))
         if not built:  # the first decoding step would otherwise pause silently
             log.warning("cove kernels: compiling them once for this machine into %s (about a "
                         "minute; COVE_KERNELS=0 skips them)", folder)
         start = time.perf_counter()
         module = cpp_extension.load(
-            name=f"cove_kernels_{key}", sources=[str(source)], build_directory=str(folder),
+            name=f"cove_kernels_{key}", build_directory=str(folder),
+            sources=[str(folder / f.name) for f in FILES if f.suffix == ".cpp"],
             extra_cflags=["-O3", "-march=native", "-fopenmp", *flags],
             extra_ldflags=["-fopenmp"], verbose=False)
         if not built:

@@ -11,13 +11,18 @@
 //          w = (q - 8) * scale + zero; each 32 inputs are 16 bytes, byte j holding input j in
 //          its low nibble and input 16 + j in its high one (see cove.kernels.pack_int4).
 // Scales and zero points are float32, bfloat16 or float16 (the layers' compute dtype).
-// Rows are split across torch's intra-op threads (at::parallel_for: torch's own OpenMP pool).
+// Rows are split across torch's intra-op threads (at::parallel_for: torch's own OpenMP pool);
+// the products of layers that read the same input (q/k/v, gate/up) share one parallel region
+// (run_jobs, which decode.cpp's decoding step uses too).
 // Built with -march=native: AVX-512 when the CPU has it, else a scalar loop.
+#include "gemv.h"
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -29,7 +34,7 @@
 
 namespace {
 
-constexpr int64_t MAX_ROWS = 8;
+using cove::MAX_ROWS;
 // Rows of W per parallel block; a thread gets whole blocks.
 constexpr int64_t BLOCK = 16;
 
@@ -139,33 +144,69 @@ inline void rows(const W& w, const float* x, int64_t K, int64_t n, float* out, i
     for (int r = 0; r < R; ++r) out[m * N + n + r] = w.finish(n + r, sum[m][r]);
 }
 
+// Rows n0..n1 of W (R at a time, then one by one) against the M rows of x.
 template <int M, class W>
-void gemv_m(const W& w, const float* x, int64_t K, int64_t N, float* out, int64_t bytes_per_row) {
+void range(const W& w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out,
+           int64_t ldo) {
   // Four rows at once give four independent streams and FMA chains; past four activation rows
   // the accumulators (M * R of 32 registers) allow two.
   constexpr int R = M <= 4 ? 4 : 2;
-  // Below ~64 KiB of weights a second thread costs more than it saves.
-  const int64_t grain = std::max<int64_t>(1, (64 << 10) / (BLOCK * bytes_per_row));
-  at::parallel_for(0, (N + BLOCK - 1) / BLOCK, grain, [&](int64_t b0, int64_t b1) {
-    const int64_t end = std::min(N, b1 * BLOCK);
-    int64_t n = b0 * BLOCK;
-    for (; n + R <= end; n += R) rows<M, R>(w, x, K, n, out, N);
-    for (; n < end; ++n) rows<M, 1>(w, x, K, n, out, N);
-  });
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) rows<M, R>(w, x, K, n, out, ldo);
+  for (; n < n1; ++n) rows<M, 1>(w, x, K, n, out, ldo);
 }
 
-template <class W>
-void gemv(const W& w, const float* x, int64_t M, int64_t K, int64_t N, float* out,
-          int64_t bytes_per_row) {
+// Calls f with the weight reader of `lin`'s kind (and scale dtype).
+template <class F>
+void with_weight(const cove::Lin& lin, F&& f) {
+  const int64_t K = lin.K;
+  switch (lin.kind) {
+    case cove::Kind::F32: return f(F32{lin.w.data_ptr<float>(), K});
+    case cove::Kind::BF16:
+      return f(BF16{reinterpret_cast<const uint16_t*>(lin.w.data_ptr<at::BFloat16>()), K});
+    case cove::Kind::INT8: {
+      const int8_t* q = lin.w.data_ptr<int8_t>();
+      switch (lin.scale.scalar_type()) {
+        case at::kFloat: return f(Int8<float>{q, lin.scale.data_ptr<float>(), K});
+        case at::kBFloat16: return f(Int8<at::BFloat16>{q, lin.scale.data_ptr<at::BFloat16>(), K});
+        default: return f(Int8<at::Half>{q, lin.scale.data_ptr<at::Half>(), K});
+      }
+    }
+    case cove::Kind::INT4: {
+      const uint8_t* q = lin.w.data_ptr<uint8_t>();
+      switch (lin.scale.scalar_type()) {
+        case at::kFloat:
+          return f(Int4<float>{q, lin.scale.data_ptr<float>(), lin.zero.data_ptr<float>(), K,
+                               lin.group});
+        case at::kBFloat16:
+          return f(Int4<at::BFloat16>{q, lin.scale.data_ptr<at::BFloat16>(),
+                                      lin.zero.data_ptr<at::BFloat16>(), K, lin.group});
+        default:
+          return f(Int4<at::Half>{q, lin.scale.data_ptr<at::Half>(), lin.zero.data_ptr<at::Half>(),
+                                  K, lin.group});
+      }
+    }
+  }
+}
+
+template <int M>
+void lin_rows_m(const cove::Lin& lin, const float* x, int64_t n0, int64_t n1, float* out,
+                int64_t ldo) {
+  with_weight(lin, [&](const auto& w) { range<M>(w, x, lin.K, n0, n1, out, ldo); });
+}
+
+// Rows n0..n1 of y = x @ W^T (no bias) for M rows of x [M, K], into out[m * ldo + n].
+void lin_rows(const cove::Lin& lin, const float* x, int64_t M, int64_t n0, int64_t n1,
+              float* out, int64_t ldo) {
   switch (M) {
-    case 1: return gemv_m<1>(w, x, K, N, out, bytes_per_row);
-    case 2: return gemv_m<2>(w, x, K, N, out, bytes_per_row);
-    case 3: return gemv_m<3>(w, x, K, N, out, bytes_per_row);
-    case 4: return gemv_m<4>(w, x, K, N, out, bytes_per_row);
-    case 5: return gemv_m<5>(w, x, K, N, out, bytes_per_row);
-    case 6: return gemv_m<6>(w, x, K, N, out, bytes_per_row);
-    case 7: return gemv_m<7>(w, x, K, N, out, bytes_per_row);
-    case 8: return gemv_m<8>(w, x, K, N, out, bytes_per_row);
+    case 1: return lin_rows_m<1>(lin, x, n0, n1, out, ldo);
+    case 2: return lin_rows_m<2>(lin, x, n0, n1, out, ldo);
+    case 3: return lin_rows_m<3>(lin, x, n0, n1, out, ldo);
+    case 4: return lin_rows_m<4>(lin, x, n0, n1, out, ldo);
+    case 5: return lin_rows_m<5>(lin, x, n0, n1, out, ldo);
+    case 6: return lin_rows_m<6>(lin, x, n0, n1, out, ldo);
+    case 7: return lin_rows_m<7>(lin, x, n0, n1, out, ldo);
+    case 8: return lin_rows_m<8>(lin, x, n0, n1, out, ldo);
   }
 }
 
@@ -184,56 +225,6 @@ void check_weight(const at::Tensor& w, const char* what) {
               " must be a contiguous CPU tensor");
 }
 
-// The float32 result with the bias added, in `dtype`.
-at::Tensor finish(at::Tensor out, const c10::optional<at::Tensor>& bias, at::ScalarType dtype) {
-  if (bias.has_value() && bias->defined()) out.add_(bias->to(at::kFloat));
-  return dtype == at::kFloat ? out : out.to(dtype);
-}
-
-}  // namespace
-
-// y = x @ w.T (+ bias), w float32 or bfloat16 [N, K]; y in x's dtype.
-at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
-  check_weight(w, "the weight");
-  TORCH_CHECK(w.dim() == 2, "cove kernels: the weight must be [out, in]");
-  const int64_t N = w.size(0), K = w.size(1);
-  at::Tensor xf = activations(x, K);
-  at::Tensor out = at::empty({xf.size(0), N}, xf.options());
-  if (w.scalar_type() == at::kFloat) {
-    gemv(F32{w.data_ptr<float>(), K}, xf.data_ptr<float>(), xf.size(0), K, N,
-         out.data_ptr<float>(), K * 4);
-  } else {
-    TORCH_CHECK(w.scalar_type() == at::kBFloat16, "cove kernels: dense weights are float32 "
-                "or bfloat16, not ", w.scalar_type());
-    gemv(BF16{reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), K},
-         xf.data_ptr<float>(), xf.size(0), K, N, out.data_ptr<float>(), K * 2);
-  }
-  return finish(out, bias, x.scalar_type());
-}
-
-// y = x @ (q * scale[:, None]).T (+ bias), q int8 [N, K], scale [N].
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
-                       const c10::optional<at::Tensor>& bias) {
-  check_weight(q, "the int8 weight");
-  check_weight(scale, "the scale");
-  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar, "cove kernels: int8 weight [out, in]");
-  const int64_t N = q.size(0), K = q.size(1);
-  TORCH_CHECK(scale.numel() == N, "cove kernels: one scale per output row");
-  at::Tensor xf = activations(x, K);
-  at::Tensor out = at::empty({xf.size(0), N}, xf.options());
-  const int8_t* qp = q.data_ptr<int8_t>();
-  float* o = out.data_ptr<float>();
-  const float* xp = xf.data_ptr<float>();
-  switch (scale.scalar_type()) {
-    case at::kFloat: gemv(Int8<float>{qp, scale.data_ptr<float>(), K}, xp, xf.size(0), K, N, o, K); break;
-    case at::kBFloat16: gemv(Int8<at::BFloat16>{qp, scale.data_ptr<at::BFloat16>(), K}, xp, xf.size(0), K, N, o, K); break;
-    case at::kHalf: gemv(Int8<at::Half>{qp, scale.data_ptr<at::Half>(), K}, xp, xf.size(0), K, N, o, K); break;
-    default: TORCH_CHECK(false, "cove kernels: scales are float32, bfloat16 or float16");
-  }
-  return finish(out, bias, x.scalar_type());
-}
-
-namespace {
 void check_int4(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& zero,
                 int64_t group) {
   check_weight(q, "the int4 codes");
@@ -248,26 +239,131 @@ void check_int4(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& 
               scale.scalar_type() == zero.scalar_type(),
               "cove kernels: scales and zero points are [out, in / group] of one dtype");
 }
+
+void check_scale_dtype(const at::Tensor& scale) {
+  const auto t = scale.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
+              "cove kernels: scales are float32, bfloat16 or float16");
+}
+
+// y = x @ W^T (+ bias) for one layer, in x's dtype.
+at::Tensor product(const at::Tensor& x, const cove::Lin& lin) {
+  at::Tensor xf = activations(x, lin.K);
+  at::Tensor out = at::empty({xf.size(0), lin.N}, xf.options());
+  cove::Job job{&lin, out.data_ptr<float>(), lin.N};
+  cove::run_jobs(&job, 1, xf.data_ptr<float>(), xf.size(0));
+  return x.scalar_type() == at::kFloat ? out : out.to(x.scalar_type());
+}
+
 }  // namespace
+
+namespace cove {
+
+Lin::Lin(int64_t kind_, at::Tensor w_, c10::optional<at::Tensor> scale_,
+         c10::optional<at::Tensor> zero_, int64_t group_, c10::optional<at::Tensor> bias_)
+    : kind(static_cast<Kind>(kind_)), w(std::move(w_)), group(group_) {
+  TORCH_CHECK(kind_ >= 0 && kind_ <= 3, "cove kernels: weight kind 0..3 (float32, bfloat16, "
+              "int8, int4), not ", kind_);
+  TORCH_CHECK(w.dim() == 2, "cove kernels: the weight must be [out, in]");
+  N = w.size(0);
+  K = w.size(1);
+  switch (kind) {
+    case Kind::F32:
+    case Kind::BF16:
+      check_weight(w, "the weight");
+      TORCH_CHECK(w.scalar_type() == (kind == Kind::F32 ? at::kFloat : at::kBFloat16),
+                  "cove kernels: dense weights are float32 or bfloat16, not ", w.scalar_type());
+      break;
+    case Kind::INT8:
+      check_weight(w, "the int8 weight");
+      TORCH_CHECK(w.scalar_type() == at::kChar, "cove kernels: int8 weight [out, in]");
+      TORCH_CHECK(scale_.has_value(), "cove kernels: an int8 weight needs its scales");
+      scale = *scale_;
+      check_weight(scale, "the scale");
+      TORCH_CHECK(scale.numel() == N, "cove kernels: one scale per output row");
+      check_scale_dtype(scale);
+      break;
+    case Kind::INT4:
+      TORCH_CHECK(scale_.has_value() && zero_.has_value(),
+                  "cove kernels: int4 codes need their scales and zero points");
+      scale = *scale_;
+      zero = *zero_;
+      check_int4(w, scale, zero, group);
+      check_scale_dtype(scale);
+      K = w.size(1) * 2;
+      break;
+  }
+  if (bias_.has_value() && bias_->defined()) {
+    TORCH_CHECK(bias_->numel() == N, "cove kernels: the bias has ", bias_->numel(),
+                " values for ", N, " outputs");
+    bias = bias_->to(at::kFloat).contiguous();
+  }
+}
+
+int64_t Lin::row_bytes() const {
+  switch (kind) {
+    case Kind::F32: return K * 4;
+    case Kind::BF16: return K * 2;
+    case Kind::INT8: return K;
+    case Kind::INT4: return K / 2;
+  }
+  return K;
+}
+
+void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M) {
+  // Blocks of BLOCK output rows, numbered across the jobs; a thread gets whole blocks.
+  TORCH_CHECK(count >= 1 && count <= 8, "cove kernels: 1 to 8 products per region");
+  int64_t starts[8];
+  int64_t total = 0, row_bytes = INT64_MAX;
+  for (int64_t j = 0; j < count; ++j) {
+    starts[j] = total;
+    total += (jobs[j].lin->N + BLOCK - 1) / BLOCK;
+    row_bytes = std::min(row_bytes, jobs[j].lin->row_bytes());
+  }
+  // Below ~64 KiB of weights a second thread costs more than it saves.
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / (BLOCK * row_bytes));
+  at::parallel_for(0, total, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t first = starts[j], blocks = (jobs[j].lin->N + BLOCK - 1) / BLOCK;
+      const int64_t lo = std::max(b0, first), hi = std::min(b1, first + blocks);
+      if (lo >= hi) continue;
+      const Lin& lin = *jobs[j].lin;
+      lin_rows(lin, x, M, (lo - first) * BLOCK, std::min(lin.N, (hi - first) * BLOCK),
+               jobs[j].out, jobs[j].ldo);
+    }
+  });
+  for (int64_t j = 0; j < count; ++j) {
+    const Lin& lin = *jobs[j].lin;
+    if (!lin.bias.defined()) continue;
+    const float* b = lin.bias.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < lin.N; ++n) jobs[j].out[m * jobs[j].ldo + n] += b[n];
+  }
+}
+
+}  // namespace cove
+
+// y = x @ w.T (+ bias), w float32 or bfloat16 [N, K]; y in x's dtype.
+at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  check_weight(w, "the weight");
+  TORCH_CHECK(w.dim() == 2, "cove kernels: the weight must be [out, in]");
+  TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16,
+              "cove kernels: dense weights are float32 or bfloat16, not ", w.scalar_type());
+  return product(x, cove::Lin(w.scalar_type() == at::kFloat ? 0 : 1, w, c10::nullopt,
+                              c10::nullopt, 0, bias));
+}
+
+// y = x @ (q * scale[:, None]).T (+ bias), q int8 [N, K], scale [N].
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                       const c10::optional<at::Tensor>& bias) {
+  return product(x, cove::Lin(2, q, scale, c10::nullopt, 0, bias));
+}
 
 // y = x @ W.T (+ bias), W from int4 codes in Cove's packed layout (see the top).
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                        const at::Tensor& zero, int64_t group,
                        const c10::optional<at::Tensor>& bias) {
-  check_int4(q, scale, zero, group);
-  const int64_t N = q.size(0), K = q.size(1) * 2;
-  at::Tensor xf = activations(x, K);
-  at::Tensor out = at::empty({xf.size(0), N}, xf.options());
-  const uint8_t* qp = q.data_ptr<uint8_t>();
-  float* o = out.data_ptr<float>();
-  const float* xp = xf.data_ptr<float>();
-  switch (scale.scalar_type()) {
-    case at::kFloat: gemv(Int4<float>{qp, scale.data_ptr<float>(), zero.data_ptr<float>(), K, group}, xp, xf.size(0), K, N, o, K / 2); break;
-    case at::kBFloat16: gemv(Int4<at::BFloat16>{qp, scale.data_ptr<at::BFloat16>(), zero.data_ptr<at::BFloat16>(), K, group}, xp, xf.size(0), K, N, o, K / 2); break;
-    case at::kHalf: gemv(Int4<at::Half>{qp, scale.data_ptr<at::Half>(), zero.data_ptr<at::Half>(), K, group}, xp, xf.size(0), K, N, o, K / 2); break;
-    default: TORCH_CHECK(false, "cove kernels: scales are float32, bfloat16 or float16");
-  }
-  return finish(out, bias, x.scalar_type());
+  return product(x, cove::Lin(3, q, scale, zero, group, bias));
 }
 
 namespace {
@@ -321,4 +417,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_dequantize", &int4_dequantize, "the float32 weight of int4 codes");
   m.def("isa", &isa, "the vector instructions the kernels were built with");
   m.attr("MAX_ROWS") = MAX_ROWS;
+  cove::bind_decode(m);
 }

@@ -12,6 +12,7 @@ saved config.json names the right architecture.
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from cove import kernels
 from cove.generation import GenerationMixin
+from cove.models import decoding
 from cove.models.cache import KVCache
 from cove.models.configuration import PretrainedConfig
 from cove.models.layers import (
@@ -29,7 +31,9 @@ from cove.models.layers import (
     causal_mask,
     decoder_inputs,
     decoder_output,
+    lean,
     merge_heads,
+    project,
     remade_on_save,
     run_block,
     sequence_classifier_output,
@@ -187,9 +191,14 @@ class LlamaAttention(nn.Module):
                 mask: torch.Tensor | None, cache: KVCache | None, need_weights: bool
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, -1, self.head_dim)
-        k = self.k_proj(x).view(b, s, -1, self.head_dim)
-        v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        # training with adapters: the three projections as one GEMM, outputs side by side
+        joined = project(x, projections) if lean() and not os.environ.get("H13_NOQKV") else None
+        q, k, v = (p(x) for p in projections) if joined is None else \
+            joined.split([p.out_features for p in projections], -1)
+        q = q.view(b, s, -1, self.head_dim)
+        k = k.view(b, s, -1, self.head_dim)
+        v = v.view(b, s, -1, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
@@ -280,7 +289,10 @@ class LlamaForCausalLM(GenerationMixin, LlamaPreTrainedModel):
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-        # Decoding's 1..8 rows through Cove's GEMV kernels (the tied head included).
+        # Forward calls of 1..8 rows through Cove's GEMV kernels (the tied head included):
+        # generate's steps take the whole-step kernel (fast_decoder) instead; this serves the
+        # other one-token forwards (the serving engine's batches, the cases fast_decoder
+        # leaves to the module forward).
         kernels.use_for_linears(self)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -288,6 +300,12 @@ class LlamaForCausalLM(GenerationMixin, LlamaPreTrainedModel):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    def fast_decoder(self, positions: torch.Tensor, forward_kwargs: dict[str, Any]
+                     ) -> decoding.FastDecoder | None:
+        """generate's decoding steps in one kernel call each over positions [rows, length]
+        (cove.models.decoding), or None where they would differ from this forward."""
+        return decoding.fast_decoder(self, positions, forward_kwargs)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None,
                 past_key_values: KVCache | None = None, use_cache: bool = False,

@@ -1,0 +1,353 @@
+// Cove's decoding step for Llama-family decoders (Llama, Mistral, Qwen2/3, SmolLM3): one new
+// token for each of 1..8 sequences through every layer and the LM head in one call, so a
+// token costs a few dispatches instead of thousands of small torch ops (each layer's norms,
+// rotary embedding, cache writes, attention over one query, adds and activations).
+//
+// Per layer, for the M rows (one new token per sequence):
+//   a = RMSNorm(h); q, k, v = a @ Wq/Wk/Wv^T (one parallel region; biases when the layer has
+//   them); per-head RMSNorm of q and k (Qwen3); rotary embedding (cos/sin tables by position,
+//   so every rope_type the model's RotaryEmbedding computes is covered); k, v written in place
+//   at `length` into the preallocated cache [layers, 2, M, kv_heads, max_length, head_dim];
+//   attention of each query head over its kv head's keys 0..length (grouped-query; keys the
+//   attention mask zeroes are skipped: left padding); h += o_proj(attention); then
+//   h += down(silu(gate(b)) * up(b)) with b = RMSNorm(h). Finally RMSNorm and the LM head.
+// Activations and sums are float32; weights are read in their stored kinds (gemv.h's Lin:
+// float32, bfloat16, int8, int4) and the cache is float32 or bfloat16 (the model's dtype).
+// The weights are the model's own tensors (no copies); norm weights are float32.
+#include "gemv.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(COVE_KERNELS_SCALAR)
+#include <immintrin.h>
+#define COVE_AVX512 1
+#endif
+
+namespace {
+
+using cove::Job;
+using cove::Lin;
+
+#ifdef COVE_AVX512
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+
+// a . b over n values (b float32 or bfloat16).
+template <class T>
+inline float dot(const float* a, const T* b, int64_t n) {
+  int64_t i = 0;
+  float s = 0.0f;
+#ifdef COVE_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < n; ++i) s += a[i] * static_cast<float>(b[i]);
+  return s;
+}
+
+// out += p * v over n values.
+template <class T>
+inline void axpy(float p, const T* v, float* out, int64_t n) {
+  int64_t i = 0;
+#ifdef COVE_AVX512
+  const __m512 vp = _mm512_set1_ps(p);
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(out + i, _mm512_fmadd_ps(vp, load16(v + i), _mm512_loadu_ps(out + i)));
+#endif
+  for (; i < n; ++i) out[i] += p * static_cast<float>(v[i]);
+}
+
+inline void store(float* dst, const float* src, int64_t n) { std::copy(src, src + n, dst); }
+inline void store(at::BFloat16* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = at::BFloat16(src[i]);  // round to nearest even
+}
+
+// out = w * (x / rms(x)), as RMSNorm computes it in float32.
+void rms_norm(const float* x, const float* w, float eps, int64_t n, float* out) {
+  float ss = 0.0f;
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+// Llama's rotary embedding of one head in place: x * cos + rotate_half(x) * sin over the
+// first `rot` features (the rest pass through).
+void rotate(float* x, const float* c, const float* s, int64_t rot) {
+  const int64_t half = rot / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    x[i] = a * c[i] - b * s[i];
+    x[i + half] = b * c[i + half] + a * s[i + half];
+  }
+}
+
+at::Tensor float_vector(const at::Tensor& t, int64_t n, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+              t.numel() == n, "cove decoder: ", what, " must be a contiguous float32 CPU "
+              "tensor of ", n, " values, got ", t.sizes(), " ", t.scalar_type());
+  return t;
+}
+
+struct Layer {
+  at::Tensor in_norm, post_norm, q_norm, k_norm;  // q_norm/k_norm: undefined unless Qwen3
+  Lin q, k, v, o, gate, up, down;
+  bool rope = true;
+};
+
+class Decoder {
+ public:
+  Decoder(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, at::Tensor final_norm,
+          Lin head)
+      : heads_(heads), kv_heads_(kv_heads), dim_(head_dim), eps_(static_cast<float>(eps)),
+        head_(std::move(head)) {
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0,
+                "cove decoder: ", heads, " heads over ", kv_heads, " key/value heads");
+    hidden_ = final_norm.numel();
+    norm_ = float_vector(final_norm, hidden_, "the final norm's weight");
+    TORCH_CHECK(head_.K == hidden_, "cove decoder: the LM head takes ", head_.K,
+                " inputs, the model's width is ", hidden_);
+  }
+
+  void add_layer(at::Tensor in_norm, at::Tensor post_norm, c10::optional<at::Tensor> q_norm,
+                 c10::optional<at::Tensor> k_norm, bool rope, Lin q, Lin k, Lin v, Lin o,
+                 Lin gate, Lin up, Lin down) {
+    Layer l;
+    l.in_norm = float_vector(in_norm, hidden_, "input_layernorm's weight");
+    l.post_norm = float_vector(post_norm, hidden_, "post_attention_layernorm's weight");
+    TORCH_CHECK(q_norm.has_value() == k_norm.has_value(),
+                "cove decoder: q_norm and k_norm come together");
+    if (q_norm.has_value()) {
+      l.q_norm = float_vector(*q_norm, dim_, "q_norm's weight");
+      l.k_norm = float_vector(*k_norm, dim_, "k_norm's weight");
+    }
+    const int64_t qw = heads_ * dim_, kvw = kv_heads_ * dim_;
+    auto shape = [](const Lin& lin, int64_t n, int64_t k, const char* what) {
+      TORCH_CHECK(lin.N == n && lin.K == k, "cove decoder: ", what, " is ", lin.N, " x ",
+                  lin.K, ", expected ", n, " x ", k);
+    };
+    shape(q, qw, hidden_, "q_proj");
+    shape(k, kvw, hidden_, "k_proj");
+    shape(v, kvw, hidden_, "v_proj");
+    shape(o, hidden_, qw, "o_proj");
+    if (layers_.empty()) inter_ = gate.N;
+    shape(gate, inter_, hidden_, "gate_proj");
+    shape(up, inter_, hidden_, "up_proj");
+    shape(down, hidden_, inter_, "down_proj");
+    l.q = std::move(q); l.k = std::move(k); l.v = std::move(v); l.o = std::move(o);
+    l.gate = std::move(gate); l.up = std::move(up); l.down = std::move(down);
+    l.rope = rope;
+    layers_.push_back(std::move(l));
+  }
+
+  // x: the new tokens' embeddings [M, hidden]; cache [layers, 2, M, kv_heads, T, head_dim];
+  // positions int64 [M] (rotary positions); cos, sin float32 [P, rot] by position; mask:
+  // [M, >= length + 1] of 1/0 over the cache's slots, or None; length: slots already filled.
+  // Writes slot `length` of every layer and returns float32 logits [M, vocab].
+  at::Tensor step(const at::Tensor& x, const at::Tensor& cache, const at::Tensor& positions,
+                  const at::Tensor& cos, const at::Tensor& sin,
+                  const c10::optional<at::Tensor>& mask, int64_t length) const {
+    const int64_t M = x.size(0);
+    TORCH_CHECK(!layers_.empty(), "cove decoder: no layers");
+    TORCH_CHECK(x.dim() == 2 && x.size(1) == hidden_ && M >= 1 && M <= cove::MAX_ROWS &&
+                x.device().is_cpu(), "cove decoder: x must be [1..8 rows, ", hidden_,
+                "] on the CPU, got ", x.sizes());
+    TORCH_CHECK(cache.dim() == 6 && cache.size(0) == static_cast<int64_t>(layers_.size()) &&
+                cache.size(1) == 2 && cache.size(2) == M && cache.size(3) == kv_heads_ &&
+                cache.size(5) == dim_ && cache.is_contiguous() && cache.device().is_cpu(),
+                "cove decoder: the cache must be a contiguous CPU tensor [", layers_.size(),
+                ", 2, ", M, ", ", kv_heads_, ", max_length, ", dim_, "], got ", cache.sizes());
+    TORCH_CHECK(length >= 0 && length < cache.size(4), "cove decoder: the cache holds ",
+                cache.size(4), " positions; slot ", length, " was asked for");
+    TORCH_CHECK(positions.scalar_type() == at::kLong && positions.numel() == M &&
+                positions.is_contiguous(), "cove decoder: positions must be int64 [", M, "]");
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.is_contiguous() &&
+                sin.is_contiguous() && cos.size(1) % 2 == 0 && cos.size(1) <= dim_,
+                "cove decoder: cos and sin must be float32 [positions, rotary dim <= ", dim_,
+                "]");
+    const int64_t* pos = positions.data_ptr<int64_t>();
+    for (int64_t m = 0; m < M; ++m)
+      TORCH_CHECK(pos[m] >= 0 && pos[m] < cos.size(0), "cove decoder: position ", pos[m],
+                  " is past the rotary table's ", cos.size(0));
+    at::Tensor keep;
+    if (mask.has_value() && mask->defined()) {
+      keep = mask->to(at::kLong).contiguous();
+      TORCH_CHECK(keep.dim() == 2 && keep.size(0) == M && keep.size(1) > length,
+                  "cove decoder: the attention mask must be [", M, ", > ", length, "], got ",
+                  keep.sizes());
+    }
+    at::Tensor xf = x.to(at::kFloat).contiguous();
+    at::Tensor logits = at::empty({M, head_.N}, xf.options());
+    if (cache.scalar_type() == at::kFloat) {
+      run(xf, cache.data_ptr<float>(), cache.size(4), pos, cos, sin, keep, length, logits);
+    } else {
+      TORCH_CHECK(cache.scalar_type() == at::kBFloat16,
+                  "cove decoder: the cache is float32 or bfloat16, not ", cache.scalar_type());
+      run(xf, cache.data_ptr<at::BFloat16>(), cache.size(4), pos, cos, sin, keep, length,
+          logits);
+    }
+    return logits;
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  template <class T>
+  void run(const at::Tensor& xf, T* cache, int64_t T_, const int64_t* pos, const at::Tensor& cos,
+           const at::Tensor& sin, const at::Tensor& keep, int64_t length,
+           at::Tensor& logits) const {
+    const int64_t M = xf.size(0), H = hidden_, D = dim_, I = inter_;
+    const int64_t qw = heads_ * D, kvw = kv_heads_ * D, width = qw + 2 * kvw;
+    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_, n = length + 1;
+    const float* cos_p = cos.data_ptr<float>();
+    const float* sin_p = sin.data_ptr<float>();
+    const int64_t* keep_p = keep.defined() ? keep.data_ptr<int64_t>() : nullptr;
+    const int64_t keep_ld = keep.defined() ? keep.size(1) : 0;
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+    // per layer: [2][M][kv_heads][T][D]
+    const int64_t slab = M * kv_heads_ * T_ * D, layer_stride = 2 * slab;
+
+    std::vector<float> h(xf.data_ptr<float>(), xf.data_ptr<float>() + M * H);
+    std::vector<float> a(M * H), qkv(M * width), att(M * qw), tmp(M * H), gu(M * 2 * I),
+        act(M * I);
+    for (size_t li = 0; li < layers_.size(); ++li) {
+      const Layer& l = layers_[li];
+      T* kcache = cache + li * layer_stride;
+      T* vcache = kcache + slab;
+      for (int64_t m = 0; m < M; ++m)
+        rms_norm(&h[m * H], l.in_norm.data_ptr<float>(), eps_, H, &a[m * H]);
+      const Job qkv_jobs[3] = {{&l.q, qkv.data(), width}, {&l.k, qkv.data() + qw, width},
+                               {&l.v, qkv.data() + qw + kvw, width}};
+      cove::run_jobs(qkv_jobs, 3, a.data(), M);
+      for (int64_t m = 0; m < M; ++m) {
+        float* qm = &qkv[m * width];
+        float* km = qm + qw;
+        const float* vm = km + kvw;
+        if (l.q_norm.defined()) {
+          for (int64_t hd = 0; hd < heads_; ++hd)
+            rms_norm(qm + hd * D, l.q_norm.data_ptr<float>(), eps_, D, qm + hd * D);
+          for (int64_t g = 0; g < kv_heads_; ++g)
+            rms_norm(km + g * D, l.k_norm.data_ptr<float>(), eps_, D, km + g * D);
+        }
+        if (l.rope) {
+          const float* c = cos_p + pos[m] * rot;
+          const float* s = sin_p + pos[m] * rot;
+          for (int64_t hd = 0; hd < heads_; ++hd) rotate(qm + hd * D, c, s, rot);
+          for (int64_t g = 0; g < kv_heads_; ++g) rotate(km + g * D, c, s, rot);
+        }
+        for (int64_t g = 0; g < kv_heads_; ++g) {
+          const int64_t at = ((m * kv_heads_ + g) * T_ + length) * D;
+          store(kcache + at, km + g * D, D);
+          store(vcache + at, vm + g * D, D);
+        }
+      }
+      attend(kcache, vcache, T_, qkv.data(), width, keep_p, keep_ld, n, groups, scale, M,
+             att.data());
+      const Job o_job{&l.o, tmp.data(), H};
+      cove::run_jobs(&o_job, 1, att.data(), M);
+      for (int64_t i = 0; i < M * H; ++i) h[i] += tmp[i];
+      for (int64_t m = 0; m < M; ++m)
+        rms_norm(&h[m * H], l.post_norm.data_ptr<float>(), eps_, H, &a[m * H]);
+      const Job mlp_jobs[2] = {{&l.gate, gu.data(), 2 * I}, {&l.up, gu.data() + I, 2 * I}};
+      cove::run_jobs(mlp_jobs, 2, a.data(), M);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < I; ++i) {
+          const float g = gu[m * 2 * I + i];
+          act[m * I + i] = g / (1.0f + std::exp(-g)) * gu[m * 2 * I + I + i];
+        }
+      const Job down_job{&l.down, tmp.data(), H};
+      cove::run_jobs(&down_job, 1, act.data(), M);
+      for (int64_t i = 0; i < M * H; ++i) h[i] += tmp[i];
+    }
+    for (int64_t m = 0; m < M; ++m)
+      rms_norm(&h[m * H], norm_.data_ptr<float>(), eps_, H, &a[m * H]);
+    const Job head_job{&head_, logits.data_ptr<float>(), head_.N};
+    cove::run_jobs(&head_job, 1, a.data(), M);
+  }
+
+  // Each query head of each row over its kv head's keys 0..n-1 (those the mask keeps).
+  template <class T>
+  void attend(const T* kcache, const T* vcache, int64_t T_, const float* qkv, int64_t width,
+              const int64_t* keep, int64_t keep_ld, int64_t n, int64_t groups, float scale,
+              int64_t M, float* out) const {
+    const int64_t D = dim_;
+    const int64_t tasks = M * heads_;
+    // a second thread pays off from a few thousand multiply-adds per thread
+    const int64_t grain = std::max<int64_t>(1, 4096 / (n * D));
+    at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+      std::vector<float> scores(n);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t m = t / heads_, hd = t % heads_, g = hd / groups;
+        const float* q = qkv + m * width + hd * D;
+        const T* K = kcache + (m * kv_heads_ + g) * T_ * D;
+        const T* V = vcache + (m * kv_heads_ + g) * T_ * D;
+        const int64_t* row = keep ? keep + m * keep_ld : nullptr;
+        // a row whose mask keeps nothing attends everywhere (as causal_mask has it)
+        bool any = row == nullptr;
+        for (int64_t j = 0; !any && j < n; ++j) any = row[j] != 0;
+        float top = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) {
+          if (any && row && !row[j]) {
+            scores[j] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          scores[j] = dot(q, K + j * D, D) * scale;
+          top = std::max(top, scores[j]);
+        }
+        float* o = out + m * heads_ * D + hd * D;
+        std::fill(o, o + D, 0.0f);
+        float total = 0.0f;
+        for (int64_t j = 0; j < n; ++j) {
+          if (scores[j] == -std::numeric_limits<float>::infinity()) continue;
+          const float p = std::exp(scores[j] - top);
+          total += p;
+          axpy(p, V + j * D, o, D);
+        }
+        const float inv = 1.0f / total;
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      }
+    });
+  }
+
+  int64_t heads_, kv_heads_, dim_, hidden_ = 0, inter_ = 0;
+  float eps_;
+  at::Tensor norm_;
+  Lin head_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace
+
+void cove::bind_decode(pybind11::module& m) {
+  namespace py = pybind11;
+  // module_local: a second build of the extension in one process (the tests' scalar one)
+  // registers the same C++ types again.
+  py::class_<Lin>(m, "Linear", py::module_local(),
+                  "A linear layer's weight as the kernels read it (kind: 0 float32, "
+                  "1 bfloat16, 2 int8 + scale, 3 int4 codes + scale, zero, group)")
+      .def(py::init<int64_t, at::Tensor, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+                    int64_t, c10::optional<at::Tensor>>(),
+           py::arg("kind"), py::arg("weight"), py::arg("scale") = py::none(),
+           py::arg("zero") = py::none(), py::arg("group") = 0, py::arg("bias") = py::none())
+      .def_readonly("out_features", &Lin::N)
+      .def_readonly("in_features", &Lin::K);
+  py::class_<Decoder>(m, "Decoder", py::module_local(),
+                      "A Llama-family decoder's layers for one-token steps")
+      .def(py::init<int64_t, int64_t, int64_t, double, at::Tensor, Lin>(), py::arg("heads"),
+           py::arg("kv_heads"), py::arg("head_dim"), py::arg("eps"), py::arg("final_norm"),
+           py::arg("head"))
+      .def("add_layer", &Decoder::add_layer)
+      .def("step", &Decoder::step, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("num_layers", &Decoder::num_layers);
+}

@@ -1,0 +1,43 @@
+// What gemv.cpp's kernels offer the rest of the extension (decode.cpp): a linear layer's
+// weight as the kernels read it, and products of 1..8 activation rows with it.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cstdint>
+
+namespace cove {
+
+constexpr int64_t MAX_ROWS = 8;
+
+// How a layer's weight is stored (see gemv.cpp's top for each layout).
+enum class Kind : int64_t { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
+
+// One linear layer: y = x @ W^T + bias. The tensors are the layer's own (not copied; the
+// bias is a float32 copy when the layer's is not float32); checked once when built.
+struct Lin {
+  Kind kind = Kind::F32;
+  at::Tensor w, scale, zero, bias;  // scale/zero: int8 and int4 only; bias may be undefined
+  int64_t group = 0, N = 0, K = 0;
+
+  Lin() = default;
+  Lin(int64_t kind, at::Tensor w, c10::optional<at::Tensor> scale,
+      c10::optional<at::Tensor> zero, int64_t group, c10::optional<at::Tensor> bias);
+  int64_t row_bytes() const;
+};
+
+// One product of a parallel region: `lin` over the region's x into out[m * ldo + n].
+struct Job {
+  const Lin* lin;
+  float* out;
+  int64_t ldo;
+};
+
+// The products of several layers that read the same float32 x [M, K] (q/k/v, gate/up), their
+// output rows split across torch's threads in one parallel region; biases added.
+void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M);
+
+// Registers decode.cpp's classes on the extension module.
+void bind_decode(pybind11::module& m);
+
+}  // namespace cove

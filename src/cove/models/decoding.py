@@ -1,0 +1,244 @@
+"""Decoding steps of Llama-family causal LMs in one C++ call per token.
+
+`generate` feeds a prompt through the model's own forward (torch's ops), then one token per
+row per step. For those steps a Llama, Mistral, Qwen2/3 or SmolLM3 model on the CPU hands
+its layers to cove.kernels' Decoder (decode.cpp): the norms, projections, rotary embedding,
+cache writes, attention, MLP and LM head of all layers run in one call, on the model's own
+weight tensors (float32, bfloat16, or the weight-only int8/int4 and GGUF layers), with
+float32 activations. A torch forward of one token issues thousands of small ops (5,484 for
+SmolLM2-135M); this issues a handful.
+
+The keys and values live in a `StaticKVCache`: one tensor [layers, 2, rows, kv_heads,
+max_length, head_dim] in the model's dtype, allocated for the whole generation. The prompt's
+forward writes into it through `update` (the KVCache interface), the steps in place.
+
+`fast_decoder` says None, and generate keeps the module forward, when the step would not be
+the module's: kernels off (COVE_KERNELS=0) or not built, not on the CPU, gradients on,
+attentions or hidden states asked for, more than 8 rows, a dtype other than float32 or
+bfloat16, hooks or adapters (LoRA's layer types) on the modules, a layer type other than
+Llama's, a sliding window that would cut, dynamic rope past the trained length, dropout in
+training mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cove import kernels
+from cove.models.outputs import CausalLMOutputWithPast
+
+log = logging.getLogger("cove.models")
+
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+class StaticKVCache:
+    """Every layer's keys and values in one preallocated tensor, written in place.
+
+    `storage` is [layers, 2, batch, kv_heads, max_length, head_dim]. It reads as a KVCache to
+    the model's forward (`update`, `length`, `keys`, `values`, `reorder`), so the prompt fills
+    it directly; the decoding steps then write slot `length` of every layer and `advance`.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int,
+                 max_length: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        self.storage = torch.zeros(num_layers, 2, batch_size, num_kv_heads, max_length,
+                                   head_dim, dtype=dtype, device=device)
+        self.lengths = [0] * num_layers
+        self.max_length = max_length
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Each layer's key slots, [batch, kv_heads, max_length, head_dim] (views)."""
+        return list(self.storage[:, 0].unbind(0))
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Each layer's value slots, [batch, kv_heads, max_length, head_dim] (views)."""
+        return list(self.storage[:, 1].unbind(0))
+
+    @property
+    def length(self) -> int:
+        """Positions cached so far (as seen by the first layer)."""
+        return self.lengths[0]
+
+    def get_seq_length(self, layer: int = 0) -> int:  # transformers' name
+        return self.lengths[layer]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.lengths[layer]
+        end = start + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"The KV cache holds {self.max_length} positions; "
+                             f"{end} were asked for. Allocate a larger cache.")
+        kv = self.storage[layer]
+        kv[0, :, :, start:end] = k
+        kv[1, :, :, start:end] = v
+        self.lengths[layer] = end
+        return kv[0, :, :, :end], kv[1, :, :, :end]
+
+    def advance(self) -> None:
+        """Count the slot a decoding step wrote in every layer."""
+        end = self.lengths[0] + 1
+        if end > self.max_length:
+            raise ValueError(f"The KV cache holds {self.max_length} positions; "
+                             f"{end} were asked for. Allocate a larger cache.")
+        self.lengths = [end] * len(self.lengths)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows `index` names, in that order (beam search)."""
+        index = index.reshape(-1).long().to(self.storage.device)
+        if index.numel() != self.storage.shape[2]:
+            raise ValueError(f"reorder: {index.numel()} rows for a cache of "
+                             f"{self.storage.shape[2]}; a StaticKVCache keeps its row count.")
+        filled = self.storage[:, :, :, :, :max(self.lengths)]
+        filled.copy_(filled.index_select(2, index))
+
+
+def _plain_forward(module: nn.Module) -> bool:
+    """Whether the module runs its class's own forward (kernels.use_for_linears' routing
+    computes the same product): no instance override from anyone else."""
+    own = module.__dict__.get("forward")
+    return own is None or getattr(own, "__func__", None) is kernels._linear_forward
+
+
+def _linear(ext: Any, module: nn.Module) -> Any | None:
+    """The kernels' view of a linear layer (its own tensors), or None for another kind."""
+    from cove.models.weight_only import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+
+    bias = None if module.bias is None else module.bias.detach()
+    if type(module) is nn.Linear and _plain_forward(module):
+        w = module.weight.detach()
+        if w.dtype not in _DTYPES or not w.is_contiguous():
+            return None
+        return ext.Linear(0 if w.dtype == torch.float32 else 1, w, bias=bias)
+    if type(module) is Int8WeightOnlyLinear:
+        return ext.Linear(2, module.qweight, module.scale, bias=bias)
+    if type(module) is Int4WeightOnlyLinear and module.cove_layout:
+        return ext.Linear(3, module.qweight, module.scale, module.zero, module.group_size,
+                          bias=bias)
+    return None
+
+
+def _why_not(model: nn.Module, rows: int, max_length: int, max_position: int,
+             forward_kwargs: dict[str, Any]) -> str | None:
+    """Why the kernels' step would not compute the module's (None: it would)."""
+    from cove.models.layers import GatedMLP, RMSNorm
+    from cove.models.llama import LlamaAttention, LlamaDecoderLayer
+
+    config = model.config
+    if kernels.load() is None:
+        return "cove.kernels are off or not built"
+    if torch.is_grad_enabled():
+        return "gradients are on"
+    if not 1 <= rows <= kernels.MAX_ROWS:
+        return f"{rows} rows (the kernels take 1 to {kernels.MAX_ROWS})"
+    extra = set(forward_kwargs) - {"logits_to_keep"}
+    if extra:
+        return f"forward arguments {sorted(extra)}"
+    if config.output_attentions or config.output_hidden_states:
+        return "the config asks for attentions or hidden states"
+    if model.dtype not in _DTYPES:
+        return f"dtype {model.dtype}"
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        return "parameters off the CPU"
+    if model.training and config.attention_dropout:
+        return "attention dropout in training mode"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return "forward hooks on the modules"
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return "global forward hooks"
+    if any(w is not None and max_length > w for w in model.model.sliding_windows):
+        return "a sliding window that cuts"
+    rope = model.model.rotary_emb
+    if rope.params["rope_type"] == "dynamic" and max_position + 1 > rope.max_position_embeddings:
+        return "dynamic rope past the trained length"
+    for layer in model.model.layers:
+        if type(layer) is not LlamaDecoderLayer or type(layer.self_attn) is not LlamaAttention \
+                or type(layer.mlp) is not GatedMLP or layer.mlp.act_fn is not F.silu:
+            return f"layer type {type(layer).__name__}"
+        norms = [layer.input_layernorm, layer.post_attention_layernorm]
+        if hasattr(layer.self_attn, "q_norm"):
+            norms += [layer.self_attn.q_norm, layer.self_attn.k_norm]
+        if any(type(n) is not RMSNorm or n.variance_epsilon != config.rms_norm_eps
+               for n in norms):
+            return "norm type"
+    if type(model.model.norm) is not RMSNorm:
+        return "norm type"
+    return None
+
+
+class FastDecoder:
+    """A model's decoding steps through the kernels' Decoder, over a StaticKVCache of `rows`
+    rows and `max_length` positions; rotary cos/sin tables cover positions 0..max_position."""
+
+    def __init__(self, model: nn.Module, ext: Any, rows: int, max_length: int,
+                 max_position: int) -> None:
+        c = model.config
+        base = model.model
+        attn = base.layers[0].self_attn
+        self.embed = base.embed_tokens
+        self.cache = StaticKVCache(c.num_hidden_layers, rows, c.num_key_value_heads,
+                                   attn.head_dim, max_length, dtype=model.dtype)
+        cos, sin = base.rotary_emb(torch.arange(max_position + 1)[None], torch.float32)
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+        self.decoder = ext.Decoder(c.num_attention_heads, c.num_key_value_heads, attn.head_dim,
+                                   c.rms_norm_eps, _norm(base.norm), _must(ext, model.lm_head))
+        for layer in base.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            qk = (_norm(a.q_norm), _norm(a.k_norm)) if hasattr(a, "q_norm") else (None, None)
+            self.decoder.add_layer(
+                _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm), *qk,
+                a.use_rope, *(_must(ext, m) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                                      mlp.gate_proj, mlp.up_proj,
+                                                      mlp.down_proj)))
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor,
+             attention_mask: torch.Tensor | None) -> CausalLMOutputWithPast:
+        """One new token per row: `ids` and `positions` [rows], `attention_mask` [rows, >=
+        positions cached + 1] of 1/0 (None: every slot counts). Returns the logits [rows, 1,
+        vocab] (float32) of the next token."""
+        x = self.embed(ids)
+        logits = self.decoder.step(x, self.cache.storage, positions.long().contiguous(),
+                                   self.cos, self.sin, attention_mask, self.cache.length)
+        self.cache.advance()
+        return CausalLMOutputWithPast(logits=logits[:, None], past_key_values=self.cache)
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _must(ext: Any, module: nn.Module) -> Any:
+    found = _linear(ext, module)
+    if found is None:
+        raise _Unsupported(f"layer {type(module).__name__}")
+    return found
+
+
+def _norm(norm: nn.Module) -> torch.Tensor:
+    return norm.weight.detach().float().contiguous()
+
+
+def fast_decoder(model: nn.Module, positions: torch.Tensor,
+                 forward_kwargs: dict[str, Any]) -> FastDecoder | None:
+    """Kernel decoding steps for `generate` over positions [rows, max_length] (every
+    position the generation will feed), or None where they would not compute the module's
+    forward (the reason is logged at debug level)."""
+    rows, max_length = positions.shape
+    max_position = int(positions.max()) if positions.numel() else 0
+    reason = _why_not(model, rows, max_length, max_position, forward_kwargs)
+    if reason is None:
+        try:
+            return FastDecoder(model, kernels.load(), rows, max_length, max_position)
+        except _Unsupported as e:
+            reason = str(e)
+    log.debug("decoding through the module forward: %s", reason)
+    return None
