@@ -30,7 +30,17 @@ generator likewise, in a worker process of `.venv-llama` taking one request per 
 
 `python bench/generate.py llama`: only part 2; `kernels`: cove.kernels' GEMV alone (float32,
 bfloat16, int8, int4 at one row over SmolLM2-135M's layer shapes) in GB/s against torch's op
-on the same weights, beside the bandwidth probe. The whole run takes about DURATION.
+on the same weights, beside the bandwidth probe.
+
+On a machine shared with other work, wall-clock rows are noise (two busy processes beside a
+2-thread OpenMP pool made every parallel region wait for a descheduled thread: SmolLM2's
+decode fell to ~1 token/s on both sides). `COVE_BENCH_THREADS=1 COVE_BENCH_CLOCK=cpu python
+bench/generate.py llama` then times part 2 in each process's CPU seconds (one thread each
+side, so no spinning is counted): tokens per CPU-second, a measure of the work per token that
+the load hardly moves (about 8 minutes at load 7-8 on 2 cores).
+
+The whole run takes about 5-6 minutes on a quiet 2-core machine (an estimate from the parts'
+CPU times: part 1 ~2.5 min, part 2 ~2.5 min, the rest under a minute).
 """
 
 from __future__ import annotations
@@ -52,6 +62,14 @@ LONG_PROMPT = 512  # part 2's prefill
 SHORT_PROMPT = 32  # part 2's decode: the weights' streaming, little attention
 NEW = int(os.environ.get("COVE_BENCH_NEW_TOKENS", "32"))
 GGUF = Path(__file__).resolve().parent.parent / "tests/.data/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The clock of the generation timings: "wall" (perf_counter) or "cpu" (this process's CPU time,
+# and the llama.cpp worker's own; only with one thread, see the docstring).
+CLOCK = os.environ.get("COVE_BENCH_CLOCK", "wall")
+if CLOCK not in ("wall", "cpu") or (CLOCK == "cpu" and THREADS != 1):
+    sys.exit(f"COVE_BENCH_CLOCK={CLOCK!r}: use 'wall', or 'cpu' with COVE_BENCH_THREADS=1 "
+             "(with more threads, OpenMP's spinning would count as work).")
+_now = time.process_time if CLOCK == "cpu" else time.perf_counter
+PER_SECOND = "tokens/CPU-s" if CLOCK == "cpu" else "tokens/s"
 
 
 def bandwidth_gbs() -> float:
@@ -77,7 +95,7 @@ class Clock:
         self.times: list[float] = []
 
     def put(self, _value) -> None:
-        self.times.append(time.perf_counter())
+        self.times.append(_now())
 
     def end(self) -> None:
         pass
@@ -89,7 +107,7 @@ def timed_generate(model, ids, new: int) -> tuple[float, float]:
     import torch
 
     clock = Clock()
-    start = time.perf_counter()
+    start = _now()
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
                    min_new_tokens=new, do_sample=False, pad_token_id=0, streamer=clock)
     return clock.times[1] - start, clock.times[-1] - clock.times[1]
@@ -148,17 +166,17 @@ def transformers_rows(folder: Path, bandwidth: float) -> list[Row]:
             decode[batch] = {k: Stats.of([batch * (NEW - 1) / d for _, d in v])
                              for k, v in times.items()}
             ours = decode[batch]["cove"]
-            rows.append(Row("generate", f"decode, {name}, batch {batch}", "tokens/s", ours,
+            rows.append(Row("generate", f"decode, {name}, batch {batch}", PER_SECOND, ours,
                             decode[batch]["transformers"], "transformers.generate",
                             ">= 1.5" if (batch == 1 and dtype == torch.float32) else "",
                             f"bandwidth bound {bound * batch:.0f} tokens/s ({size / 1e6:.0f} MB "
                             f"of weights per step); ours = {ours.median / bound / batch:.0%} "
                             "of it"))
             rows.append(Row("generate", f"prefill {PROMPT} tokens, {name}, batch {batch}",
-                            "tokens/s", prefill["cove"], prefill["transformers"],
+                            PER_SECOND, prefill["cove"], prefill["transformers"],
                             "transformers.generate", ">= 1.0" if batch == 1 else ""))
         theirs = decode[8]["transformers"].median / decode[1]["transformers"].median
-        rows.append(Row("generate", f"decode batch 8 / batch 1 aggregate, {name}", "tokens/s",
+        rows.append(Row("generate", f"decode batch 8 / batch 1 aggregate, {name}", PER_SECOND,
                         decode[8]["cove"], decode[1]["cove"], "Cove at batch 1", ">= 3.0",
                         f"Cove's own scaling; transformers' is {theirs:.2f}x"))
         del models
@@ -201,6 +219,7 @@ def reorder_row() -> Row:
 LLAMA_WORKER = r"""
 import json, sys, time, llama_cpp
 paths, prompts, threads = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+now = time.process_time if sys.argv[4] == "cpu" else time.perf_counter
 n_ctx = max(map(len, prompts.values())) + 64
 models = {k: llama_cpp.Llama(model_path=p, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
                              n_threads_batch=threads, verbose=False) for k, p in paths.items()}
@@ -209,15 +228,15 @@ for line in sys.stdin:
     name, prompt, new = json.loads(line)
     llm = models[name]
     llm.reset()  # no prefix reuse: the whole prompt is evaluated
-    start = time.perf_counter()
+    start = now()
     first, n = None, 0
     for _ in llm.generate(prompts[prompt], temp=0.0):
         n += 1
         if n == 1:
-            first = time.perf_counter()
+            first = now()
         if n == new:
             break
-    end = time.perf_counter()
+    end = now()
     print(json.dumps([first - start, end - first]), flush=True)
 """
 
@@ -269,7 +288,7 @@ class LlamaWorker:
         self.proc = subprocess.Popen(
             [str(LLAMA_PYTHON), "-c", LLAMA_WORKER,
              json.dumps({k: str(p) for k, p in paths.items()}), json.dumps(prompts),
-             str(THREADS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             str(THREADS), CLOCK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the llama.cpp worker did not start")
 
@@ -367,7 +386,7 @@ def llama_rows(folder: Path, bandwidth: float) -> list[Row]:
                     decode[side].append((NEW - 1) / run("short", NEW)[1])
             print(f"  {open('/proc/loadavg').read().split()[0]} load; " + "   ".join(
                 f"{k}: {prefill[k][-1]:.0f} / {decode[k][-1]:.1f}" for k in prefill
-                if decode[k]) + " tokens/s (prefill / decode)")
+                if decode[k]) + f" {PER_SECOND} (prefill / decode)")
     if worker:
         worker.close()
     ext = kernels.load()
@@ -383,16 +402,17 @@ def llama_rows(folder: Path, bandwidth: float) -> list[Row]:
         bound = bandwidth * 1e9 / size
         ours_decode = Stats.of(decode[name])
         rows.append(Row("generate", f"decode {name}, batch 1, {SHORT_PROMPT}-token prompt",
-                        "tokens/s", ours_decode, theirs(decode[kind]), f"llama.cpp {kind}",
-                        goals[name], f"{size / 1e6:.0f} MB of weights per step, bound "
-                        f"{bound:.0f} tokens/s, ours = {ours_decode.median / bound:.0%} of it; "
-                        f"steps in {kernel}"))
-        if name == "float32":
+                        PER_SECOND, ours_decode, theirs(decode[kind]), f"llama.cpp {kind}",
+                        goals[name], f"{size / 1e6:.0f} MB of weights per step"
+                        + (f", bound {bound:.0f} tokens/s, ours = "
+                           f"{ours_decode.median / bound:.0%} of it" if CLOCK == "wall" else "")
+                        + f"; steps in {kernel}"))
+        if name == "float32" and CLOCK == "wall":
             rows.append(Row("generate", "decode float32, batch 1: share of the bandwidth bound",
-                            "tokens/s", ours_decode, Stats.fixed(bound),
+                            PER_SECOND, ours_decode, Stats.fixed(bound),
                             f"bound at {bandwidth:.1f} GB/s", ">= 0.6",
                             f"{size / 1e6:.0f} MB of weights read per step"))
-        rows.append(Row("generate", f"prefill {LONG_PROMPT} tokens, {name}, batch 1", "tokens/s",
+        rows.append(Row("generate", f"prefill {LONG_PROMPT} tokens, {name}, batch 1", PER_SECOND,
                         Stats.of(prefill[name]), theirs(prefill[kind]), f"llama.cpp {kind}",
                         ">= 1.0"))
     return rows
