@@ -1,7 +1,8 @@
 """What encoder-decoder decoding does beyond transformers' code path, checked against it:
 a prompt's beams share one encoder row (cross-attention keys and values computed once per
 prompt, the beams' queries attending together), and the LM head's decoding-step products
-(weight @ x^T for a few rows, a transposed copy for one, oneDNN for 8 and more)."""
+(weight @ x^T for a few rows, a transposed copy for one, oneDNN for 8 and more) and
+the decoder layers' linears in decoding steps of 8 rows and more (oneDNN)."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from cove.models import AutoModelForSeq2SeqLM
 from cove.models.cache import KVCache
-from cove.models.seq2seq import EncoderDecoderCache, lm_logits, shared_rows
+from cove.models.seq2seq import EncoderDecoderCache, lm_logits, shared_rows, step_linear
 
 T5 = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
           relative_attention_num_buckets=8, relative_attention_max_distance=16,
@@ -61,6 +62,7 @@ def test_rows_sharing_an_encoder_row_attend_as_repeated_rows(checkpoint):
     dict(num_beams=3, use_cache=False),
     dict(num_beams=2, num_return_sequences=2, use_cache=False),
     dict(num_beams=3, return_dict_in_generate=True, output_scores=True),
+    dict(num_beams=4, return_dict_in_generate=True, output_scores=True),  # 8 rows: oneDNN
 ])
 def test_beams_without_repeated_encoder_rows_match_transformers(checkpoint, kwargs):
     hf, cove = _hf(checkpoint), AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
@@ -102,6 +104,24 @@ def test_decoding_lm_head_matches_the_linear(rows):
     y = lm_logits(head, x, _cache())
     y.sum().backward()
     assert head.weight.grad is not None
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 32, 65])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decoding_step_linear_matches_the_module(rows, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 80, bias=bias)
+    x = torch.randn(rows, 1, 48)
+    with torch.no_grad():
+        got = step_linear(linear, x)
+        assert got.shape == (rows, 1, 80)
+        torch.testing.assert_close(got, linear(x), rtol=0, atol=1e-5)
+        # more than one position per row (a prompt) goes through the module itself
+        prompt = torch.randn(2, rows, 48)
+        assert torch.equal(step_linear(linear, prompt), linear(prompt))
+    # with gradients: the module, so its backward
+    step_linear(linear, x).sum().backward()
+    assert linear.weight.grad is not None
 
 
 def test_shared_cross_attention_cache_reorders_within_a_prompt_only():

@@ -39,6 +39,7 @@ from cove.models.seq2seq import (
     fold_queries,
     lm_logits,
     shared_rows,
+    step_linear,
     unfold_rows,
 )
 
@@ -117,20 +118,21 @@ class BartAttention(nn.Module):
             k, v = cache.cross(self.layer_idx)
         else:
             source = key_value_states if self.is_cross else x
-            k, v = self._split(self.k_proj(source)), self._split(self.v_proj(source))
+            k = self._split(step_linear(self.k_proj, source))
+            v = self._split(step_linear(self.v_proj, source))
             if cache is not None:
                 if self.is_cross:
                     cache.set_cross(self.layer_idx, k, v)
                 else:
                     k, v = cache.update(self.layer_idx, k, v)
         group = shared_rows(x.shape[0], k.shape[0]) if self.is_cross else 1
-        q = fold_queries(self.q_proj(x), group, self.heads)
+        q = fold_queries(step_linear(self.q_proj, x), group, self.heads)
         out, weights = attend(q, k, v, mask, self.dropout_p if self.training else 0.0,
                               need_weights)
         if group > 1 and weights is not None:
             weights = unfold_rows(weights, group)
         # (folded rows: [rows / group, group * n, width] is [rows, n, width] in memory)
-        return self.out_proj(merge_heads(out).view(*x.shape[:2], -1)), weights
+        return step_linear(self.out_proj, merge_heads(out).view(*x.shape[:2], -1)), weights
 
 
 class BartEncoderLayer(nn.Module):
@@ -177,8 +179,9 @@ class BartDecoderLayer(nn.Module):
             attn, w_cross = self.encoder_attn(x, encoder_mask, cache, encoder_states,
                                               need_weights)
             x = self.encoder_attn_layer_norm(x + _drop(attn, self.dropout, self.training))
-        h = _drop(self.act(self.fc1(x)), self.activation_dropout, self.training)
-        x = self.final_layer_norm(x + _drop(self.fc2(h), self.dropout, self.training))
+        h = _drop(self.act(step_linear(self.fc1, x)), self.activation_dropout, self.training)
+        x = self.final_layer_norm(x + _drop(step_linear(self.fc2, h), self.dropout,
+                                            self.training))
         return x, w_self, w_cross
 
 

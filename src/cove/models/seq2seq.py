@@ -98,6 +98,23 @@ def _columns(head: nn.Linear) -> torch.Tensor:
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def step_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x), where x [rows, n, in] goes into a decoder layer's linear.
+
+    In a decoding step of 8 rows or more (one position per row, no gradients, a plain float32
+    nn.Linear on the CPU without hooks) the product goes through oneDNN's GEMM on the weight as
+    it is: with two threads about 1.1x CPU time per 4-beam batch-8 t5-small generate here
+    (1.6-2x on the [32, 512] x [512, 512 or 2048] products alone), with one thread the same as
+    torch's BLAS. Values agree with module(x) to float32 rounding.
+    """
+    if (_ONEDNN and x.dim() == 3 and x.shape[1] == 1 and x.shape[0] >= _ONEDNN_ROWS
+            and type(module) is nn.Linear and not torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dtype == module.weight.dtype == torch.float32
+            and not module._forward_hooks and not module._forward_pre_hooks):
+        return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "none", [], "")
+    return module(x)
+
+
 def lm_logits(head: nn.Module, x: torch.Tensor, cache: EncoderDecoderCache | None
               ) -> torch.Tensor:
     """head(x): the decoder's states [rows, n, width] to vocabulary logits.

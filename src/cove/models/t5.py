@@ -33,6 +33,7 @@ from cove.models.seq2seq import (
     fold_queries,
     lm_logits,
     shared_rows,
+    step_linear,
     unfold_rows,
 )
 
@@ -142,14 +143,14 @@ class T5Attention(nn.Module):
             k, v = cache.cross(self.layer_idx)
         else:
             source = key_value_states if cross else x
-            k, v = self._split(self.k(source)), self._split(self.v(source))
+            k, v = self._split(step_linear(self.k, source)), self._split(step_linear(self.v, source))
             if cache is not None:
                 if cross:
                     cache.set_cross(self.layer_idx, k, v)
                 else:
                     k, v = cache.update(self.layer_idx, k, v)
         group = shared_rows(x.shape[0], k.shape[0]) if cross else 1
-        q = fold_queries(self.q(x), group, self.n_heads)
+        q = fold_queries(step_linear(self.q, x), group, self.n_heads)
         if position_bias is None and self.has_relative_attention_bias:
             position_bias = self.compute_bias(x.shape[1], k.shape[2], past)
         # Cross-attention has no position bias: without a padding mask either, SDPA gets no
@@ -173,7 +174,8 @@ class T5Attention(nn.Module):
         if group > 1 and weights is not None:
             weights = unfold_rows(weights, group)
         # (folded rows: [rows / group, group * n, width] is [rows, n, width] in memory)
-        return self.o(merge_heads(out).view(*x.shape[:2], -1)), position_bias, weights
+        return (step_linear(self.o, merge_heads(out).view(*x.shape[:2], -1)), position_bias,
+                weights)
 
 
 class T5LayerSelfAttention(nn.Module):
@@ -212,7 +214,7 @@ class T5DenseActDense(nn.Module):
         self.act = activation(config.dense_act_fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(_drop(self.dropout, self.act(self.wi(x))))
+        return step_linear(self.wo, _drop(self.dropout, self.act(step_linear(self.wi, x))))
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -225,7 +227,8 @@ class T5DenseGatedActDense(nn.Module):
         self.act = activation(config.dense_act_fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(_drop(self.dropout, self.act(self.wi_0(x)) * self.wi_1(x)))
+        h = self.act(step_linear(self.wi_0, x)) * step_linear(self.wi_1, x)
+        return step_linear(self.wo, _drop(self.dropout, h))
 
 
 class T5LayerFF(nn.Module):
