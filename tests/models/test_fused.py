@@ -219,3 +219,62 @@ def test_a_block_keeps_no_norm_output_and_no_gated_product():
     plain_out, _ = layer(x, rope, None, None, False)  # outside lean_saving: all kept
     for o, p in zip(ours, grads((plain_out * g).sum(), *params), strict=True):
         torch.testing.assert_close(o, p)
+
+
+def test_project_stacks_adapted_and_plain_layers_into_one_output():
+    """Several layers of one input (an adapted one with two adapters and a bias, a frozen
+    plain one, a trainable plain one): the joint output and every gradient equal the layers'
+    own."""
+    torch.manual_seed(0)
+
+    class Adapted(nn.Module):
+        def __init__(self, base, adapters):
+            super().__init__()
+            self.base, self.adapters = base, adapters
+
+        def low_rank_parts(self, x):
+            return self.base.weight, self.base.bias, self.adapters
+
+        def forward(self, x):
+            return self.base(x) + sum((x @ a.T @ b.T) * s for a, b, s in self.adapters)
+
+    factors = [torch.randn(4, 12, requires_grad=True), torch.randn(10, 4, requires_grad=True),
+               torch.randn(2, 12, requires_grad=True), torch.randn(10, 2, requires_grad=True)]
+    adapted = Adapted(nn.Linear(12, 10).requires_grad_(False),
+                      [(factors[0], factors[1], 2.0), (factors[2], factors[3], 0.5)])
+    frozen = nn.Linear(12, 3, bias=False).requires_grad_(False)
+    trained = nn.Linear(12, 5)
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    ours = fused.project(x, (adapted, frozen, trained))
+    plain = torch.cat([adapted(x), frozen(x), trained(x)], -1)
+    torch.testing.assert_close(ours, plain)
+    g = torch.randn_like(plain)
+    wanted = [x, *factors, trained.weight, trained.bias]
+    for o, p in zip(grads((ours * g).sum(), *wanted), grads((plain * g).sum(), *wanted),
+                    strict=True):
+        torch.testing.assert_close(o, p)
+    # plain layers only: no joint path (they keep their own)
+    assert fused.project(x, (frozen, trained)) is None
+
+
+def test_rotary_training_path_equals_the_plain_rotation():
+    from cove.models.rotary import RotaryEmbedding, apply_rotary, rotate_half
+
+    torch.manual_seed(0)
+    cos, sin = RotaryEmbedding({"rope_type": "default", "rope_theta": 1e4}, 8, 64)(
+        torch.arange(6)[None], torch.float32)
+    q = torch.randn(2, 6, 4, 8, requires_grad=True)  # [batch, seq, heads, dim] as projected
+    k = torch.randn(2, 6, 2, 8, requires_grad=True)
+    ours = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    assert "Rotary" in type(ours[0].grad_fn).__name__
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    plain = [x.transpose(1, 2) * c + rotate_half(x.transpose(1, 2)) * s for x in (q, k)]
+    gq, gk = torch.randn_like(plain[0]), torch.randn_like(plain[1])
+    for o, p in zip(ours, plain, strict=True):
+        torch.testing.assert_close(o, p)
+    for o, p in zip(grads((ours[0] * gq).sum() + (ours[1] * gk).sum(), q, k),
+                    grads((plain[0] * gq).sum() + (plain[1] * gk).sum(), q, k), strict=True):
+        torch.testing.assert_close(o, p)
+    with torch.no_grad():  # inference: the plain ops, the same values bit for bit
+        assert torch.equal(apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)[0],
+                           plain[0])

@@ -8,6 +8,7 @@ eval and without gradients, where the callers keep using the plain ops) but save
   nor its gradient ever exists (for a 49k vocabulary that is 0.4 GB per 2048 tokens each).
 - `low_rank_linear`: x @ (W + sum of s * B @ A)^T + bias in one GEMM (LoRA with no dropout),
   saving only x and the thin x @ A^T; the merged weight is rebuilt in the backward pass.
+  `project` does so for several layers of one input (q, k and v; gate and up) at once.
 - `rms_norm`: RMSNorm saving its input and the per-row reciprocal RMS only.
 - `silu_gate`: silu(gate) * up saving gate and up only.
 - `lean_saving` and `remade_on_save`: within a block, a tensor cheap to remake from tensors
@@ -80,11 +81,16 @@ class _HeadLoss(torch.autograd.Function):
         ctx.wanted = ctx.needs_input_grad[5:]
         logits_out = logits_out.view(*lead, logits_out.shape[-1])
         ctx.mark_non_differentiable(logits_out)
+        # the logits take no gradient: without this autograd would hand backward a zero-filled
+        # tensor of their size (0.4 GB for 2048 tokens of a 49k vocabulary)
+        ctx.set_materialize_grads(False)
         return mean, logits_out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor, _grad_logits):
+    def backward(ctx, grad_loss: torch.Tensor | None, _grad_logits):
+        if grad_loss is None:  # (not materialised) the loss took no part in what is derived
+            return (None,) * (5 + len(ctx.wanted))
         saved = list(ctx.saved_tensors)
         grad_hidden = saved.pop(0) * grad_loss if ctx.needs_hidden else None
         grads = iter(saved)
@@ -180,53 +186,128 @@ def _vocab_size(head: nn.Module, hidden: torch.Tensor) -> int:
         return int(head(hidden[:1]).shape[-1])
 
 
-class _LowRankLinear(torch.autograd.Function):
-    """x @ (W + sum_i s_i * B_i @ A_i)^T + bias, saving x and each thin x @ A_i^T."""
+# One linear layer as its parts: weight, bias, and the low-rank adapters (A [r, in],
+# B [out, r], scale) whose scale * B @ A adds to the weight.
+LowRankParts = tuple[torch.Tensor, torch.Tensor | None,
+                     Sequence[tuple[torch.Tensor, torch.Tensor, float]]]
+
+
+class _LowRankLinears(torch.autograd.Function):
+    """Linear layers of one input, x @ (W_j + sum_i s_i * B_i @ A_i)^T + b_j for each layer j,
+    as one GEMM over their stacked merged weights: the output is [..., sum of out_j].
+
+    Saves x and the thin x @ A_i^T of every adapter (one GEMM for all); the merged weights
+    are rebuilt in the backward pass. `plan` holds per layer (out_features, scales), and
+    `tensors` per layer W_j, b_j (or None), then A_i, B_i of each of its adapters.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                scales: tuple[float, ...], *factors: torch.Tensor) -> torch.Tensor:
-        merged = _merge(weight, scales, factors)
+    def forward(ctx, x: torch.Tensor, plan: tuple[tuple[int, tuple[float, ...]], ...],
+                *tensors: torch.Tensor | None) -> torch.Tensor:
+        layers = _layers(plan, tensors)
+        merged = _merge_layers(layers)
+        biases = [b for _, b, _ in layers]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b if b is not None else w.new_zeros(w.shape[0]) for w, b, _ in layers])
         out = F.linear(x, merged, bias)
-        flat = x.reshape(-1, x.shape[-1])
-        # x @ A^T is [tokens, r]: kept rather than recomputed (a pass over x each)
-        thin = [flat @ a.t() if ctx.needs_input_grad[5 + 2 * i] else None
-                for i, a in enumerate(factors[0::2])]
-        ctx.scales = scales
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight, *factors, *thin)
+        # x @ A^T ([tokens, r] per adapter) for the B whose gradient is wanted: kept, not
+        # recomputed (a pass over x), and made for all adapters by one GEMM
+        needs = ctx.needs_input_grad[2:]
+        wanted_b = [a for (a, _, _), at in zip(_adapters(layers), _adapter_places(plan),
+                                               strict=True) if needs[at + 1]]
+        thin = (x.reshape(-1, x.shape[-1]) @ torch.cat(wanted_b).t()) if wanted_b else None
+        ctx.plan = plan
+        ctx.save_for_backward(x, thin, *tensors)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, weight, *rest = ctx.saved_tensors
-        n = len(ctx.scales)
-        factors, thin = rest[:2 * n], rest[2 * n:]
+        x, thin, *tensors = ctx.saved_tensors
+        layers = _layers(ctx.plan, tensors)
         g = grad.reshape(-1, grad.shape[-1])
         flat = x.reshape(-1, x.shape[-1])
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g @ _merge(weight, ctx.scales, factors)).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_weight = g.t() @ flat
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = g.sum(0)
-        grad_factors: list[torch.Tensor | None] = []
-        for i, scale in enumerate(ctx.scales):
-            b = factors[2 * i + 1]
-            want_a, want_b = ctx.needs_input_grad[4 + 2 * i], ctx.needs_input_grad[5 + 2 * i]
-            grad_factors.append(((g @ b).t() @ flat) * scale if want_a else None)
-            grad_factors.append((g.t() @ thin[i]) * scale if want_b else None)
-        return (grad_x, grad_weight, grad_bias, None, *grad_factors)
+        needs = ctx.needs_input_grad[2:]
+        grads: dict[int, torch.Tensor] = {}  # position in `tensors` -> its gradient
+        grad_x = (g @ _merge_layers(layers)).view(x.shape) if ctx.needs_input_grad[0] else None
+        # the scaled g_j @ B_i of every adapter whose A wants a gradient: stacked, so that
+        # all the A gradients come from one GEMM with x
+        scaled_gb, a_places, thin_col, row, place = [], [], 0, 0, 0
+        for w, _bias, adapters in layers:
+            g_j = g[:, row:row + w.shape[0]]
+            if needs[place]:
+                grads[place] = g_j.t() @ flat
+            if needs[place + 1]:
+                grads[place + 1] = g_j.sum(0)
+            place += 2
+            for a, b_i, scale in adapters:
+                if needs[place]:
+                    scaled_gb.append((g_j @ b_i).mul_(scale))
+                    a_places.append(place)
+                if needs[place + 1]:
+                    rank = a.shape[0]
+                    grads[place + 1] = (g_j.t() @ thin[:, thin_col:thin_col + rank]).mul_(scale)
+                    thin_col += rank
+                place += 2
+            row += w.shape[0]
+        if scaled_gb:
+            stacked = torch.cat(scaled_gb, 1).t() @ flat
+            for chunk, at in zip(stacked.split([t.shape[1] for t in scaled_gb]), a_places,
+                                 strict=True):
+                grads[at] = chunk
+        return (grad_x, None, *(grads.get(i) for i in range(len(tensors))))
 
 
-def _merge(weight: torch.Tensor, scales: Sequence[float],
-           factors: Sequence[torch.Tensor]) -> torch.Tensor:
-    merged = weight
-    for scale, a, b in zip(scales, factors[0::2], factors[1::2], strict=True):
-        merged = torch.addmm(merged, b, a, alpha=scale)
+def _layers(plan, tensors) -> list[LowRankParts]:
+    layers, at = [], 0
+    for _out, scales in plan:
+        w, b = tensors[at], tensors[at + 1]
+        factors = tensors[at + 2:at + 2 + 2 * len(scales)]
+        layers.append((w, b, list(zip(factors[0::2], factors[1::2], scales, strict=True))))
+        at += 2 + 2 * len(scales)
+    return layers
+
+
+def _adapters(layers: Sequence[LowRankParts]):
+    return [adapter for _, _, adapters in layers for adapter in adapters]
+
+
+def _adapter_places(plan) -> list[int]:
+    """Where each adapter's A is in the flat `tensors` (its B follows)."""
+    places, at = [], 0
+    for _out, scales in plan:
+        places += [at + 2 + 2 * i for i in range(len(scales))]
+        at += 2 + 2 * len(scales)
+    return places
+
+
+def _merge_layers(layers: Sequence[LowRankParts]) -> torch.Tensor:
+    """The layers' merged weights W_j + sum of s * B @ A, stacked by rows."""
+    if len(layers) == 1:
+        merged = layers[0][0]
+        for a, b, scale in layers[0][2]:
+            merged = torch.addmm(merged, b, a, alpha=scale)
+        return merged
+    first = layers[0][0]
+    merged = first.new_empty((sum(w.shape[0] for w, _, _ in layers), first.shape[1]))
+    row = 0
+    for w, _, adapters in layers:
+        rows = merged[row:row + w.shape[0]]
+        if not adapters:
+            rows.copy_(w)
+        for i, (a, b, scale) in enumerate(adapters):
+            # written straight into the stacked weight: no merged copy per layer
+            torch.addmm(w if i == 0 else rows, b, a, alpha=scale, out=rows)
+        row += w.shape[0]
     return merged
+
+
+def _apply(x: torch.Tensor, layers: Sequence[LowRankParts]) -> torch.Tensor:
+    plan = tuple((w.shape[0], tuple(float(s) for _, _, s in adapters))
+                 for w, _, adapters in layers)
+    tensors = [t for w, b, adapters in layers
+               for t in (w, b, *(f for a, b_i, _ in adapters for f in (a, b_i)))]
+    return _LowRankLinears.apply(x, plan, *tensors)
 
 
 def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -235,9 +316,28 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """x @ (W + sum of scale * B @ A)^T + bias for (A [r, in], B [out, r], scale) adapters:
     one GEMM instead of the base one plus two thin ones, a scale and an add per adapter, and
     only x (shared by every projection of the same input) and x @ A^T kept for backward."""
-    scales = tuple(float(s) for _, _, s in adapters)
-    factors = [t for a, b, _ in adapters for t in (a, b)]
-    return _LowRankLinear.apply(x, weight, bias, scales, *factors)
+    return _apply(x, [(weight, bias, adapters)])
+
+
+def low_rank_parts(layer: nn.Module, x: torch.Tensor) -> LowRankParts | None:
+    """A layer as weight, bias and adapters, when it is x @ (W + sum of s * B @ A)^T + b in
+    x's dtype: a plain nn.Linear, or a layer whose `low_rank_parts(x)` says so (an adapter
+    layer, without dropout); None otherwise."""
+    if type(layer) is nn.Linear:
+        return (layer.weight, layer.bias, ()) if layer.weight.dtype == x.dtype else None
+    parts = getattr(layer, "low_rank_parts", None)
+    return parts(x) if callable(parts) else None
+
+
+def project(x: torch.Tensor, layers: Sequence[nn.Module]) -> torch.Tensor | None:
+    """The outputs of several linear layers of the same input, side by side in one tensor
+    [..., sum of their out_features], by one GEMM (and one for their adapters' x @ A^T),
+    when every layer is low-rank adapted or plain (see `low_rank_parts`); None otherwise,
+    or when no layer has an adapter (plain layers keep their own path)."""
+    parts = [low_rank_parts(layer, x) for layer in layers]
+    if any(p is None for p in parts) or not any(adapters for _, _, adapters in parts):
+        return None
+    return _apply(x, parts)
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -279,17 +379,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class _SiLUGate(torch.autograd.Function):
-    """silu(gate) * up, saving gate and up (not silu's output nor the product)."""
+    """silu(gate) * up, saving gate and up (not silu's output nor the product). The inputs
+    are gate and up, or one tensor holding gate then up in its last dimension (a joint
+    projection's output), whose gradient is then made as one tensor too."""
 
     @staticmethod
-    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+    def forward(ctx, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(*inputs)
+        gate, up = inputs if len(inputs) == 2 else inputs[0].chunk(2, -1)
+        return F.silu(gate).mul_(up)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        gate, up = ctx.saved_tensors
+        inputs = ctx.saved_tensors
+        if len(inputs) == 1:
+            grad_joined = torch.empty_like(inputs[0])
+            grad_gate, grad_up = grad_joined.chunk(2, -1)
+            gate, up = inputs[0].chunk(2, -1)
+            torch.mul(grad, F.silu(gate), out=grad_up)
+            torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+            return grad_joined
+        gate, up = inputs
         grad_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
         # silu's own backward kernel: one pass instead of the five of its formula
         grad_gate = torch.ops.aten.silu_backward(grad * up, gate) \
@@ -297,9 +408,10 @@ class _SiLUGate(torch.autograd.Function):
         return grad_gate, grad_up
 
 
-def silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for training, keeping only gate and up for the backward pass."""
-    return _SiLUGate.apply(gate, up)
+def silu_gate(gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(gate) * up for training, keeping only gate and up for the backward pass. Without
+    `up`, `gate` holds gate then up side by side in its last dimension."""
+    return _SiLUGate.apply(gate) if up is None else _SiLUGate.apply(gate, up)
 
 
 class _Recipe:

@@ -16,6 +16,7 @@ from cove.models.fused import (
     lean,
     lean_saving,
     lm_head_loss,
+    project,
     remade_on_save,
     rms_norm,
     silu_gate,
@@ -446,10 +447,16 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_fn is F.silu and lean():
             # Training: keep gate and up only; the down projection's saved input (the
-            # product) is remade from them in the backward pass.
-            gate, up = self.gate_proj(x), self.up_proj(x)
-            product = silu_gate(gate, up)
-            remade_on_save(product, lambda: F.silu(gate) * up)
+            # product) is remade from them in the backward pass. Adapted gate and up
+            # projections run as one GEMM, their outputs side by side.
+            joined = project(x, (self.gate_proj, self.up_proj))
+            if joined is None:
+                gate, up = self.gate_proj(x), self.up_proj(x)
+                product = silu_gate(gate, up)
+            else:
+                gate, up = joined.chunk(2, -1)
+                product = silu_gate(joined)
+            remade_on_save(product, lambda: F.silu(gate).mul_(up))
             return self.down_proj(product)
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 

@@ -12,7 +12,6 @@ saved config.json names the right architecture.
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar
 
 import torch
@@ -193,7 +192,7 @@ class LlamaAttention(nn.Module):
         b, s, _ = x.shape
         projections = (self.q_proj, self.k_proj, self.v_proj)
         # training with adapters: the three projections as one GEMM, outputs side by side
-        joined = project(x, projections) if lean() and not os.environ.get("H13_NOQKV") else None
+        joined = project(x, projections) if lean() else None
         q, k, v = (p(x) for p in projections) if joined is None else \
             joined.split([p.out_features for p in projections], -1)
         q = q.view(b, s, -1, self.head_dim)

@@ -145,6 +145,37 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _turn_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               sign: float) -> torch.Tensor:
+    """out = x * cos + sign * rotate_half(x) * sin, without rotate_half's negated copy and
+    concatenation: the product, then each half's rotated term added in place. With sign -1
+    it is the rotation's transpose (the backward pass: its sin has equal halves)."""
+    half = x.shape[-1] // 2
+    torch.mul(x, cos, out=out)
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-sign)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:], value=sign)
+    return out
+
+
+class _Rotary(torch.autograd.Function):
+    """The rotation of queries and keys in one node, saving only cos and sin."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(cos, sin)
+        return (_turn_into(torch.empty_like(q), q, cos, sin, 1.0),
+                _turn_into(torch.empty_like(k), k, cos, sin, 1.0))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_q: torch.Tensor | None, grad_k: torch.Tensor | None):
+        cos, sin = ctx.saved_tensors
+        # the transposed rotation turns the other way
+        return tuple(None if g is None else _turn_into(torch.empty_like(g), g, cos, sin, -1.0)
+                     for g in (grad_q, grad_k)) + (None, None)
+
+
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate [batch, heads, seq, head_dim] queries and keys; cos/sin are [batch, seq, rot_dim].
@@ -153,6 +184,11 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     """
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     rot = cos.shape[-1]
+    if (rot == q.shape[-1] and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+            and not (cos.requires_grad or sin.requires_grad)):
+        # Training: a few in-place passes per tensor instead of rotate_half's negation,
+        # concatenation, two products and a sum, and as few again in the backward pass.
+        return _Rotary.apply(q, k, cos, sin)
 
     def turn(x: torch.Tensor) -> torch.Tensor:
         if rot == x.shape[-1]:

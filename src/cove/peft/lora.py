@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cove.models.fused import low_rank_linear
+from cove.models.fused import LowRankParts, low_rank_linear
 from cove.peft.config import LoraConfig
 from cove.peft.tuners import (
     BaseTuner,
@@ -222,18 +222,27 @@ class Linear(nn.Module, LoraLayer):
             and self.lora_A[n].weight.dtype == dtype and self.lora_B[n].weight.dtype == dtype
             for n in names)
 
+    def low_rank_parts(self, x: torch.Tensor) -> LowRankParts | None:
+        """This layer as base weight, bias and (A, B, scale) per active adapter, when it is
+        that plain sum for input `x` (see `_fusable`): how a model's training forward runs it,
+        alone or stacked with the other projections of the same input, as one GEMM."""
+        if self.disable_adapters or self.merged:
+            return None
+        names = [n for n in self.active_adapters if n in self.lora_A]
+        if not self._fusable(x, names):
+            return None
+        return self.base_layer.weight, self.base_layer.bias, [
+            (self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in names]
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters or self.merged:
             return self.base_layer(x, *args, **kwargs)
         if torch.is_grad_enabled() and not args and not kwargs:
-            names = [n for n in self.active_adapters if n in self.lora_A]
-            if self._fusable(x, names):
+            parts = self.low_rank_parts(x)
+            if parts is not None:
                 # Training: one GEMM with W + s * B @ A, keeping only x (and x @ A^T) for the
                 # backward pass, instead of the base GEMM, two thin ones, a scale and an add.
-                base = self.base_layer
-                return low_rank_linear(x, base.weight, base.bias, [
-                    (self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n])
-                    for n in names])
+                return low_rank_linear(x, *parts)
         result = self.base_layer(x, *args, **kwargs)
         out_dtype = result.dtype
         for name in self.active_adapters:
