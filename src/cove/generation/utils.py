@@ -831,7 +831,9 @@ class GenerationMixin:
         length = prompt_len
         out = runner.prefill()
         while True:
-            logits = out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+            # (log_softmax writes a tensor of its own: float32 logits are not copied first, a
+            # [rows, vocab] copy per step for nothing)
+            logits = out.logits[:, -1, :].float()
             log_probs = F.log_softmax(logits, dim=-1)
             flat = running[:, :, :length].reshape(rows, length)
             log_probs = processors(flat, log_probs)
