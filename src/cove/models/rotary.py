@@ -148,12 +148,16 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def _turn_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                sign: float) -> torch.Tensor:
     """out = x * cos + sign * rotate_half(x) * sin, without rotate_half's negated copy and
-    concatenation: the product, then each half's rotated term added in place. With sign -1
-    it is the rotation's transpose (the backward pass: its sin has equal halves)."""
+    concatenation: the product, then each half's rotated term added in place (through one
+    half-size buffer; not addcmul, whose fused multiply-add would round otherwise than the
+    inference path). With sign -1 it is the rotation's transpose (the backward pass: its sin
+    has equal halves)."""
     half = x.shape[-1] // 2
     torch.mul(x, cos, out=out)
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-sign)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:], value=sign)
+    term = torch.mul(x[..., half:], sin[..., :half])
+    (out[..., :half].sub_ if sign > 0 else out[..., :half].add_)(term)
+    torch.mul(x[..., :half], sin[..., half:], out=term)
+    (out[..., half:].add_ if sign > 0 else out[..., half:].sub_)(term)
     return out
 
 
