@@ -7,7 +7,9 @@ min_new_tokens = max_new_tokens), greedy and beam search with 4 beams, batch 1 a
 libraries alternate A B A B. tokens/s = batch x NEW / the whole generate call (the encoder
 included). Goal: >= 1.3x transformers (the encoder runs once; each layer's cross-attention
 keys and values are computed once per prompt, not per beam, and a prompt's beams attend to them
-together; the LM head's weight is read in the order that streams fastest for a few rows).
+together; the LM head's weight is read in the order that streams fastest for a few rows, and
+in decoding steps of 8 rows or more the LM head and the decoder layers' linears go through
+oneDNN's GEMM; a beam reorder moves all layers' cache rows at once).
 COVE_BENCH_THREADS=1 gives steadier ratios on a loaded machine (two OpenMP threads stall when
 other processes hold the cores).
 """
