@@ -15,7 +15,8 @@ forward writes into it through `update` (the KVCache interface), the steps in pl
 `fast_decoder` says None, and generate keeps the module forward, when the step would not be
 the module's: kernels off (COVE_KERNELS=0) or not built, not on the CPU, gradients on,
 attentions or hidden states asked for, more than 8 rows, a dtype other than float32 or
-bfloat16, hooks or adapters (LoRA's layer types) on the modules, a layer type other than
+bfloat16, plain bfloat16 Linear layers (their module forward rounds as transformers does, and
+its greedy answers are transformers'), hooks or adapters (LoRA's layer types) on the modules, a layer type other than
 Llama's, a sliding window that would cut, dynamic rope past the trained length, dropout in
 training mode.
 """
@@ -147,6 +148,12 @@ def _why_not(model: nn.Module, rows: int, max_length: int, max_position: int,
         return "the config asks for attentions or hidden states"
     if model.dtype not in _DTYPES:
         return f"dtype {model.dtype}"
+    if any(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 for m in model.modules()):
+        # The module forward rounds each op's output to bfloat16 as transformers does, and
+        # greedy answers then equal transformers'; the kernels' float32 activations drift
+        # from them after some tens of tokens. (Weight-only and GGUF layers computing in
+        # bfloat16 have no such reference and take the kernels.)
+        return "bfloat16 linear layers"
     if any(p.device.type != "cpu" for p in model.parameters()):
         return "parameters off the CPU"
     if model.training and config.attention_dropout:
