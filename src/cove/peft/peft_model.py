@@ -522,6 +522,10 @@ class PeftModelForCausalLM(PeftModel, GenerationMixin):
     """A causal LM with adapters: forward, and generate (virtual tokens included)."""
 
     prompt_learning_ok = True
+    # generate reaches this model only with virtual tokens in force (else the base model's
+    # generate runs): they take cache positions the base model's kernel steps don't know of,
+    # so its steps run through this forward.
+    fast_decoder = None
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
