@@ -8,7 +8,7 @@ weight tensors (float32, bfloat16, or the weight-only int8/int4 and GGUF layers)
 float32 activations. A torch forward of one token issues thousands of small ops (5,484 for
 SmolLM2-135M); this issues a handful.
 
-The keys and values live in a `StaticKVCache`: one tensor [layers, 2, rows, kv_heads,
+The keys and values live in a `StaticKVCache` (a KVCache): one tensor [layers, 2, rows, kv_heads,
 max_length, head_dim] in the model's dtype, allocated for the whole generation. The prompt's
 forward writes into it through `update` (the KVCache interface), the steps in place.
 
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cove import kernels
+from cove.models.cache import KVCache
 from cove.models.outputs import CausalLMOutputWithPast
 
 log = logging.getLogger("cove.models")
@@ -38,52 +39,18 @@ log = logging.getLogger("cove.models")
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
-class StaticKVCache:
-    """Every layer's keys and values in one preallocated tensor, written in place.
+class StaticKVCache(KVCache):
+    """A KVCache whose one block of every layer's keys and values the kernels' decoding steps
+    write in place.
 
-    `storage` is [layers, 2, batch, kv_heads, max_length, head_dim]. It reads as a KVCache to
-    the model's forward (`update`, `length`, `keys`, `values`, `reorder`), so the prompt fills
-    it directly; the decoding steps then write slot `length` of every layer and `advance`.
+    `storage` is that block, [layers, 2, batch, kv_heads, max_length, head_dim]. The prompt's
+    forward fills it through `update`; each decoding step writes slot `length` of every layer,
+    then `advance`s. Its row count is fixed: the kernels' Decoder steps over it as built.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int,
-                 max_length: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> None:
-        self.storage = torch.zeros(num_layers, 2, batch_size, num_kv_heads, max_length,
-                                   head_dim, dtype=dtype, device=device)
-        self.lengths = [0] * num_layers
-        self.max_length = max_length
-
     @property
-    def keys(self) -> list[torch.Tensor]:
-        """Each layer's key slots, [batch, kv_heads, max_length, head_dim] (views)."""
-        return list(self.storage[:, 0].unbind(0))
-
-    @property
-    def values(self) -> list[torch.Tensor]:
-        """Each layer's value slots, [batch, kv_heads, max_length, head_dim] (views)."""
-        return list(self.storage[:, 1].unbind(0))
-
-    @property
-    def length(self) -> int:
-        """Positions cached so far (as seen by the first layer)."""
-        return self.lengths[0]
-
-    def get_seq_length(self, layer: int = 0) -> int:  # transformers' name
-        return self.lengths[layer]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.lengths[layer]
-        end = start + k.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"The KV cache holds {self.max_length} positions; "
-                             f"{end} were asked for. Allocate a larger cache.")
-        kv = self.storage[layer]
-        kv[0, :, :, start:end] = k
-        kv[1, :, :, start:end] = v
-        self.lengths[layer] = end
-        return kv[0, :, :, :end], kv[1, :, :, :end]
+    def storage(self) -> torch.Tensor:
+        return self._block
 
     def advance(self) -> None:
         """Count the slot a decoding step wrote in every layer."""
@@ -95,12 +62,10 @@ class StaticKVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows `index` names, in that order (beam search)."""
-        index = index.reshape(-1).long().to(self.storage.device)
-        if index.numel() != self.storage.shape[2]:
+        if index.numel() != self._block.shape[2]:
             raise ValueError(f"reorder: {index.numel()} rows for a cache of "
-                             f"{self.storage.shape[2]}; a StaticKVCache keeps its row count.")
-        filled = self.storage[:, :, :, :, :max(self.lengths)]
-        filled.copy_(filled.index_select(2, index))
+                             f"{self._block.shape[2]}; a StaticKVCache keeps its row count.")
+        super().reorder(index)
 
 
 def _plain_forward(module: nn.Module) -> bool:
