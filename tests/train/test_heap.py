@@ -49,8 +49,9 @@ def test_steady_heap_reuses_pages_and_releases_them_on_exit():
                          text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     r = json.loads(out.stdout.strip().splitlines()[-1])
     pages_per_round = 6 * (12 << 20) // 4096
-    # glibc's defaults give the blocks back and fault them in again in most rounds
-    assert r["default"] > 3 * pages_per_round, r
+    # glibc's defaults give the blocks back and fault them in again in later rounds (how
+    # many depends on its dynamic thresholds: from 2.3 to 8 rounds' worth between runs here)
+    assert r["default"] > pages_per_round, r
     # inside, the pages are reused: a few stray faults, not a round's worth
     assert r["steady"] < pages_per_round // 10, r
     # freed but kept while inside; handed back on leaving
