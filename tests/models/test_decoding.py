@@ -1,9 +1,9 @@
 """Llama-family decoding steps through cove.kernels' Decoder (cove.models.decoding) against
 the module forward they replace: generate's per-step logits (float32: within 1e-5 of the
-logits' magnitude) and tokens on left-padded batches of 1 and 8 rows, grouped-query attention,
-Qwen2's biases, Qwen3's q/k norms, SmolLM3's NoPE layers, scaled rotary embeddings, bfloat16,
-the weight-only int8/int4 layers and beam search; the cases that keep the module forward; and
-the kernels' refusal of bad input.
+logits' magnitude; bfloat16: equal) and tokens on left-padded batches of 1 and 8 rows,
+grouped-query attention, Qwen2's biases, Qwen3's q/k norms, SmolLM3's NoPE layers, scaled
+rotary embeddings, the weight-only int8/int4 layers and beam search; the cases that keep the
+module forward; and the kernels' refusal of bad input.
 """
 
 from __future__ import annotations
@@ -93,28 +93,31 @@ def test_steps_match_the_module_forward(name, rows, monkeypatch):
     assert torch.equal(fast.sequences, plain.sequences)
 
 
-def test_bfloat16_steps(monkeypatch):
-    """A bfloat16 model of plain Linears keeps the module forward (its bfloat16 rounding is
-    transformers'); the Decoder itself takes bfloat16 weights and cache with float32
-    activations: close to the module's logits at bfloat16's precision."""
-    model = model_of("llama", torch.bfloat16)
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("rows", [1, 8])
+def test_bfloat16_steps_equal_the_module_forward(name, rows, monkeypatch):
+    """A bfloat16 model's kernel steps round where its module forward does: the same logits
+    bit for bit (so the same greedy answers as transformers, which the module's are)."""
+    model = model_of(name, torch.bfloat16)
     with torch.no_grad():
-        assert plan(model) is None
-    monkeypatch.setattr(decoding, "_why_not", lambda *a: None)
-    fast, plain = both(model, monkeypatch, *prompts(3))
+        assert isinstance(plan(model), FastDecoder)
+    fast, plain = both(model, monkeypatch, *prompts(rows))
     assert fast.past_key_values.storage.dtype == torch.bfloat16
-    assert_logits_close(fast, plain, 2**-4)
+    assert_logits_close(fast, plain, 0.0)
+    assert torch.equal(fast.sequences, plain.sequences)
 
 
 @pytest.mark.parametrize("quant", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(group_size=32)],
                          ids=["int8", "int4"])
-def test_weight_only_layers(quant, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_only_layers(quant, dtype, monkeypatch):
     from cove.models.weight_only import quantize_model
 
-    model = model_of("llama")
+    model = model_of("llama", dtype)
     quantize_model(model, TorchAoConfig(quant))
     fast, plain = both(model, monkeypatch, *prompts(2))
-    assert_logits_close(fast, plain, 1e-5)  # the same kernels per layer, float32 between
+    # the same kernels per layer; float32 between them, or bfloat16 rounded as the module does
+    assert_logits_close(fast, plain, 1e-5 if dtype == torch.float32 else 0.0)
     assert torch.equal(fast.sequences, plain.sequences)
 
 

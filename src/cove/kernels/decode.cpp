@@ -11,9 +11,20 @@
 //   attention of each query head over its kv head's keys 0..length (grouped-query; keys the
 //   attention mask zeroes are skipped: left padding); h += o_proj(attention); then
 //   h += down(silu(gate(b)) * up(b)) with b = RMSNorm(h). Finally RMSNorm and the LM head.
-// Activations and sums are float32; weights are read in their stored kinds (gemv.h's Lin:
-// float32, bfloat16, int8, int4) and the cache is float32 or bfloat16 (the model's dtype).
-// The weights are the model's own tensors (no copies); norm weights are float32.
+// Weights are read in their stored kinds (gemv.h's Lin: float32, bfloat16, int8, int4) and
+// are the model's own tensors (no copies); norm weights are float32 copies.
+//
+// Two arithmetics, chosen by the embeddings' dtype:
+//   float32 (a float32 model): activations and sums in float32 throughout.
+//   bfloat16 (a bfloat16 model): every value the module forward (Cove's, which is
+//   transformers') holds as a bfloat16 tensor is rounded to bfloat16 (nearest even) at the
+//   same point, so greedy answers stay the module's: the embedding row; RMSNorm as
+//   x * rsqrt(mean(x^2) + eps) rounded, then times the weight rounded, its mean summed in
+//   ATen's order; each linear's output (float32 sums, rounded once, as the kernels' module
+//   path computes it); rotary products and their sum each rounded; the residual adds;
+//   silu(gate) and its product with up; the logits. Attention and SiLU are torch's own ops on
+//   the module's shapes (its attention keeps the unnormalised probabilities in bfloat16
+//   before P @ V and its SiLU uses its own exp; copying those would be copying their kernels).
 #include "gemv.h"
 
 #include <ATen/Parallel.h>
@@ -91,6 +102,108 @@ void rotate(float* x, const float* c, const float* s, int64_t rot) {
     x[i + half] = b * c[i + half] + a * s[i + half];
   }
 }
+
+// -- the bfloat16 arithmetic's pieces -------------------------------------------------------
+// No multiply-add contraction here: each product and sum rounds as torch's separate ops do.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+// v rounded to bfloat16 (nearest even), kept as a float: what a bfloat16 tensor stores.
+inline float rb(float v) { return static_cast<float>(c10::BFloat16(v)); }
+
+// p[0..n) rounded to bfloat16 in place.
+void round_bf16(float* p, int64_t n) {
+  int64_t i = 0;
+#ifdef COVE_AVX512
+  // c10's rounding: add 0x7fff plus the kept part's lowest bit, drop the low 16 bits
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff),
+                high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(p + i);
+    const __m512i b = _mm512_castps_si512(v);
+    __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(bias, _mm512_and_si512(
+                                                         _mm512_srli_epi32(b, 16), one)));
+    r = _mm512_and_si512(r, high);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    _mm512_storeu_ps(p + i, _mm512_mask_mov_ps(_mm512_castsi512_ps(r), nan, v));
+  }
+#endif
+  for (; i < n; ++i) p[i] = rb(p[i]);
+}
+
+// ATen's utils::CeilLog2 (1 for x <= 2).
+int64_t ceil_log2(int64_t x) {
+  int64_t r = 1;
+  while ((int64_t(1) << r) < x) ++r;
+  return r;
+}
+
+// The float32 sum of x[0..n) in the order ATen's CPU sum kernel adds a contiguous row
+// (cascade_sum's inner reduction: 8-lane vectors in four interleaved partial sums, chunked
+// into levels for long rows; then the scalar tail and the lanes one by one), so RMSNorm's
+// mean of squares is the module's bit for bit. ATen reduces float32 rows in 8 lanes on x86
+// (its AVX2 kernel, which the AVX512 dispatch shares); measured equal over random rows.
+float aten_row_sum(const float* x, int64_t n) {
+  constexpr int L = 8, ILP = 4, LEVELS = 4;
+  const int64_t vecs = n / L, rows = vecs / ILP;
+  float acc[LEVELS][ILP][L] = {};
+  auto add = [](float* a, const float* b) {
+    for (int l = 0; l < L; ++l) a[l] += b[l];
+  };
+  const int64_t power = std::max<int64_t>(4, ceil_log2(rows) / LEVELS);
+  const int64_t step = int64_t(1) << power, mask = step - 1;
+  int64_t i = 0;
+  while (i + step <= rows) {
+    for (int64_t j = 0; j < step; ++j, ++i)
+      for (int k = 0; k < ILP; ++k) add(acc[0][k], x + (i * ILP + k) * L);
+    for (int lv = 1; lv < LEVELS; ++lv) {
+      for (int k = 0; k < ILP; ++k) {
+        add(acc[lv][k], acc[lv - 1][k]);
+        std::fill(acc[lv - 1][k], acc[lv - 1][k] + L, 0.0f);
+      }
+      if ((i & (mask << (lv * power))) != 0) break;
+    }
+  }
+  for (; i < rows; ++i)
+    for (int k = 0; k < ILP; ++k) add(acc[0][k], x + (i * ILP + k) * L);
+  for (int lv = 1; lv < LEVELS; ++lv)
+    for (int k = 0; k < ILP; ++k) add(acc[0][k], acc[lv][k]);
+  for (int64_t v = rows * ILP; v < vecs; ++v) add(acc[0][0], x + v * L);
+  for (int k = 1; k < ILP; ++k) add(acc[0][0], acc[0][k]);
+  float total = 0.0f;
+  for (int64_t k = vecs * L; k < n; ++k) total += x[k];
+  for (int l = 0; l < L; ++l) total += acc[0][0][l];
+  return total;
+}
+
+// RMSNorm of a bfloat16 row as the module computes it: x * rsqrt(mean(x^2) + eps) in
+// float32, rounded; times the (bfloat16) weight, rounded. `squares`: n floats of scratch.
+void rms_norm_bf16(const float* x, const float* w, float eps, int64_t n, float* out,
+                   float* squares) {
+  for (int64_t i = 0; i < n; ++i) squares[i] = x[i] * x[i];
+  const float mean = aten_row_sum(squares, n) / static_cast<float>(n);
+  const float r = 1.0f / std::sqrt(mean + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = rb(w[i] * rb(x[i] * r));
+}
+
+// The rotary embedding as the module computes it in bfloat16: x * cos and
+// rotate_half(x) * sin each rounded, then their sum (c, s: the bfloat16 tables' values).
+void rotate_bf16(float* x, const float* c, const float* s, int64_t rot) {
+  const int64_t half = rot / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    x[i] = rb(rb(a * c[i]) - rb(b * s[i]));
+    x[i + half] = rb(rb(b * c[i + half]) + rb(a * s[i + half]));
+  }
+}
+
+// h = bfloat16(h + d), element by element (a residual add of two bfloat16 tensors).
+void add_bf16(float* h, const float* d, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] = h[i] + d[i];
+  round_bf16(h, n);
+}
+
+#pragma GCC pop_options
 
 at::Tensor float_vector(const at::Tensor& t, int64_t n, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
@@ -189,6 +302,12 @@ class Decoder {
     }
     at::Tensor xf = x.to(at::kFloat).contiguous();
     at::Tensor logits = at::empty({M, head_.N}, xf.options());
+    if (x.scalar_type() == at::kBFloat16) {
+      TORCH_CHECK(cache.scalar_type() == at::kBFloat16, "cove decoder: bfloat16 embeddings "
+                  "take a bfloat16 cache, not ", cache.scalar_type());
+      run_bf16(xf, cache, pos, cos, sin, keep, length, logits);
+      return logits.to(at::kBFloat16);
+    }
     if (cache.scalar_type() == at::kFloat) {
       run(xf, cache.data_ptr<float>(), cache.size(4), pos, cos, sin, keep, length, logits);
     } else {
@@ -274,6 +393,122 @@ class Decoder {
       rms_norm(&h[m * H], norm_.data_ptr<float>(), eps_, H, &a[m * H]);
     const Job head_job{&head_, logits.data_ptr<float>(), head_.N};
     cove::run_jobs(&head_job, 1, a.data(), M);
+  }
+
+  // The step in the bfloat16 arithmetic (see the top). logits: float32 [M, vocab], holding
+  // bfloat16 values.
+  void run_bf16(const at::Tensor& xf, const at::Tensor& cache, const int64_t* pos,
+                const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keep,
+                int64_t length, at::Tensor& logits) const {
+    const int64_t M = xf.size(0), H = hidden_, D = dim_, I = inter_;
+    const int64_t qw = heads_ * D, kvw = kv_heads_ * D, width = qw + 2 * kvw;
+    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_, n = length + 1;
+    const float* cos_p = cos.data_ptr<float>();
+    const float* sin_p = sin.data_ptr<float>();
+    at::BFloat16* cache_p = cache.data_ptr<at::BFloat16>();
+    const int64_t T_ = cache.size(4), slab = M * kv_heads_ * T_ * D;
+    // the module's scale: head_dim ** -0.5 as Python computes it
+    const double scale = std::pow(static_cast<double>(D), -0.5);
+    const at::Tensor mask = attention_mask(keep, M, n);
+    const auto bf16 = xf.options().dtype(at::kBFloat16);
+    // attention's query [M, kv_heads, groups, D] and SiLU's input [M, I], as the module has them
+    at::Tensor q4 = at::empty({M, kv_heads_, groups, D}, bf16);
+    at::Tensor gate = at::empty({M, I}, bf16);
+
+    std::vector<float> h(xf.data_ptr<float>(), xf.data_ptr<float>() + M * H);
+    std::vector<float> a(M * H), qkv(M * width), att(M * qw), tmp(M * H), gu(M * 2 * I),
+        act(M * I), squares(std::max(H, D));
+    for (size_t li = 0; li < layers_.size(); ++li) {
+      const Layer& l = layers_[li];
+      at::BFloat16* kcache = cache_p + li * 2 * slab;
+      at::BFloat16* vcache = kcache + slab;
+      for (int64_t m = 0; m < M; ++m)
+        rms_norm_bf16(&h[m * H], l.in_norm.data_ptr<float>(), eps_, H, &a[m * H],
+                      squares.data());
+      const Job qkv_jobs[3] = {{&l.q, qkv.data(), width}, {&l.k, qkv.data() + qw, width},
+                               {&l.v, qkv.data() + qw + kvw, width}};
+      cove::run_jobs(qkv_jobs, 3, a.data(), M);
+      round_bf16(qkv.data(), M * width);
+      at::BFloat16* q_out = q4.data_ptr<at::BFloat16>();
+      for (int64_t m = 0; m < M; ++m) {
+        float* qm = &qkv[m * width];
+        float* km = qm + qw;
+        const float* vm = km + kvw;
+        if (l.q_norm.defined()) {
+          for (int64_t hd = 0; hd < heads_; ++hd)
+            rms_norm_bf16(qm + hd * D, l.q_norm.data_ptr<float>(), eps_, D, qm + hd * D,
+                          squares.data());
+          for (int64_t g = 0; g < kv_heads_; ++g)
+            rms_norm_bf16(km + g * D, l.k_norm.data_ptr<float>(), eps_, D, km + g * D,
+                          squares.data());
+        }
+        if (l.rope) {
+          const float* c = cos_p + pos[m] * rot;
+          const float* s = sin_p + pos[m] * rot;
+          for (int64_t hd = 0; hd < heads_; ++hd) rotate_bf16(qm + hd * D, c, s, rot);
+          for (int64_t g = 0; g < kv_heads_; ++g) rotate_bf16(km + g * D, c, s, rot);
+        }
+        store(q_out + m * qw, qm, qw);  // exact: the values are bfloat16 already
+        for (int64_t g = 0; g < kv_heads_; ++g) {
+          const int64_t at = ((m * kv_heads_ + g) * T_ + length) * D;
+          store(kcache + at, km + g * D, D);
+          store(vcache + at, vm + g * D, D);
+        }
+      }
+      // keys and values: the cache's filled slots, the views the module's cache hands over
+      const at::Tensor layer = cache[li];
+      const at::Tensor out = at::scaled_dot_product_attention(
+          q4, layer[0].narrow(2, 0, n), layer[1].narrow(2, 0, n),
+          mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt, 0.0, false, scale);
+      const at::Tensor merged = out.reshape({M, qw}).to(at::kFloat).contiguous();
+      std::copy(merged.data_ptr<float>(), merged.data_ptr<float>() + M * qw, att.data());
+      const Job o_job{&l.o, tmp.data(), H};
+      cove::run_jobs(&o_job, 1, att.data(), M);
+      round_bf16(tmp.data(), M * H);
+      add_bf16(h.data(), tmp.data(), M * H);
+      for (int64_t m = 0; m < M; ++m)
+        rms_norm_bf16(&h[m * H], l.post_norm.data_ptr<float>(), eps_, H, &a[m * H],
+                      squares.data());
+      const Job mlp_jobs[2] = {{&l.gate, gu.data(), 2 * I}, {&l.up, gu.data() + I, 2 * I}};
+      cove::run_jobs(mlp_jobs, 2, a.data(), M);
+      round_bf16(gu.data(), M * 2 * I);
+      at::BFloat16* gate_p = gate.data_ptr<at::BFloat16>();
+      for (int64_t m = 0; m < M; ++m) store(gate_p + m * I, &gu[m * 2 * I], I);
+      at::silu_(gate);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < I; ++i)
+          act[m * I + i] = static_cast<float>(gate_p[m * I + i]) * gu[m * 2 * I + I + i];
+      round_bf16(act.data(), M * I);
+      const Job down_job{&l.down, tmp.data(), H};
+      cove::run_jobs(&down_job, 1, act.data(), M);
+      round_bf16(tmp.data(), M * H);
+      add_bf16(h.data(), tmp.data(), M * H);
+    }
+    for (int64_t m = 0; m < M; ++m)
+      rms_norm_bf16(&h[m * H], norm_.data_ptr<float>(), eps_, H, &a[m * H], squares.data());
+    const Job head_job{&head_, logits.data_ptr<float>(), head_.N};
+    cove::run_jobs(&head_job, 1, a.data(), M);
+  }
+
+  // The module's boolean attention mask [M, 1, 1, n] for one query per row over n keys
+  // (causal_mask's): the keys `keep` marks, a row keeping none attending everywhere;
+  // undefined when every key is kept (SDPA's unmasked path, as the module takes it).
+  static at::Tensor attention_mask(const at::Tensor& keep, int64_t M, int64_t n) {
+    if (!keep.defined()) return at::Tensor();
+    const int64_t* k = keep.data_ptr<int64_t>();
+    const int64_t ld = keep.size(1);
+    bool all = true;
+    for (int64_t m = 0; m < M && all; ++m)
+      for (int64_t j = 0; j < n && all; ++j) all = k[m * ld + j] != 0;
+    if (all) return at::Tensor();
+    at::Tensor mask = at::empty({M, 1, 1, n}, keep.options().dtype(at::kBool));
+    bool* p = mask.data_ptr<bool>();
+    for (int64_t m = 0; m < M; ++m) {
+      bool any = false;
+      for (int64_t j = 0; j < n; ++j) any |= (p[m * n + j] = k[m * ld + j] != 0);
+      if (!any) std::fill(p + m * n, p + (m + 1) * n, true);
+    }
+    return mask;
   }
 
   // Each query head of each row over its kv head's keys 0..n-1 (those the mask keeps).

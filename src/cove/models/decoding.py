@@ -4,9 +4,11 @@
 row per step. For those steps a Llama, Mistral, Qwen2/3 or SmolLM3 model on the CPU hands
 its layers to cove.kernels' Decoder (decode.cpp): the norms, projections, rotary embedding,
 cache writes, attention, MLP and LM head of all layers run in one call, on the model's own
-weight tensors (float32, bfloat16, or the weight-only int8/int4 and GGUF layers), with
-float32 activations. A torch forward of one token issues thousands of small ops (5,484 for
-SmolLM2-135M); this issues a handful.
+weight tensors (float32, bfloat16, or the weight-only int8/int4 and GGUF layers). A float32
+model's step computes in float32; a bfloat16 model's rounds each value to bfloat16 where its
+module forward does (decode.cpp's top says where), so its greedy answers are the module
+forward's, which are transformers'. A torch forward of one token issues thousands of small
+ops (5,484 for SmolLM2-135M); this issues a handful.
 
 The keys and values live in a `StaticKVCache` (a KVCache): one tensor [layers, 2, rows, kv_heads,
 max_length, head_dim] in the model's dtype, allocated for the whole generation. The prompt's
@@ -15,8 +17,7 @@ forward writes into it through `update` (the KVCache interface), the steps in pl
 `fast_decoder` says None, and generate keeps the module forward, when the step would not be
 the module's: kernels off (COVE_KERNELS=0) or not built, not on the CPU, gradients on,
 attentions or hidden states asked for, more than 8 rows, a dtype other than float32 or
-bfloat16, plain bfloat16 Linear layers (their module forward rounds as transformers does, and
-its greedy answers are transformers'), hooks or adapters (LoRA's layer types) on the modules, a layer type other than
+bfloat16, hooks or adapters (LoRA's layer types) on the modules, a layer type other than
 Llama's, a sliding window that would cut, dynamic rope past the trained length, dropout in
 training mode.
 """
@@ -113,12 +114,6 @@ def _why_not(model: nn.Module, rows: int, max_length: int, max_position: int,
         return "the config asks for attentions or hidden states"
     if model.dtype not in _DTYPES:
         return f"dtype {model.dtype}"
-    if any(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 for m in model.modules()):
-        # The module forward rounds each op's output to bfloat16 as transformers does, and
-        # greedy answers then equal transformers'; the kernels' float32 activations drift
-        # from them after some tens of tokens. (Weight-only and GGUF layers computing in
-        # bfloat16 have no such reference and take the kernels.)
-        return "bfloat16 linear layers"
     if any(p.device.type != "cpu" for p in model.parameters()):
         return "parameters off the CPU"
     if model.training and config.attention_dropout:
@@ -159,8 +154,9 @@ class FastDecoder:
         self.embed = base.embed_tokens
         self.cache = StaticKVCache(c.num_hidden_layers, rows, c.num_key_value_heads,
                                    attn.head_dim, max_length, dtype=model.dtype)
-        cos, sin = base.rotary_emb(torch.arange(max_position + 1)[None], torch.float32)
-        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+        # in the model's dtype, as its forward rounds them; held as float32 values
+        cos, sin = base.rotary_emb(torch.arange(max_position + 1)[None], model.dtype)
+        self.cos, self.sin = cos[0].float().contiguous(), sin[0].float().contiguous()
         self.decoder = ext.Decoder(c.num_attention_heads, c.num_key_value_heads, attn.head_dim,
                                    c.rms_norm_eps, _norm(base.norm), _must(ext, model.lm_head))
         for layer in base.layers:
@@ -176,7 +172,7 @@ class FastDecoder:
              attention_mask: torch.Tensor | None) -> CausalLMOutputWithPast:
         """One new token per row: `ids` and `positions` [rows], `attention_mask` [rows, >=
         positions cached + 1] of 1/0 (None: every slot counts). Returns the logits [rows, 1,
-        vocab] (float32) of the next token."""
+        vocab] of the next token, in the model's dtype."""
         x = self.embed(ids)
         logits = self.decoder.step(x, self.cache.storage, positions.long().contiguous(),
                                    self.cos, self.sin, attention_mask, self.cache.length)
