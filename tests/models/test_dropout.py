@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cove.models as cm
+from cove import kernels
 from cove.models.dropout import Dropout, dropout, dropout_attention, dropout_mask
 from cove.models.layers import attend
 
@@ -168,26 +169,66 @@ def test_attention_gradcheck(mask_kind):
     assert torch.autograd.gradcheck(f, inputs)
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "additive", "bool"])
-def test_attention_matches_plain_autograd_with_the_same_mask(mask_kind):
-    b, h, s, d = 4, 6, 33, 16
-    q, k, v = qkv((b, h, s, d), torch.float32)
-    mask = None
-    if mask_kind == "additive":
-        mask = cm.layers.padding_mask(torch.tensor([[1] * s] * 3 + [[1] * 20 + [0] * 13]),
-                                      torch.float32)
-    elif mask_kind == "bool":
-        mask = torch.ones(s, s, dtype=torch.bool).tril()[None, None]
-    keep, keep_scale = dropout_mask((b, h, s, s), 0.1, "cpu", torch.Generator().manual_seed(7))
-    out = dropout_attention(q, k, v, mask, 0.1, generator=torch.Generator().manual_seed(7))
+@pytest.fixture(params=["kernels", "torch"])
+def attention_path(request, monkeypatch):
+    """Each float32 attention test runs on cove.kernels' attention kernels and with them off
+    (as COVE_KERNELS=0 leaves it: torch's ops)."""
+    if request.param == "kernels":
+        if not hasattr(kernels.load(), "attention_forward"):
+            pytest.skip("cove.kernels' attention kernels are not built here (no AVX-512)")
+    else:
+        monkeypatch.setattr(kernels, "_loaded", None)
+    return request.param
+
+
+def heads(b, s, h, d, seed):
+    """[b, h, s, d] heads split from a [b, s, h * d] projection (a strided view), as layers
+    make them."""
+    x = torch.randn(b, s, h * d, generator=torch.Generator().manual_seed(seed))
+    return x.view(b, s, h, d).transpose(1, 2).detach().requires_grad_()
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("mask_kind", ["none", "additive", "padding", "bool", "causal"])
+@pytest.mark.parametrize("shape", [(4, 6, 33, 33, 16), (2, 3, 128, 128, 32), (1, 2, 7, 19, 8),
+                                   (2, 2, 65, 65, 40)])
+def test_attention_matches_plain_autograd_with_the_same_mask(attention_path, shape, mask_kind,
+                                                             p):
+    """Output and gradients against autograd through torch's ops with the same keep mask, for
+    odd lengths, head sizes that are not a multiple of 16, more keys than queries, and every
+    mask kind (<= 1e-5)."""
+    b, h, sq, skv, d = shape
+    q, k, v = heads(b, sq, h, d, 0), heads(b, skv, h, d, 1), heads(b, skv, h, d, 2)
+    g = torch.Generator().manual_seed(3)
+    mask = {"none": None,
+            "additive": torch.randn(b, 1, sq, skv, generator=g),
+            "padding": cm.layers.padding_mask(
+                torch.tensor([[1] * skv] * (b - 1) + [[1] * (skv // 2) + [0] * (skv - skv // 2)]),
+                torch.float32),
+            "bool": torch.rand(b, h, sq, skv, generator=g) > 0.3,
+            "causal": torch.ones(sq, skv, dtype=torch.bool).tril(skv - sq)[None, None]}[mask_kind]
+    if mask_kind == "bool":
+        mask[..., 0] = True  # every query sees something
+    keep, keep_scale = dropout_mask((b, h, sq, skv), p, "cpu", torch.Generator().manual_seed(7))
+    out = dropout_attention(q, k, v, mask, p, generator=torch.Generator().manual_seed(7))
     q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
     ref = plain_attention(q2, k2, v2, mask, keep, 1 / math.sqrt(d), keep_scale)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    upstream = torch.randn_like(out)
+    upstream = torch.randn(ref.shape, generator=g)
     out.backward(upstream)
     ref.backward(upstream)
     for ours, theirs in ((q, q2), (k, k2), (v, v2)):
         torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kernels_write_heads_in_merge_order(attention_path):
+    """The kernels write the output as [batch, seq, heads, dim], so merging the heads back is a
+    view; torch's path returns it contiguous per head."""
+    q, k, v = (heads(2, 9, 3, 8, seed) for seed in range(3))
+    out = dropout_attention(q, k, v, None, 0.1)
+    merged_is_view = out.transpose(1, 2).is_contiguous()
+    assert merged_is_view == (attention_path == "kernels")
+    assert out.is_contiguous() == (attention_path == "torch")
 
 
 def test_attention_bf16_under_autocast():

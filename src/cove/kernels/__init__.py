@@ -7,7 +7,8 @@ use for the machine it runs on.
 
 What it holds and why: gemv.cpp (products of 1..8 rows with float32, bfloat16, int8 and int4
 weights) and decode.cpp (a Llama-family decoder's whole one-token step, used by
-cove.models.decoding). The build uses torch.utils.cpp_extension with
+cove.models.decoding); attention.cpp (training attention with dropout, forward and backward,
+used by cove.models.dropout). The build uses torch.utils.cpp_extension with
 `-O3 -march=native -fopenmp` (at::parallel_for then runs on torch's own OpenMP pool: the
 extension's libgomp.so.1 is the one torch already loaded). The binary is cached under
 `COVE_KERNELS_CACHE` (default `~/.cache/cove/kernels`) in a folder keyed by the source, the
@@ -37,7 +38,8 @@ import torch
 log = logging.getLogger("cove.kernels")
 
 # The extension's files: the .cpp ones are compiled, all of them key the cache.
-FILES = tuple(Path(__file__).with_name(n) for n in ("gemv.h", "gemv.cpp", "decode.cpp"))
+FILES = tuple(Path(__file__).with_name(n) for n in (
+    "gemv.h", "gemv.cpp", "decode.cpp", "attention.h", "attention.cpp"))
 # Activation rows the kernels take (decoding batch 1..8); more go to torch's GEMM.
 MAX_ROWS = 8
 _UNSET = object()

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from cove import kernels
+
 _LANES = 1 << 16  # values of one 16-bit lane: the probability resolution
 
 
@@ -94,12 +96,54 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def _attention_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       mask: torch.Tensor | None):
+    """cove.kernels' extension when its attention kernels take these inputs (float32 on CPU, a
+    mask that does not learn), else None."""
+    if not (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+            and (mask is None or not mask.requires_grad)):
+        return None
+    ext = kernels.load()
+    return ext if ext is not None and hasattr(ext, "attention_forward") else None
+
+
+def _kernel_mask(mask: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """The mask as the kernels read it: additive float32 expanded to [batch, heads, q, kv],
+    each row contiguous. A boolean mask becomes 0 / the float32 minimum (what masked_fill
+    writes; adding it to a score rounds to the minimum again)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(
+            ~mask, torch.finfo(torch.float32).min)
+    mask = mask.to(torch.float32).expand(shape)
+    return mask if mask.stride(-1) == 1 else mask.contiguous()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x with a contiguous last dimension (heads split from a projection already have one)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 class _DropoutAttention(torch.autograd.Function):
     """softmax(q k^T * scale + mask) with dropout, times v. Saves q, k, v, the probabilities and
-    the 1-byte keep mask; the dropped probabilities are recomputed in the backward pass."""
+    the 1-byte keep mask; the dropped probabilities are recomputed in the backward pass.
+    float32 on CPU runs in cove.kernels' attention kernels (one parallel pass per direction over
+    the (batch, head) blocks, reading the heads where they lie); else torch's ops."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale: float, p: float, generator):
+        ext = _attention_kernels(q, k, v, mask)
+        ctx.ext = ext
+        if ext is not None:
+            q, k, v = _rows(q), _rows(k), _rows(v)
+            shape = (*q.shape[:3], k.shape[2])
+            keep, keep_scale = dropout_mask(shape, p, q.device, generator)
+            out, probs = ext.attention_forward(q, k, v, _kernel_mask(mask, shape), keep, scale,
+                                               keep_scale)
+            ctx.save_for_backward(q, k, v, probs, keep)
+            ctx.scale, ctx.keep_scale = scale, keep_scale
+            return out
         # Heads split from a [batch, seq, width] projection are strided views: one contiguous
         # copy each here, kept for the backward pass, instead of one per matmul using them.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -126,6 +170,10 @@ class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, probs, keep = ctx.saved_tensors
+        if ctx.ext is not None:
+            dq, dk, dv = ctx.ext.attention_backward(_rows(grad.to(torch.float32)), q, k, v, probs,
+                                                    keep, ctx.scale, ctx.keep_scale)
+            return dq, dk, dv, None, None, None, None
         with torch.autocast(q.device.type, enabled=False):
             # contiguous once: the two matmuls below then copy nothing
             grad = grad.contiguous().to(v.dtype) * ctx.keep_scale
