@@ -16,6 +16,7 @@
 // (run_jobs, which decode.cpp's decoding step uses too).
 // Built with -march=native: AVX-512 when the CPU has it, else a scalar loop.
 #include "gemv.h"
+#include "attention.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -420,4 +421,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the vector instructions the kernels were built with");
   m.attr("MAX_ROWS") = MAX_ROWS;
   cove::bind_decode(m);
+  cove::bind_attention(m);
 }
