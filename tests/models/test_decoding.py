@@ -41,6 +41,8 @@ CASES = {  # name -> (config class, values)
     "qwen2": (cm.Qwen2Config, BASE),
     "qwen3": (cm.Qwen3Config, {**BASE, "head_dim": 32, "tie_word_embeddings": True}),
     "smollm3": (cm.SmolLM3Config, {**BASE, "no_rope_layer_interval": 2}),
+    # widths that are not multiples of the kernels' 16 lanes or 8-row blocks: their tails
+    "odd-widths": (cm.LlamaConfig, {**BASE, "hidden_size": 80, "intermediate_size": 41}),
 }
 
 
