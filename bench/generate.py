@@ -28,6 +28,13 @@ generator likewise, in a worker process of `.venv-llama` taking one request per 
    decode >= 60% of the memory-bandwidth bound (bandwidth of a 1 GiB sum / bytes of weights
    read per token). The quantised models' greedy top-1 agreement with float32 is printed.
 
+3. Peak memory (issue 20: <= 1.3x the GGUF file plus the KV cache): fresh processes load
+   the GGUF kept quantised, or Cove's int4 g32 from the float32 folder, and generate
+   SHORT_PROMPT + MEMORY_NEW tokens at one thread; peak RSS (VmHWM) minus a process that
+   imported the same modules and loaded cove.kernels (the library's own memory), minus the
+   generation's KV cache, against the GGUF file's size. `python bench/generate.py memory`:
+   only these rows (about 2 minutes quiet).
+
 `python bench/generate.py llama`: only part 2; `kernels`: cove.kernels' GEMV alone (float32,
 bfloat16, int8, int4 at one row over SmolLM2-135M's layer shapes) in GB/s against torch's op
 on the same weights, beside the bandwidth probe.
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -481,6 +489,100 @@ def kernel_rows() -> list[Row]:
     return rows
 
 
+# -- part 3: peak memory ----------------------------------------------------------------------
+
+MEMORY_NEW = 224  # new tokens after SHORT_PROMPT: 256 positions of KV cache
+# One fresh process per measurement. "model": the RSS before the load, then load, generate,
+# and print the peak (VmHWM, not ru_maxrss: that is inherited across fork and exec), the
+# file-backed pages (library code touched), the KV cache's bytes and the modules imported.
+# "baseline": import those same modules and load cove.kernels, no model: its peak is what
+# the library itself costs, subtracted from the model's.
+MEMORY_CHILD = r"""
+import importlib, json, sys
+def status(key):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+spec = json.loads(sys.argv[1])
+import torch
+from cove import kernels
+from cove.models import AutoModelForCausalLM
+kernels.load()
+if spec["kind"] == "baseline":
+    for name in spec["modules"]:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module that imports only as part of another's import
+            pass
+    print(json.dumps({"peak": status("VmHWM:")}))
+    sys.exit()
+before = status("VmRSS:")
+if spec["kind"] == "gguf":
+    model = AutoModelForCausalLM.from_pretrained(spec["folder"], gguf_file=spec["file"],
+                                                 dtype="auto")
+else:
+    from cove.models.weight_only import Int4WeightOnlyConfig, TorchAoConfig
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["folder"], quantization_config=TorchAoConfig(Int4WeightOnlyConfig(group_size=32)))
+loaded, load_peak = status("VmRSS:"), status("VmHWM:")
+prompt, new = spec["prompt"], spec["new"]
+ids = torch.arange(100, 100 + prompt)[None]
+with torch.inference_mode():
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                         min_new_tokens=new, do_sample=False, pad_token_id=0)
+c = model.config
+head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+kv = (c.num_hidden_layers * 2 * c.num_key_value_heads * head * out.shape[1]
+      * model.dtype.itemsize)
+print(json.dumps({"peak": status("VmHWM:"), "before": before, "loaded": loaded,
+                  "load_peak": load_peak,
+                  "file_pages": status("RssFile:"), "kv": kv,
+                  "modules": sorted(n for n in sys.modules if n != "__main__")}))
+"""
+
+
+def memory_rows(folder: Path) -> list[Row]:
+    """Peak RSS of loading and generating SHORT_PROMPT + MEMORY_NEW tokens (one thread),
+    beyond a process that imported the same modules and beyond the generation's KV cache:
+    the GGUF kept quantised and Cove's own int4 (group 32, from the float32 folder), against
+    the GGUF file's size (issue 20's goal: peak <= 1.3x the file plus the KV cache)."""
+    runs: dict[str, list[dict]] = {"gguf": [], "int4": []}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def child(spec: dict) -> dict:
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, json.dumps(spec)], env=env,
+                             check=True, capture_output=True, text=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    print(f"generate: peak memory, fresh processes x{REPEATS}, each with a baseline ...")
+    for _ in range(REPEATS):
+        for kind, runs_of in runs.items():
+            spec = {"kind": kind, "folder": str(GGUF.parent if kind == "gguf" else folder),
+                    "file": GGUF.name, "prompt": SHORT_PROMPT, "new": MEMORY_NEW}
+            run = child(spec)
+            run["baseline"] = child({"kind": "baseline", "modules": run["modules"]})["peak"]
+            runs_of.append(run)
+        print("  " + "   ".join(f"{k}: {(r[-1]['peak'] - r[-1]['baseline']) / 2**20:.1f} MiB"
+                                for k, r in runs.items()))
+    size = GGUF.stat().st_size
+    rows = []
+    for kind, label in (("gguf", "GGUF Q4_1 kept"), ("int4", "Cove int4 g32 from float32")):
+        r = runs[kind]
+        mib = [(x["peak"] - x["baseline"] - x["kv"]) / 2**20 for x in r]
+
+        def median(f, r=r) -> float:
+            return statistics.median(f(x) / 2**20 for x in r)
+
+        rows.append(Row(
+            "generate", f"peak RSS, {label}, load + {SHORT_PROMPT}+{MEMORY_NEW} tokens", "MiB",
+            Stats.of(mib), Stats.fixed(size / 2**20), "the GGUF file", "<= 1.3",
+            f"peak VmHWM minus a process importing the same modules, minus the KV cache "
+            f"({r[0]['kv'] / 2**20:.1f} MiB); the load's own peak "
+            f"{median(lambda x: x['load_peak'] - x['baseline']):.1f} MiB; peak minus the RSS "
+            f"just before the load {median(lambda x: x['peak'] - x['before']):.1f} MiB (counts "
+            f"the load's imports); library code pages at the end "
+            f"{median(lambda x: x['file_pages']):.0f} MiB"))
+    return rows
+
+
 def main() -> list[Row]:
     from cove.models.gguf import convert_gguf
 
@@ -494,7 +596,8 @@ def main() -> list[Row]:
     print(f"generate: memory bandwidth {bw:.1f} GB/s (1 GiB sum)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = convert_gguf(GGUF, Path(tmp) / "smollm2")
-        rows = transformers_rows(folder, bw) + [reorder_row()] + llama_rows(folder, bw)
+        rows = (transformers_rows(folder, bw) + [reorder_row()] + llama_rows(folder, bw)
+                + memory_rows(folder))
     rows += kernel_rows()
     print(f"generate: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2), "
           f"load {open('/proc/loadavg').read().split()[0]}; "
@@ -516,8 +619,17 @@ def main_llama() -> list[Row]:
     return rows
 
 
+def main_memory() -> list[Row]:
+    """Only the peak-memory rows (`python bench/generate.py memory`)."""
+    from cove.models.gguf import convert_gguf
+
+    print(f"generate: {environment('torch', 'gguf')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        return memory_rows(convert_gguf(GGUF, Path(tmp) / "smollm2"))
+
+
 if __name__ == "__main__":
-    modes = {"llama": main_llama, "kernels": kernel_rows}
+    modes = {"llama": main_llama, "kernels": kernel_rows, "memory": main_memory}
     if sys.argv[1:] and sys.argv[1] not in modes:
         sys.exit(f"usage: python bench/generate.py [{' | '.join(modes)}]")
     finish(modes[sys.argv[1]]() if sys.argv[1:] else main())

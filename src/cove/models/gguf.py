@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from cove import kernels
 from cove.models.checkpoint import save_weights
@@ -913,7 +914,7 @@ class _Tensors:
 
     def int8_rows(self, hf_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(int8 [rows, in], float32 scale [rows]): requantised a slice of rows at a time."""
-        from cove.models.weight_only import quantize_int8
+        from cove.models.weight_only import quantize_int8, release_freed_memory
 
         kind, shape, _, _ = self.info(hf_name)
         q = torch.empty(shape, dtype=torch.int8)
@@ -922,6 +923,10 @@ class _Tensors:
             part = self.blocks(hf_name, r, r + _ROWS)
             values = dequantize(part, QUANT_ID[kind], (part.shape[0], shape[1]))
             q[r:r + _ROWS], scale[r:r + _ROWS] = quantize_int8(torch.from_numpy(values))
+            del part, values
+            # Each slice's freed temporaries back to the system: glibc kept them, scattered,
+            # and over SmolLM2's embedding (96 slices) they added ~9 MiB to the load's peak.
+            release_freed_memory()
         return q, scale
 
 
@@ -961,6 +966,22 @@ def _linear(tensors: _Tensors, name: str, bias: torch.Tensor | None, compute: to
     return Int8WeightOnlyLinear(q, scale, bias, compute)
 
 
+class _EmptyOnMeta(TorchFunctionMode):
+    """torch.empty makes meta tensors: the float weights the layers' constructors make (and
+    parameters_on_meta then moves to the meta device) are never allocated. Allocated and
+    freed one by one, they could leave ~240 MiB of free holes between small live
+    allocations in glibc's heap (when its mmap threshold had grown), in which later
+    temporaries kept touching fresh pages: SmolLM2's RSS then crept ~30 MiB over 500
+    decoding steps (~7 without the holes). Buffers made otherwise (rotary frequencies) stay
+    real; load_quantized refuses a model left with a meta buffer."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.empty:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def load_quantized(model_class: type, name_or_path: str | os.PathLike, gguf_file: str, *,
                    config: Any = None, dtype: torch.dtype = torch.bfloat16,
                    **hub: Any) -> nn.Module:
@@ -977,7 +998,7 @@ def load_quantized(model_class: type, name_or_path: str | os.PathLike, gguf_file
         config = model_class.config_class.from_pretrained(
             load_gguf(name_or_path, gguf_file, weights=False, **hub))
     tensors = _Tensors(path, config)
-    with parameters_on_meta():
+    with parameters_on_meta(), _EmptyOnMeta():
         model = model_class(config)
     if not hasattr(model, "lm_head") or not hasattr(model, "model"):
         raise GGUFError(f"{type(model).__name__}: a GGUF file loads quantised into a causal "
@@ -1001,6 +1022,10 @@ def load_quantized(model_class: type, name_or_path: str | os.PathLike, gguf_file
             raise GGUFError(f"{path} lacks the weight of {name}")
         used.add(f"{name}.weight")
         _set(model, name, _linear(tensors, f"{name}.weight", bias_of(name), dtype, dtype))
+        # The layer's temporaries back to the system before the next: kept by glibc between
+        # the layers' tensors, they added ~13 MiB to SmolLM2's load peak (with the embedding's
+        # slices: 1.30x -> 1.15x the file; tests/models/test_decoding_memory.py).
+        release_freed_memory()
     embed = model.model.embed_tokens
     q, scale = tensors.int8_rows("model.embed_tokens.weight")
     used.add("model.embed_tokens.weight")
@@ -1016,7 +1041,7 @@ def load_quantized(model_class: type, name_or_path: str | os.PathLike, gguf_file
             owner, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner), attr,
                     nn.Parameter(tensors.float(name, dtype), requires_grad=False))
-    left = [n for n, p in model.named_parameters() if p.is_meta]
+    left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise GGUFError(f"{path} lacks {', '.join(left)}")
     unused = sorted(set(tensors.by_name) - used)
