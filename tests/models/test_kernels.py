@@ -4,8 +4,13 @@ weights, the routing of the layers through them, and the fallback to torch's ker
 Tolerances: the kernels accumulate in float32 in their own order, so against torch's float32
 product they differ by float32 rounding over K terms (1e-5 of the output's magnitude, with
 margin); outputs cast to bfloat16 by one bfloat16 step (2^-8 relative).
+int4 weights on a CPU with AVX512-VNNI (isa "avx512+vnni") take x quantised to int8 in blocks
+of 32 (see gemv.cpp): those products are checked against the same quantisation done here in
+float64 (1e-6 of the output's magnitude: only the float32 sums' order differs), and
+against the float product within the bound the quantisation allows, sum_k |w[n, k]| * d_k / 2
+(each activation moves by at most half its block's step d_k).
 The first build compiles the extension (about a minute on two cores, once per cache); the
-scalar build is a second one.
+scalar build and the one without VNNI are two more.
 """
 
 from __future__ import annotations
@@ -40,6 +45,52 @@ def scalar_ext():
     return kernels.build(("-DCOVE_KERNELS_SCALAR",))
 
 
+@pytest.fixture(scope="module")
+def float_ext(ext):
+    """The AVX-512 build without the integer products (CPUs without VNNI)."""
+    if not ext.isa().startswith("avx512"):
+        pytest.skip("no AVX-512 on this CPU")
+    return kernels.build(("-DCOVE_KERNELS_NO_VNNI",))
+
+
+def quantized(ext) -> bool:
+    """Whether this build's int4 products take x quantised."""
+    return ext.isa().endswith("vnni")
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] as the kernels quantise it: (qa [M, K], each input's block scale d [M, K]),
+    with gemv.cpp's float32 operations (d = max|a| / 127, qa = round(a * (127 / max|a|)))."""
+    blocks = x.float().view(x.shape[0], -1, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
+    qa = torch.round(blocks * inv)
+    return qa.view_as(x), (amax / 127).expand_as(blocks).reshape(x.shape)
+
+
+def int4_expected(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                  zero: torch.Tensor, group: int) -> torch.Tensor:
+    """The quantised product in float64: per block d_b * (s (codes . qa) + (zero - 8 s) sum qa),
+    zero - 8 s in float32 as the kernel takes it."""
+    qa, d = quantize_rows(x)
+    m, n = x.shape[0], codes.shape[0]
+    s = scale.float().repeat_interleave(group // 32, 1)
+    low = (zero.float().repeat_interleave(group // 32, 1) - 8 * s).double()
+    qa, d = qa.double().view(m, -1, 32), d.double()[:, ::32]
+    sums = torch.einsum("mbk,nbk->mnb", qa, codes.double().view(n, -1, 32))
+    return (s.double() * d[:, None] * sums + low * (d * qa.sum(-1))[:, None]).sum(-1)
+
+
+def within_quantization(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                        expected: torch.Tensor) -> None:
+    """out is the float product `expected` of x and w up to x's quantisation in blocks of 32."""
+    _, d = quantize_rows(x)
+    bound = (d.double() / 2) @ w.double().abs().t()
+    err = (out.double() - expected.double()).abs()
+    assert (err <= bound + 1e-5 * max(expected.abs().max().item(), 1.0)).all(), \
+        (err - bound).max()
+
+
 def close(out: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
     assert out.shape == expected.shape and out.dtype == expected.dtype
     err = (out.float() - expected.float()).abs().max().item()
@@ -50,12 +101,14 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def int4_case(rows: int, cols: int, group: int, dtype: torch.dtype):
+def int4_case(rows: int, cols: int, group: int, dtype: torch.dtype, with_codes: bool = False):
     w = torch.randn(rows, cols, generator=gen(1))
     codes, scale, zero = quantize_int4(w, group)
     scale, zero = scale.to(dtype), zero.to(dtype)
     dq = ((codes.float() - 8).view(rows, -1, group) * scale.float()[..., None]
           + zero.float()[..., None]).view(rows, cols)
+    if with_codes:
+        return kernels.pack_int4(codes), scale, zero, dq, codes
     return kernels.pack_int4(codes), scale, zero, dq
 
 
@@ -92,11 +145,46 @@ def test_int8(ext, rows, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 4, 7, 8])
 def test_int4(ext, rows, dtype, group):
-    packed, scale, zero, dq = int4_case(200, 384, group, dtype)
+    packed, scale, zero, dq, codes = int4_case(200, 384, group, dtype, with_codes=True)
     torch.testing.assert_close(ext.int4_dequantize(packed, scale, zero, group), dq,
                                rtol=0, atol=1e-6)
     x, b = torch.randn(rows, 384, generator=gen()), torch.randn(200, generator=gen(3))
-    close(ext.int4_linear(x, packed, scale, zero, group, b), F.linear(x, dq, b))
+    out = ext.int4_linear(x, packed, scale, zero, group, b)
+    if quantized(ext):
+        close(out - b, int4_expected(x, codes, scale, zero, group).float(), rel=1e-6)
+        within_quantization(out, x, dq, F.linear(x, dq, b))
+    else:
+        close(out, F.linear(x, dq, b))
+
+
+def test_quantized_rows_edge_cases(ext):
+    """int4 against x quantised here: blocks of zeros (scale 0), one large value among small
+    ones, ties at half a step, and K past 64 blocks (the kernel's rows in passes of 64)."""
+    if not quantized(ext):
+        pytest.skip("this build keeps float32 activations")
+    k = 64 * 32 + 128
+    x = torch.randn(3, k, generator=gen()) * 0.01
+    x[0, :64] = 0
+    x[1, 40] = 1e4
+    # a block of ties: max 127 / 128, so x * (127 / max) = x * 128 is j + 0.5 exactly
+    x[2, :31] = (torch.arange(31) + 0.5) / 128 * (-1) ** torch.arange(31)
+    x[2, 31] = 127 / 128
+    for group in (32, 64):
+        codes = torch.randint(0, 16, (24, k), generator=gen(3))
+        s, z = torch.rand(24, k // group, generator=gen(4)), torch.randn(24, k // group)
+        out = ext.int4_linear(x, kernels.pack_int4(codes), s, z, group, None)
+        close(out, int4_expected(x, codes, s, z, group).float(), rel=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_float_activations_without_vnni(float_ext, rows):
+    """The AVX-512 build without VNNI widens int4 weights and keeps x in float32."""
+    assert float_ext.isa() == "avx512"
+    x = torch.randn(rows, 384, generator=gen())
+    q, s = torch.randint(-127, 128, (40, 384), dtype=torch.int8, generator=gen(2)), torch.rand(40)
+    close(float_ext.int8_linear(x, q, s, None), F.linear(x, q.float() * s[:, None]))
+    packed, scale, zero, dq = int4_case(40, 384, 32, torch.bfloat16)
+    close(float_ext.int4_linear(x, packed, scale, zero, 32, None), F.linear(x, dq))
 
 
 def test_scalar_build_matches(ext, scalar_ext):
@@ -107,7 +195,7 @@ def test_scalar_build_matches(ext, scalar_ext):
     close(scalar_ext.dense(x, w, None), ext.dense(x, w, None))
     close(scalar_ext.dense(x, w.bfloat16(), None), ext.dense(x, w.bfloat16(), None))
     q, s = torch.randint(-127, 128, (40, 256), dtype=torch.int8, generator=gen(2)), torch.rand(40)
-    close(scalar_ext.int8_linear(x, q, s, None), ext.int8_linear(x, q, s, None))
+    close(scalar_ext.int8_linear(x, q, s, None), F.linear(x, q.float() * s[:, None]))
     packed, scale, zero, dq = int4_case(40, 256, 64, torch.bfloat16)
     close(scalar_ext.int4_linear(x, packed, scale, zero, 64, None), F.linear(x, dq))
     torch.testing.assert_close(scalar_ext.int4_dequantize(packed, scale, zero, 64), dq)
@@ -151,7 +239,10 @@ def test_layers_take_the_kernel_for_few_rows(ext, kind):
         out = layer(x)
         assert out.shape == (2, rows, 208) and out.dtype == torch.float32
         expected = F.linear(x, dq, b)
-        close(out, expected)  # float32 activations on both paths
+        if kind == "int4" and 2 * rows <= kernels.MAX_ROWS and quantized(ext):  # int8 x
+            within_quantization(out.view(-1, 208), x.view(-1, 256), dq, expected.view(-1, 208))
+        else:
+            close(out, expected)  # float32 activations
 
 
 def tiny_llama(dtype: torch.dtype = torch.float32, tie: bool = True) -> cm.LlamaForCausalLM:

@@ -4,13 +4,23 @@
 // third of the bound, and the int8/int4 weight-only kernels are slow at M = 1.
 //
 // Weights are read row by row in their stored [N, K] layout (a row is contiguous, so R rows
-// at once are R sequential streams); activations and accumulation are float32. Weight kinds:
+// at once are R sequential streams). Weight kinds:
 //   dense  float32 or bfloat16 rows (bfloat16 widened exactly by a 16-bit shift);
 //   int8   int8 rows, one scale per row: y = scale[n] * (x . q[n]);
 //   int4   codes 0..15 in groups of `group` inputs with a scale and zero point each,
 //          w = (q - 8) * scale + zero; each 32 inputs are 16 bytes, byte j holding input j in
 //          its low nibble and input 16 + j in its high one (see cove.kernels.pack_int4).
 // Scales and zero points are float32, bfloat16 or float16 (the layers' compute dtype).
+// Activations: float32 (and float32 sums), except for int4 weights on CPUs with AVX512-VNNI:
+// there x is quantised to int8 in blocks of 32 inputs with a float32 scale each (a ~ d * qa,
+// d = max|a| / 127, qa = round(a / d): llama.cpp's Q8_0 activations), once per parallel region,
+// and codes and qa multiply byte by byte into an int32 sum per block (vpdpbusd), scaled as
+//   y = sum_b d_b * (s_g * sum(q * qa) + (zero_g - 8 s_g) * sum(qa)).
+// Widening each code to float32 kept int4 compute-bound (SmolLM2's int4 step: 10.3 ms of CPU
+// time with float32 activations, 7.4 with these). int8 weights keep float32 activations: they
+// ran as fast widened as in integer products (8.8 vs 9.0 ms) and stay exact, and the LM head
+// is int8, where quantised activations flipped SmolLM2's near-tied first answer token.
+// Without VNNI (or built with -DCOVE_KERNELS_NO_VNNI) int4 widens too.
 // Rows are split across torch's intra-op threads (at::parallel_for: torch's own OpenMP pool);
 // the products of layers that read the same input (q/k/v, gate/up) share one parallel region
 // (run_jobs, which decode.cpp's decoding step uses too).
@@ -27,10 +37,14 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(COVE_KERNELS_SCALAR)
 #include <immintrin.h>
 #define COVE_AVX512 1
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && !defined(COVE_KERNELS_NO_VNNI)
+#define COVE_VNNI 1
+#endif
 #endif
 
 namespace {
@@ -44,7 +58,9 @@ inline float to_float(S v) { return static_cast<float>(v); }
 
 struct F32 {
   const float* w; int64_t K;
-  static constexpr int STEP = 16;
+  static constexpr int STEP = 16, STEP_BYTES = 64;
+  static constexpr bool PREFETCH = false;
+  const void* row(int64_t n) const { return w + n * K; }
   float at(int64_t n, int64_t k) const { return w[n * K + k]; }
   float finish(int64_t, float a) const { return a; }
 #ifdef COVE_AVX512
@@ -54,7 +70,9 @@ struct F32 {
 
 struct BF16 {
   const uint16_t* w; int64_t K;
-  static constexpr int STEP = 16;
+  static constexpr int STEP = 16, STEP_BYTES = 32;
+  static constexpr bool PREFETCH = false;
+  const void* row(int64_t n) const { return w + n * K; }
   float at(int64_t n, int64_t k) const {
     uint32_t bits = uint32_t(w[n * K + k]) << 16;
     float f;
@@ -73,7 +91,9 @@ struct BF16 {
 template <class S>
 struct Int8 {
   const int8_t* q; const S* scale; int64_t K;
-  static constexpr int STEP = 16;
+  static constexpr int STEP = 16, STEP_BYTES = 16;
+  static constexpr bool PREFETCH = true;
+  const void* row(int64_t n) const { return q + n * K; }
   float at(int64_t n, int64_t k) const { return float(q[n * K + k]); }
   float finish(int64_t n, float a) const { return a * to_float(scale[n]); }
 #ifdef COVE_AVX512
@@ -87,7 +107,9 @@ struct Int8 {
 template <class S>
 struct Int4 {
   const uint8_t* q; const S* scale; const S* zero; int64_t K, group;
-  static constexpr int STEP = 32;
+  static constexpr int STEP = 32, STEP_BYTES = 16;
+  static constexpr bool PREFETCH = true;
+  const void* row(int64_t n) const { return q + n * (K / 2); }
   float at(int64_t n, int64_t k) const {
     uint8_t byte = q[n * (K / 2) + (k / 32) * 16 + (k % 16)];
     int code = (k % 32) < 16 ? (byte & 15) : (byte >> 4);
@@ -121,7 +143,16 @@ inline void rows(const W& w, const float* x, int64_t K, int64_t n, float* out, i
   __m512 acc[M][R];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  // int8/int4: the next R rows follow these in memory, fetched at the pace these are read:
+  // their short rows (a few hundred bytes) are too short a stream for the hardware
+  // prefetcher, which left SmolLM2's int8 step waiting on loads (18.4 -> 8.8 ms of CPU time
+  // with it). Float rows are long enough: prefetching them cost time (34 -> 39 ms).
+  const char* next = static_cast<const char*>(w.row(n + R));
   for (; k < vec_end; k += W::STEP) {
+    if (W::PREFETCH)
+      for (int64_t at = (k / W::STEP * R * W::STEP_BYTES) & ~int64_t(63),
+                   end = (k / W::STEP + 1) * R * W::STEP_BYTES; at < end; at += 64)
+        _mm_prefetch(next + at, _MM_HINT_T0);
     __m512 wv[R][W::STEP / 16];
     for (int r = 0; r < R; ++r) w.load(n + r, k, wv[r]);
     for (int s = 0; s < W::STEP / 16; ++s)
@@ -159,6 +190,165 @@ void range(const W& w, const float* x, int64_t K, int64_t n0, int64_t n1, float*
   for (; n < n1; ++n) rows<M, 1>(w, x, K, n, out, ldo);
 }
 
+// x's rows as int8 in blocks of 32 inputs (see the top): what the int4 weights' integer
+// products read, made once per parallel region.
+struct QRows {
+  int64_t M = 0, K = 0, nb = 0;  // nb: blocks per row (K / 32)
+  std::vector<int8_t> q;         // [M, K]: qa
+  std::vector<float> d;          // [M, nb]: each block's scale
+  std::vector<float> c;          // [M, nb]: d * sum(qa) of each block (the zero points' term)
+};
+
+// Whether `lin`'s product takes the quantised activations.
+inline bool takes_qrows(const cove::Lin& lin) {
+#ifdef COVE_VNNI
+  return lin.kind == cove::Kind::INT4;
+#else
+  (void)lin;
+  return false;
+#endif
+}
+
+#ifdef COVE_VNNI
+// qa = round(a / d) to nearest even, computed as a * (127 / max|a|) (the test's reference
+// does the same float32 operations), per block of 32.
+void quantize_rows(const float* x, int64_t M, int64_t K, QRows& out) {
+  out.M = M;
+  out.K = K;
+  out.nb = K / 32;
+  out.q.resize(M * K);
+  out.d.resize(M * out.nb);
+  out.c.resize(M * out.nb);
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < out.nb; ++b) {
+      const float* a = x + m * K + b * 32;
+      const __m512 a0 = _mm512_loadu_ps(a), a1 = _mm512_loadu_ps(a + 16);
+      const float amax = _mm512_reduce_max_ps(
+          _mm512_max_ps(_mm512_andnot_ps(sign, a0), _mm512_andnot_ps(sign, a1)));
+      const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const __m512 vi = _mm512_set1_ps(inv);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(a0, vi));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(a1, vi));
+      int8_t* q = out.q.data() + m * K + b * 32;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
+      out.d[m * out.nb + b] = d;
+      out.c[m * out.nb + b] = d * static_cast<float>(_mm512_reduce_add_epi32(
+                                      _mm512_add_epi32(q0, q1)));
+    }
+}
+
+inline float sum8(__m256 v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+// 16 scales (or zero points) from p as float32, the lanes past mask k zero.
+template <class S>
+inline __m512 scales16(const S* p, __mmask16 k);
+template <>
+inline __m512 scales16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+template <>
+inline __m512 scales16(const at::BFloat16* p, __mmask16 k) {
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+inline __m512 scales16(const at::Half* p, __mmask16 k) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+}
+
+// Blocks per pass of int4's rows: their per-block factors s_g * d_b sit on the stack.
+constexpr int64_t Q4_CHUNK = 64;
+
+// int4 rows n..n+R-1 against the quantised rows, one block (16 bytes, 32 codes) per step.
+template <int M, int R, class S>
+inline void q4_rows(const Int4<S>& w, const QRows& a, int64_t n, float* out, int64_t ldo) {
+  const int64_t K = a.K, nb = a.nb, per_group = w.group / 32, groups = K / w.group;
+  const __m256i low = _mm256_set1_epi8(15);
+  __m256 acc[M][R];
+  __m512 zacc[M][R];  // the zero points' terms (group 32, 16 blocks at a time)
+  float zsum[M][R];   // the same, block by block (larger groups)
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      acc[m][r] = _mm256_setzero_ps();
+      zacc[m][r] = _mm512_setzero_ps();
+      zsum[m][r] = 0.0f;
+    }
+  alignas(64) float f[R][M][Q4_CHUNK];  // s_g * d_b of row r, activation row m, block b
+  for (int64_t b0 = 0; b0 < nb; b0 += Q4_CHUNK) {
+    const int64_t bn = std::min(Q4_CHUNK, nb - b0);
+    for (int r = 0; r < R; ++r) {
+      const S* sr = w.scale + (n + r) * groups;
+      const S* zr = w.zero + (n + r) * groups;
+      if (per_group == 1) {  // group 32: a block's scale is the next one, 16 at a time
+        for (int64_t b = 0; b < bn; b += 16) {
+          const __mmask16 k = bn - b >= 16 ? 0xFFFF : __mmask16((1u << (bn - b)) - 1);
+          const __m512 s = scales16(sr + b0 + b, k), z = scales16(zr + b0 + b, k);
+          const __m512 mn = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), s, z);  // zero - 8 s
+          for (int m = 0; m < M; ++m) {
+            const int64_t at = m * nb + b0 + b;
+            _mm512_mask_storeu_ps(&f[r][m][b], k, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, &a.d[at])));
+            zacc[m][r] = _mm512_fmadd_ps(mn, _mm512_maskz_loadu_ps(k, &a.c[at]), zacc[m][r]);
+          }
+        }
+      } else {
+        for (int64_t b = 0; b < bn; ++b) {
+          const int64_t g = (b0 + b) / per_group;
+          const float s = to_float(sr[g]), mn = to_float(zr[g]) - 8.0f * s;
+          for (int m = 0; m < M; ++m) {
+            f[r][m][b] = s * a.d[m * nb + b0 + b];
+            zsum[m][r] += mn * a.c[m * nb + b0 + b];
+          }
+        }
+      }
+    }
+    for (int64_t b = 0; b < bn; ++b) {
+      const int64_t k = (b0 + b) * 32;
+      if (b % 4 == 0)  // the next R rows, at the pace these are read (see rows)
+        for (int r = 0; r < R; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(w.q + (n + R) * (K / 2)) +
+                       ((b0 + b) / 4 * R + r) * 64, _MM_HINT_T0);
+      __m256i wv[R];
+      for (int r = 0; r < R; ++r) {  // the 32 codes in input order: low nibbles, then high
+        const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+            w.q + (n + r) * (K / 2) + k / 2));
+        wv[r] = _mm256_and_si256(
+            _mm256_inserti128_si256(_mm256_castsi128_si256(p), _mm_srli_epi16(p, 4), 1), low);
+      }
+      for (int m = 0; m < M; ++m) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+            a.q.data() + m * K + k));
+        for (int r = 0; r < R; ++r)
+          acc[m][r] = _mm256_fmadd_ps(
+              _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), wv[r], av)),
+              _mm256_set1_ps(f[r][m][b]), acc[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r)
+      out[m * ldo + n + r] = sum8(acc[m][r]) + _mm512_reduce_add_ps(zacc[m][r]) + zsum[m][r];
+}
+
+// Rows n0..n1 of an int4 weight against the quantised rows, R at a time (as range).
+template <int M, class S>
+void q_range(const Int4<S>& w, const QRows& a, int64_t n0, int64_t n1, float* out,
+             int64_t ldo) {
+  constexpr int R = M <= 2 ? 8 : (M <= 4 ? 4 : 2);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) q4_rows<M, R>(w, a, n, out, ldo);
+  for (; n < n1; ++n) q4_rows<M, 1>(w, a, n, out, ldo);
+}
+
+template <int M, class W>
+void q_range(const W&, const QRows&, int64_t, int64_t, float*, int64_t) {
+  TORCH_CHECK(false, "cove kernels: quantised activations for a dense weight");
+}
+#endif
+
 // Calls f with the weight reader of `lin`'s kind (and scale dtype).
 template <class F>
 void with_weight(const cove::Lin& lin, F&& f) {
@@ -193,23 +383,30 @@ void with_weight(const cove::Lin& lin, F&& f) {
 }
 
 template <int M>
-void lin_rows_m(const cove::Lin& lin, const float* x, int64_t n0, int64_t n1, float* out,
-                int64_t ldo) {
+void lin_rows_m(const cove::Lin& lin, const float* x, const QRows* qx, int64_t n0, int64_t n1,
+                float* out, int64_t ldo) {
+#ifdef COVE_VNNI
+  if (qx != nullptr && takes_qrows(lin))
+    return with_weight(lin, [&](const auto& w) { q_range<M>(w, *qx, n0, n1, out, ldo); });
+#else
+  (void)qx;
+#endif
   with_weight(lin, [&](const auto& w) { range<M>(w, x, lin.K, n0, n1, out, ldo); });
 }
 
-// Rows n0..n1 of y = x @ W^T (no bias) for M rows of x [M, K], into out[m * ldo + n].
-void lin_rows(const cove::Lin& lin, const float* x, int64_t M, int64_t n0, int64_t n1,
-              float* out, int64_t ldo) {
+// Rows n0..n1 of y = x @ W^T (no bias) for M rows of x [M, K], into out[m * ldo + n]; int8
+// and int4 weights read x's quantised rows qx when given (see QRows).
+void lin_rows(const cove::Lin& lin, const float* x, const QRows* qx, int64_t M, int64_t n0,
+              int64_t n1, float* out, int64_t ldo) {
   switch (M) {
-    case 1: return lin_rows_m<1>(lin, x, n0, n1, out, ldo);
-    case 2: return lin_rows_m<2>(lin, x, n0, n1, out, ldo);
-    case 3: return lin_rows_m<3>(lin, x, n0, n1, out, ldo);
-    case 4: return lin_rows_m<4>(lin, x, n0, n1, out, ldo);
-    case 5: return lin_rows_m<5>(lin, x, n0, n1, out, ldo);
-    case 6: return lin_rows_m<6>(lin, x, n0, n1, out, ldo);
-    case 7: return lin_rows_m<7>(lin, x, n0, n1, out, ldo);
-    case 8: return lin_rows_m<8>(lin, x, n0, n1, out, ldo);
+    case 1: return lin_rows_m<1>(lin, x, qx, n0, n1, out, ldo);
+    case 2: return lin_rows_m<2>(lin, x, qx, n0, n1, out, ldo);
+    case 3: return lin_rows_m<3>(lin, x, qx, n0, n1, out, ldo);
+    case 4: return lin_rows_m<4>(lin, x, qx, n0, n1, out, ldo);
+    case 5: return lin_rows_m<5>(lin, x, qx, n0, n1, out, ldo);
+    case 6: return lin_rows_m<6>(lin, x, qx, n0, n1, out, ldo);
+    case 7: return lin_rows_m<7>(lin, x, qx, n0, n1, out, ldo);
+    case 8: return lin_rows_m<8>(lin, x, qx, n0, n1, out, ldo);
   }
 }
 
@@ -323,6 +520,17 @@ void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M) {
     total += (jobs[j].lin->N + BLOCK - 1) / BLOCK;
     row_bytes = std::min(row_bytes, jobs[j].lin->row_bytes());
   }
+  // x quantised once for the region's int8/int4 products (the caller's thread's buffers,
+  // reused from call to call; the workers only read them).
+  const QRows* qx = nullptr;
+#ifdef COVE_VNNI
+  thread_local QRows quantized;
+  for (int64_t j = 0; j < count && qx == nullptr; ++j)
+    if (takes_qrows(*jobs[j].lin)) {
+      quantize_rows(x, M, jobs[j].lin->K, quantized);
+      qx = &quantized;
+    }
+#endif
   // Below ~64 KiB of weights a second thread costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, (64 << 10) / (BLOCK * row_bytes));
   at::parallel_for(0, total, grain, [&](int64_t b0, int64_t b1) {
@@ -331,7 +539,7 @@ void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M) {
       const int64_t lo = std::max(b0, first), hi = std::min(b1, first + blocks);
       if (lo >= hi) continue;
       const Lin& lin = *jobs[j].lin;
-      lin_rows(lin, x, M, (lo - first) * BLOCK, std::min(lin.N, (hi - first) * BLOCK),
+      lin_rows(lin, x, qx, M, (lo - first) * BLOCK, std::min(lin.N, (hi - first) * BLOCK),
                jobs[j].out, jobs[j].ldo);
     }
   });
@@ -406,7 +614,9 @@ at::Tensor int4_dequantize(const at::Tensor& q, const at::Tensor& scale, const a
 }
 
 std::string isa() {
-#ifdef COVE_AVX512
+#if defined(COVE_VNNI)
+  return "avx512+vnni";
+#elif defined(COVE_AVX512)
   return "avx512";
 #else
   return "scalar";
