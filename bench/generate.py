@@ -314,13 +314,23 @@ class LlamaWorker:
 
 def top1_agreement(model, reference, tokenizer, new: int = 24) -> float:
     """Per step, whether `model`'s top-1 token is `reference`'s, along the reference's greedy
-    answers to a few chat prompts (teacher forcing: one flip is not counted twice)."""
+    answers to a few chat prompts (teacher forcing: one flip is not counted twice). The steps
+    run as `generate` runs them: the prompt through the model's forward, each next token
+    through its one-token decoding steps (the kernels' step where it applies), so the
+    agreement is that of the kernels that decode."""
     import torch
 
     questions = ["What is the capital of France?", "Write a short poem about the sea.",
                  "Give me three tips for learning a new language.",
                  "Explain what a prime number is.", "What is 12 times 7?",
                  "Name a large animal that lives in the sea."]
+    eos = reference.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
+
+    def top1(logits: torch.Tensor) -> torch.Tensor:
+        # min_new_tokens keeps the reference off its EOS tokens: the same rule here
+        return logits.index_fill(-1, eos, float("-inf")).argmax()
+
     same = total = 0
     with torch.inference_mode():
         for q in questions:
@@ -329,8 +339,20 @@ def top1_agreement(model, reference, tokenizer, new: int = 24) -> float:
                                                 return_dict=True)["input_ids"]
             out = reference.generate(ids, max_new_tokens=new, min_new_tokens=new,
                                      do_sample=False)
-            ours = model(out).logits[0, ids.shape[1] - 1:-1].argmax(-1)
-            same += int((ours == out[0, ids.shape[1]:]).sum())
+            start = ids.shape[1]
+            fast = model.fast_decoder(torch.arange(out.shape[1])[None], {})
+            cache = fast.cache if fast is not None else model.new_cache(1, out.shape[1])
+            logits = model(ids, past_key_values=cache, use_cache=True).logits[0, -1]
+            ours = [top1(logits)]
+            for i in range(start, out.shape[1] - 1):
+                token = out[:, i:i + 1]
+                if fast is not None:
+                    logits = fast.step(token[:, 0], torch.tensor([i]), None).logits
+                else:
+                    logits = model(token, position_ids=torch.tensor([[i]]),
+                                   past_key_values=cache, use_cache=True).logits
+                ours.append(top1(logits[0, -1]))
+            same += int((torch.stack(ours) == out[0, start:]).sum())
             total += new
     return same / total
 
