@@ -220,10 +220,14 @@ def test_bad_input_is_refused(ext):
         kernels.pack_int4(torch.zeros(4, 48, dtype=torch.int32))
 
 
-def test_cache_key_names_the_cpu_and_flags(monkeypatch):
+def test_cache_key_names_the_cpu_flags_and_torch(monkeypatch):
     key = kernels.build_key()
     assert kernels.build_key(("-DCOVE_KERNELS_SCALAR",)) != key
-    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "flags : sse2")  # another CPU
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "_cpu_flags", lambda: "flags : sse2")  # another CPU
+        assert kernels.build_key() != key
+    # the same torch in another environment: its include folders differ in the build file
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/site-packages/torch/__init__.py")
     assert kernels.build_key() != key
 
 

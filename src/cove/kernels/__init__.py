@@ -66,9 +66,12 @@ def _cpu_flags() -> str:
 
 
 def build_key(flags: tuple[str, ...] = ()) -> str:
-    """The cache folder's name: source, compile flags, torch, Python, machine and CPU."""
+    """The cache folder's name: source, compile flags, torch (its version and where it lies),
+    Python, machine and CPU. Where torch lies is in the key because the build file names its
+    include folders: two environments sharing a folder would rewrite it and rebuild in turn."""
     parts = [*(f.read_bytes() for f in FILES), " ".join(flags).encode(), torch.__version__.encode(),
-             sys.version.encode(), platform.machine().encode(), _cpu_flags().encode()]
+             os.path.dirname(torch.__file__).encode(), sys.version.encode(),
+             platform.machine().encode(), _cpu_flags().encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
 
 
