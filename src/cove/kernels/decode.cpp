@@ -104,183 +104,6 @@ void rotate(float* x, const float* c, const float* s, int64_t rot) {
   }
 }
 
-// -- dense products (float32 and bfloat16 weights) --------------------------------------------
-// gemv.cpp's per-row sums in the same order (sixteen lanes of multiply-adds over k, then
-// _mm512_reduce_add_ps, then the tail), so results are its bit for bit (the module path's
-// linears run on it), with two changes for decoding's stream of weights: the next block of
-// rows is prefetched while one is summed (a row of SmolLM2 is 1-2 KiB: the hardware
-// prefetcher barely starts on a row before it ends), and bfloat16 weights are widened without
-// a shuffle (a 16-weight load shifted for the even inputs and masked for the odd ones, summed
-// in 8-lane halves against the activations split the same way: each lane still adds its own
-// inputs in order). Measured on SmolLM2-135M, one thread, CPU time per step in one process
-// (load ~7): float32 32.3 -> 28.4 ms, bfloat16 29.1 -> 22.0 ms; without the prefetch the
-// shuffle-free widening alone gave 2%.
-#ifdef COVE_AVX512
-template <int M, int R>
-void f32_rows(const float* w, const float* x, int64_t K, int64_t n, float* out, int64_t ldo,
-              const char* next) {
-  __m512 acc[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  const int64_t vec_end = K - K % 16;
-  const int64_t pf_step = R * 64;  // bytes of the next block per 16 inputs (R rows * 64 B)
-  for (int64_t k = 0, it = 0; k < vec_end; k += 16, ++it) {
-    for (int64_t j = 0; j < pf_step; j += 64) _mm_prefetch(next + it * pf_step + j, _MM_HINT_T0);
-    __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w + (n + r) * K + k);
-    for (int m = 0; m < M; ++m) {
-      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
-      for (int r = 0; r < R; ++r) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
-    }
-  }
-  float sum[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) sum[m][r] = _mm512_reduce_add_ps(acc[m][r]);
-  for (int64_t k = vec_end; k < K; ++k)
-    for (int r = 0; r < R; ++r) {
-      const float wk = w[(n + r) * K + k];
-      for (int m = 0; m < M; ++m) sum[m][r] += x[m * K + k] * wk;
-    }
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) out[m * ldo + n + r] = sum[m][r];
-}
-
-// xs: x with each 16 inputs split into their 8 even then 8 odd ones.
-template <int M, int R>
-void bf16_rows(const uint16_t* w, const float* x, const float* xs, int64_t K, int64_t n,
-               float* out, int64_t ldo, const char* next) {
-  __m256 even[M][R], odd[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) even[m][r] = odd[m][r] = _mm256_setzero_ps();
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-  const int64_t vec_end = K - K % 16;
-  const int64_t pf_step = R * 32;
-  for (int64_t k = 0, it = 0; k < vec_end; k += 16, ++it) {
-    for (int64_t j = 0; j < pf_step; j += 64) _mm_prefetch(next + it * pf_step + j, _MM_HINT_T0);
-    for (int r = 0; r < R; ++r) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (n + r) * K + k));
-      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
-      for (int m = 0; m < M; ++m) {
-        even[m][r] = _mm256_fmadd_ps(we, _mm256_loadu_ps(xs + m * K + k), even[m][r]);
-        odd[m][r] = _mm256_fmadd_ps(wo, _mm256_loadu_ps(xs + m * K + k + 8), odd[m][r]);
-      }
-    }
-  }
-  float sum[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) {
-      // the sixteen lanes in gemv.cpp's order: lane 2i even[i], lane 2i + 1 odd[i]
-      const __m256 lo = _mm256_unpacklo_ps(even[m][r], odd[m][r]);
-      const __m256 hi = _mm256_unpackhi_ps(even[m][r], odd[m][r]);
-      const __m512 lanes = _mm512_insertf32x8(
-          _mm512_castps256_ps512(_mm256_permute2f128_ps(lo, hi, 0x20)),
-          _mm256_permute2f128_ps(lo, hi, 0x31), 1);
-      sum[m][r] = _mm512_reduce_add_ps(lanes);
-    }
-  for (int64_t k = vec_end; k < K; ++k)
-    for (int r = 0; r < R; ++r) {
-      uint32_t bits = uint32_t(w[(n + r) * K + k]) << 16;
-      float wk;
-      std::memcpy(&wk, &bits, 4);
-      for (int m = 0; m < M; ++m) sum[m][r] += x[m * K + k] * wk;
-    }
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) out[m * ldo + n + r] = sum[m][r];
-}
-
-// Rows n0..n1 of a dense layer against M rows of x; `next`: where the rows after n1 start.
-template <int M>
-void dense_range(const Lin& lin, const float* x, const float* xs, int64_t n0, int64_t n1,
-                 float* out, int64_t ldo) {
-  const int64_t K = lin.K;
-  if (lin.kind == cove::Kind::F32) {
-    constexpr int R = M <= 2 ? 8 : (M <= 4 ? 4 : 2);
-    const float* w = lin.w.data_ptr<float>();
-    int64_t n = n0;
-    for (; n + R <= n1; n += R)
-      f32_rows<M, R>(w, x, K, n, out, ldo, reinterpret_cast<const char*>(w + (n + R) * K));
-    for (; n < n1; ++n)
-      f32_rows<M, 1>(w, x, K, n, out, ldo, reinterpret_cast<const char*>(w + (n + 1) * K));
-  } else {
-    // 2 * M * R accumulators of the 32 registers
-    constexpr int R = M == 1 ? 8 : (M == 2 ? 4 : (M <= 4 ? 2 : 1));
-    const uint16_t* w = reinterpret_cast<const uint16_t*>(lin.w.data_ptr<at::BFloat16>());
-    int64_t n = n0;
-    for (; n + R <= n1; n += R)
-      bf16_rows<M, R>(w, x, xs, K, n, out, ldo, reinterpret_cast<const char*>(w + (n + R) * K));
-    for (; n < n1; ++n)
-      bf16_rows<M, 1>(w, x, xs, K, n, out, ldo, reinterpret_cast<const char*>(w + (n + 1) * K));
-  }
-}
-
-void dense_rows(const Lin& lin, const float* x, const float* xs, int64_t M, int64_t n0,
-                int64_t n1, float* out, int64_t ldo) {
-  switch (M) {
-    case 1: return dense_range<1>(lin, x, xs, n0, n1, out, ldo);
-    case 2: return dense_range<2>(lin, x, xs, n0, n1, out, ldo);
-    case 3: return dense_range<3>(lin, x, xs, n0, n1, out, ldo);
-    case 4: return dense_range<4>(lin, x, xs, n0, n1, out, ldo);
-    case 5: return dense_range<5>(lin, x, xs, n0, n1, out, ldo);
-    case 6: return dense_range<6>(lin, x, xs, n0, n1, out, ldo);
-    case 7: return dense_range<7>(lin, x, xs, n0, n1, out, ldo);
-    case 8: return dense_range<8>(lin, x, xs, n0, n1, out, ldo);
-  }
-}
-#endif
-
-// The products of layers reading the same x [M, K] in one parallel region, as
-// cove::run_jobs computes them (bit for bit); dense layers through the kernels above.
-void products(const Job* jobs, int64_t count, const float* x, int64_t M) {
-#ifdef COVE_AVX512
-  bool dense = true;
-  for (int64_t j = 0; j < count; ++j)
-    dense = dense && (jobs[j].lin->kind == cove::Kind::F32 || jobs[j].lin->kind == cove::Kind::BF16);
-  if (dense) {
-    constexpr int64_t BLOCK = 16;
-    const int64_t K = jobs[0].lin->K;
-    std::vector<float> xs;
-    bool bf16 = false;
-    for (int64_t j = 0; j < count; ++j) bf16 = bf16 || jobs[j].lin->kind == cove::Kind::BF16;
-    if (bf16) {
-      xs.resize(M * K);
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t k = 0; k + 16 <= K; k += 16)
-          for (int64_t i = 0; i < 8; ++i) {
-            xs[m * K + k + i] = x[m * K + k + 2 * i];
-            xs[m * K + k + 8 + i] = x[m * K + k + 2 * i + 1];
-          }
-    }
-    int64_t starts[8], total = 0, row_bytes = INT64_MAX;
-    for (int64_t j = 0; j < count; ++j) {
-      starts[j] = total;
-      total += (jobs[j].lin->N + BLOCK - 1) / BLOCK;
-      row_bytes = std::min(row_bytes, jobs[j].lin->row_bytes());
-    }
-    const int64_t grain = std::max<int64_t>(1, (64 << 10) / (BLOCK * row_bytes));
-    at::parallel_for(0, total, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t first = starts[j], blocks = (jobs[j].lin->N + BLOCK - 1) / BLOCK;
-        const int64_t lo = std::max(b0, first), hi = std::min(b1, first + blocks);
-        if (lo >= hi) continue;
-        const Lin& lin = *jobs[j].lin;
-        dense_rows(lin, x, xs.data(), M, (lo - first) * BLOCK,
-                   std::min(lin.N, (hi - first) * BLOCK), jobs[j].out, jobs[j].ldo);
-      }
-    });
-    for (int64_t j = 0; j < count; ++j) {
-      const Lin& lin = *jobs[j].lin;
-      if (!lin.bias.defined()) continue;
-      const float* b = lin.bias.data_ptr<float>();
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < lin.N; ++n) jobs[j].out[m * jobs[j].ldo + n] += b[n];
-    }
-    return;
-  }
-#endif
-  cove::run_jobs(jobs, count, x, M);
-}
-
 // -- the bfloat16 arithmetic's pieces -------------------------------------------------------
 // No multiply-add contraction here: each product and sum rounds as torch's separate ops do.
 #pragma GCC push_options
@@ -526,7 +349,7 @@ class Decoder {
         rms_norm(&h[m * H], l.in_norm.data_ptr<float>(), eps_, H, &a[m * H]);
       const Job qkv_jobs[3] = {{&l.q, qkv.data(), width}, {&l.k, qkv.data() + qw, width},
                                {&l.v, qkv.data() + qw + kvw, width}};
-      products(qkv_jobs, 3, a.data(), M);
+      cove::run_jobs(qkv_jobs, 3, a.data(), M);
       for (int64_t m = 0; m < M; ++m) {
         float* qm = &qkv[m * width];
         float* km = qm + qw;
@@ -552,25 +375,25 @@ class Decoder {
       attend(kcache, vcache, T_, qkv.data(), width, keep_p, keep_ld, n, groups, scale, M,
              att.data());
       const Job o_job{&l.o, tmp.data(), H};
-      products(&o_job, 1, att.data(), M);
+      cove::run_jobs(&o_job, 1, att.data(), M);
       for (int64_t i = 0; i < M * H; ++i) h[i] += tmp[i];
       for (int64_t m = 0; m < M; ++m)
         rms_norm(&h[m * H], l.post_norm.data_ptr<float>(), eps_, H, &a[m * H]);
       const Job mlp_jobs[2] = {{&l.gate, gu.data(), 2 * I}, {&l.up, gu.data() + I, 2 * I}};
-      products(mlp_jobs, 2, a.data(), M);
+      cove::run_jobs(mlp_jobs, 2, a.data(), M);
       for (int64_t m = 0; m < M; ++m)
         for (int64_t i = 0; i < I; ++i) {
           const float g = gu[m * 2 * I + i];
           act[m * I + i] = g / (1.0f + std::exp(-g)) * gu[m * 2 * I + I + i];
         }
       const Job down_job{&l.down, tmp.data(), H};
-      products(&down_job, 1, act.data(), M);
+      cove::run_jobs(&down_job, 1, act.data(), M);
       for (int64_t i = 0; i < M * H; ++i) h[i] += tmp[i];
     }
     for (int64_t m = 0; m < M; ++m)
       rms_norm(&h[m * H], norm_.data_ptr<float>(), eps_, H, &a[m * H]);
     const Job head_job{&head_, logits.data_ptr<float>(), head_.N};
-    products(&head_job, 1, a.data(), M);
+    cove::run_jobs(&head_job, 1, a.data(), M);
   }
 
   // The step in the bfloat16 arithmetic (see the top). logits: float32 [M, vocab], holding
@@ -605,7 +428,7 @@ class Decoder {
                       squares.data());
       const Job qkv_jobs[3] = {{&l.q, qkv.data(), width}, {&l.k, qkv.data() + qw, width},
                                {&l.v, qkv.data() + qw + kvw, width}};
-      products(qkv_jobs, 3, a.data(), M);
+      cove::run_jobs(qkv_jobs, 3, a.data(), M);
       round_bf16(qkv.data(), M * width);
       at::BFloat16* q_out = q4.data_ptr<at::BFloat16>();
       for (int64_t m = 0; m < M; ++m) {
@@ -641,14 +464,14 @@ class Decoder {
       const at::Tensor merged = out.reshape({M, qw}).to(at::kFloat).contiguous();
       std::copy(merged.data_ptr<float>(), merged.data_ptr<float>() + M * qw, att.data());
       const Job o_job{&l.o, tmp.data(), H};
-      products(&o_job, 1, att.data(), M);
+      cove::run_jobs(&o_job, 1, att.data(), M);
       round_bf16(tmp.data(), M * H);
       add_bf16(h.data(), tmp.data(), M * H);
       for (int64_t m = 0; m < M; ++m)
         rms_norm_bf16(&h[m * H], l.post_norm.data_ptr<float>(), eps_, H, &a[m * H],
                       squares.data());
       const Job mlp_jobs[2] = {{&l.gate, gu.data(), 2 * I}, {&l.up, gu.data() + I, 2 * I}};
-      products(mlp_jobs, 2, a.data(), M);
+      cove::run_jobs(mlp_jobs, 2, a.data(), M);
       round_bf16(gu.data(), M * 2 * I);
       at::BFloat16* gate_p = gate.data_ptr<at::BFloat16>();
       for (int64_t m = 0; m < M; ++m) store(gate_p + m * I, &gu[m * 2 * I], I);
@@ -658,14 +481,14 @@ class Decoder {
           act[m * I + i] = static_cast<float>(gate_p[m * I + i]) * gu[m * 2 * I + I + i];
       round_bf16(act.data(), M * I);
       const Job down_job{&l.down, tmp.data(), H};
-      products(&down_job, 1, act.data(), M);
+      cove::run_jobs(&down_job, 1, act.data(), M);
       round_bf16(tmp.data(), M * H);
       add_bf16(h.data(), tmp.data(), M * H);
     }
     for (int64_t m = 0; m < M; ++m)
       rms_norm_bf16(&h[m * H], norm_.data_ptr<float>(), eps_, H, &a[m * H], squares.data());
     const Job head_job{&head_, logits.data_ptr<float>(), head_.N};
-    products(&head_job, 1, a.data(), M);
+    cove::run_jobs(&head_job, 1, a.data(), M);
   }
 
   // The module's boolean attention mask [M, 1, 1, n] for one query per row over n keys
