@@ -30,9 +30,10 @@ generator likewise, in a worker process of `.venv-llama` taking one request per 
 
 3. Peak memory (issue 20: <= 1.3x the GGUF file plus the KV cache): fresh processes load
    the GGUF kept quantised, or Cove's int4 g32 from the float32 folder, and generate
-   SHORT_PROMPT + MEMORY_NEW tokens at one thread; peak RSS (VmHWM) minus a process that
-   imported the same modules and loaded cove.kernels (the library's own memory), minus the
-   generation's KV cache, against the GGUF file's size. `python bench/generate.py memory`:
+   SHORT_PROMPT + MEMORY_NEW tokens at one thread; peak RSS (VmHWM, less the file-backed
+   pages: how much of libtorch's code a process maps depends on the page cache, not on the
+   model) minus a process that imported the same modules and loaded cove.kernels (the
+   library's own memory), minus the generation's KV cache, against the GGUF file's size. `python bench/generate.py memory`:
    only these rows (about 2 minutes quiet).
 
 `python bench/generate.py llama`: only part 2; `kernels`: cove.kernels' GEMV alone (float32,
@@ -534,7 +535,7 @@ if spec["kind"] == "baseline":
             importlib.import_module(name)
         except Exception:  # a module that imports only as part of another's import
             pass
-    print(json.dumps({"peak": status("VmHWM:")}))
+    print(json.dumps({"peak": status("VmHWM:") - status("RssFile:")}))
     sys.exit()
 before = status("VmRSS:")
 if spec["kind"] == "gguf":
@@ -544,7 +545,7 @@ else:
     from cove.models.weight_only import Int4WeightOnlyConfig, TorchAoConfig
     model = AutoModelForCausalLM.from_pretrained(
         spec["folder"], quantization_config=TorchAoConfig(Int4WeightOnlyConfig(group_size=32)))
-loaded, load_peak = status("VmRSS:"), status("VmHWM:")
+loaded, load_peak = status("VmRSS:"), status("VmHWM:") - status("RssFile:")
 prompt, new = spec["prompt"], spec["new"]
 ids = torch.arange(100, 100 + prompt)[None]
 with torch.inference_mode():
@@ -554,8 +555,8 @@ c = model.config
 head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 kv = (c.num_hidden_layers * 2 * c.num_key_value_heads * head * out.shape[1]
       * model.dtype.itemsize)
-print(json.dumps({"peak": status("VmHWM:"), "before": before, "loaded": loaded,
-                  "load_peak": load_peak,
+print(json.dumps({"peak": status("VmHWM:") - status("RssFile:"), "before": before,
+                  "loaded": loaded, "load_peak": load_peak,
                   "file_pages": status("RssFile:"), "kv": kv,
                   "modules": sorted(n for n in sys.modules if n != "__main__")}))
 """
@@ -596,7 +597,8 @@ def memory_rows(folder: Path) -> list[Row]:
         rows.append(Row(
             "generate", f"peak RSS, {label}, load + {SHORT_PROMPT}+{MEMORY_NEW} tokens", "MiB",
             Stats.of(mib), Stats.fixed(size / 2**20), "the GGUF file", "<= 1.3",
-            f"peak VmHWM minus a process importing the same modules, minus the KV cache "
+            f"peak VmHWM less file-backed pages, minus a process importing the same modules, "
+            f"minus the KV cache "
             f"({r[0]['kv'] / 2**20:.1f} MiB); the load's own peak "
             f"{median(lambda x: x['load_peak'] - x['baseline']):.1f} MiB; peak minus the RSS "
             f"just before the load {median(lambda x: x['peak'] - x['before']):.1f} MiB (counts "

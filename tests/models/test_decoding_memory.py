@@ -4,7 +4,11 @@ file plus the KV cache).
 Each measurement is a fresh child process: it loads the model (`dtype="auto"`), generates,
 and prints its peak RSS (VmHWM) after the load and at the end, and the modules it imported; a
 second child imports those same modules and loads cove.kernels, no model: its peak is the
-library's, subtracted. The prompt is 8 tokens, so every step (the prompt's too) runs in
+library's, subtracted. Each peak is taken less the process's file-backed pages when it is
+read (RssFile: the mapped libraries' code): how many of libtorch's code pages a run maps
+depends on the page cache, not on the model (a freshly installed torch, all of it cached,
+mapped ~47 MiB more than a long-installed one and failed the bound on a fresh clone). File
+pages mapped after the peak are subtracted too, so this can understate the peak by those. The prompt is 8 tokens, so every step (the prompt's too) runs in
 cove.kernels; a longer prompt's float32 weight slices and GEMM buffers are measured by
 bench/generate.py's memory rows, not bounded here. Bounds, not timings: the load's peak
 measured 1.14-1.15x the file, the whole run 1.18-1.19x (the load alone was 1.29-1.30x before
@@ -42,10 +46,10 @@ if spec["kind"] == "baseline":
             importlib.import_module(name)
         except Exception:  # a module that imports only as part of another's import
             pass
-    print(json.dumps({"peak": status("VmHWM:")}))
+    print(json.dumps({"peak": status("VmHWM:") - status("RssFile:")}))
     sys.exit()
 model = AutoModelForCausalLM.from_pretrained(spec["folder"], gguf_file=spec["file"], dtype="auto")
-load_peak = status("VmHWM:")
+load_peak = status("VmHWM:") - status("RssFile:")
 tensors = {t.data_ptr(): t.numel() * t.element_size()
            for t in [*model.parameters(), *model.buffers()]}
 ids = torch.arange(100, 100 + spec["prompt"])[None]
@@ -55,7 +59,8 @@ with torch.inference_mode():
 c = model.config
 head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 kv = c.num_hidden_layers * 2 * c.num_key_value_heads * head * out.shape[1] * model.dtype.itemsize
-print(json.dumps({"load_peak": load_peak, "peak": status("VmHWM:"), "kv": kv,
+print(json.dumps({"load_peak": load_peak, "peak": status("VmHWM:") - status("RssFile:"),
+                  "kv": kv,
                   "tensors": sum(tensors.values()),
                   "modules": sorted(n for n in sys.modules if n != "__main__")}))
 """
