@@ -190,6 +190,18 @@ def test_sliding_window_and_dynamic_rope_limits():
         assert plan(dynamic, length=65) is None  # the frequencies would change
 
 
+def test_serving_steps_take_llama_family_models(caplog):
+    """The serving engine's steps (any number of rows, 8 a call; no gradients by design)."""
+    import logging
+
+    gpt2 = cm.AutoModelForCausalLM.from_config(cm.GPT2Config(
+        vocab_size=99, n_embd=32, n_layer=1, n_head=2, n_positions=32)).eval()
+    assert isinstance(decoding.slot_steps(model_of("llama"), 64), decoding.KernelSteps)
+    with caplog.at_level(logging.DEBUG, logger="cove.models"):
+        assert decoding.slot_steps(gpt2, 32) is None
+    assert "GPT2LMHeadModel is not a Llama-family model" in caplog.text
+
+
 def test_kernels_off_keeps_the_module_forward(monkeypatch):
     model = model_of("llama")
     monkeypatch.setattr(kernels, "_loaded", None)
@@ -204,24 +216,37 @@ def test_kernels_off_keeps_the_module_forward(monkeypatch):
 def test_bad_input_is_refused():
     model = model_of("llama")
     with torch.no_grad():
-        dec = plan(model, length=4)
-        x = torch.randn(1, 64)
-        pos = torch.tensor([0])
-        step = dec.decoder.step
+        dec = plan(model, rows=2, length=4)
+        steps, block = dec.steps, dec.cache.storage
+        x = torch.randn(2, 64)
+        two = torch.tensor([0, 1])
+        zero = torch.tensor([0, 0])
+
+        def step(x=x, block=block, slots=two, lengths=zero, positions=zero, mask=None):
+            return steps.decoder.step(x, block, slots, lengths, positions, steps.cos,
+                                      steps.sin, mask)
+
+        step()
         with pytest.raises(RuntimeError, match="past the rotary table"):
-            step(x, dec.cache.storage, torch.tensor([4]), dec.cos, dec.sin, None, 0)
-        with pytest.raises(RuntimeError, match="the cache holds 4 positions"):
-            step(x, dec.cache.storage, pos, dec.cos, dec.sin, None, 4)
+            step(positions=torch.tensor([0, 4]))
+        with pytest.raises(RuntimeError, match="the cache holds 4 positions; position 4"):
+            step(lengths=torch.tensor([1, 4]))
+        with pytest.raises(RuntimeError, match="slot 2 is not in the cache's 2"):
+            step(slots=torch.tensor([0, 2]))
+        with pytest.raises(RuntimeError, match="rows 0 and 1 both write slot 1"):
+            step(slots=torch.tensor([1, 1]))
+        with pytest.raises(RuntimeError, match=r"slots and lengths must be int64 \[2\]"):
+            step(lengths=torch.tensor([0]))
         with pytest.raises(RuntimeError, match="the cache must be"):
-            step(x, dec.cache.storage[:, :, :, :1], pos, dec.cos, dec.sin, None, 0)
+            step(block=block[:, :, :, :1])
         with pytest.raises(RuntimeError, match=r"x must be \[1..8 rows, 64\]"):
-            step(torch.randn(1, 63), dec.cache.storage, pos, dec.cos, dec.sin, None, 0)
-        with pytest.raises(RuntimeError, match="attention mask must be"):
-            step(x, dec.cache.storage, pos, dec.cos, dec.sin, torch.ones(1, 1), 1)
+            step(x=torch.randn(2, 63))
+        with pytest.raises(RuntimeError, match=r"attention mask must be \[2, > 1\]"):
+            step(lengths=torch.tensor([0, 1]), mask=torch.ones(2, 1))
         ext = kernels.load()
         with pytest.raises(RuntimeError, match="q_proj is 64 x 32, expected 64 x 64"):
-            dec.decoder.add_layer(*[torch.ones(64)] * 2, None, None, True,
-                                  ext.Linear(0, torch.randn(64, 32)),
-                                  *[ext.Linear(0, torch.randn(64, 64))] * 6)
+            steps.decoder.add_layer(*[torch.ones(64)] * 2, None, None, True,
+                                    ext.Linear(0, torch.randn(64, 32)),
+                                    *[ext.Linear(0, torch.randn(64, 64))] * 6)
         with pytest.raises(RuntimeError, match="weight kind 0..3"):
             ext.Linear(7, torch.randn(4, 4))

@@ -7,9 +7,11 @@
 //   a = RMSNorm(h); q, k, v = a @ Wq/Wk/Wv^T (one parallel region; biases when the layer has
 //   them); per-head RMSNorm of q and k (Qwen3); rotary embedding (cos/sin tables by position,
 //   so every rope_type the model's RotaryEmbedding computes is covered); k, v written in place
-//   at `length` into the preallocated cache [layers, 2, M, kv_heads, max_length, head_dim];
-//   attention of each query head over its kv head's keys 0..length (grouped-query; keys the
-//   attention mask zeroes are skipped: left padding); h += o_proj(attention); then
+//   into the preallocated cache [layers, 2, slots, kv_heads, max_length, head_dim], each row
+//   into its own slot at its own length (generate: slot m, every row at one length; the
+//   serving engine: a pool of slots, each sequence at its own length); attention of each query
+//   head over its kv head's keys 0..length of its slot (grouped-query; keys the attention mask
+//   zeroes are skipped: left padding); h += o_proj(attention); then
 //   h += down(silu(gate(b)) * up(b)) with b = RMSNorm(h). Finally RMSNorm and the LM head.
 // Weights are read in their stored kinds (gemv.h's Lin: float32, bfloat16, int8, int4) and
 // are the model's own tensors (no copies); norm weights are float32 copies.
@@ -213,6 +215,32 @@ at::Tensor float_vector(const at::Tensor& t, int64_t n, const char* what) {
   return t;
 }
 
+// Where a step's rows live in the cache: row m in slot slot[m], holding len[m] positions (its
+// new key and value go to index len[m]); S slots of T positions.
+struct Rows {
+  const int64_t* slot;
+  const int64_t* len;
+  int64_t S, T, longest;  // longest: the largest len
+
+  // values in one layer's keys (or values) [S, kv_heads, T, D]
+  int64_t slab(int64_t kv_heads, int64_t D) const { return S * kv_heads * T * D; }
+  // where row m's keys (or values) of kv head g start in them
+  int64_t base(int64_t m, int64_t g, int64_t kv_heads, int64_t D) const {
+    return (slot[m] * kv_heads + g) * T * D;
+  }
+  // where row m's new key (or value) of kv head g goes
+  int64_t at(int64_t m, int64_t g, int64_t kv_heads, int64_t D) const {
+    return base(m, g, kv_heads, D) + len[m] * D;
+  }
+  // the first slot when the M rows are consecutive slots (the module's cache then hands over
+  // a view), else -1
+  int64_t first(int64_t M) const {
+    for (int64_t m = 1; m < M; ++m)
+      if (slot[m] != slot[0] + m) return -1;
+    return slot[0];
+  }
+};
+
 struct Layer {
   at::Tensor in_norm, post_norm, q_norm, k_norm;  // q_norm/k_norm: undefined unless Qwen3
   Lin q, k, v, o, gate, up, down;
@@ -264,25 +292,43 @@ class Decoder {
     layers_.push_back(std::move(l));
   }
 
-  // x: the new tokens' embeddings [M, hidden]; cache [layers, 2, M, kv_heads, T, head_dim];
-  // positions int64 [M] (rotary positions); cos, sin float32 [P, rot] by position; mask:
-  // [M, >= length + 1] of 1/0 over the cache's slots, or None; length: slots already filled.
-  // Writes slot `length` of every layer and returns float32 logits [M, vocab].
-  at::Tensor step(const at::Tensor& x, const at::Tensor& cache, const at::Tensor& positions,
-                  const at::Tensor& cos, const at::Tensor& sin,
-                  const c10::optional<at::Tensor>& mask, int64_t length) const {
+  // x: the new tokens' embeddings [M, hidden]; cache [layers, 2, S, kv_heads, T, head_dim]
+  // (S slots of T positions); slots int64 [M]: the distinct slot each row reads and writes;
+  // lengths int64 [M]: the positions each row's slot holds (its new key and value go to index
+  // lengths[m], it attends over 0..lengths[m]); positions int64 [M] (rotary positions); cos,
+  // sin float32 [P, rot] by position; mask: [M, > max length] of 1/0 over the slots'
+  // positions (left padding), or None. Returns float32 logits [M, vocab].
+  at::Tensor step(const at::Tensor& x, const at::Tensor& cache, const at::Tensor& slots,
+                  const at::Tensor& lengths, const at::Tensor& positions, const at::Tensor& cos,
+                  const at::Tensor& sin, const c10::optional<at::Tensor>& mask) const {
     const int64_t M = x.size(0);
     TORCH_CHECK(!layers_.empty(), "cove decoder: no layers");
     TORCH_CHECK(x.dim() == 2 && x.size(1) == hidden_ && M >= 1 && M <= cove::MAX_ROWS &&
                 x.device().is_cpu(), "cove decoder: x must be [1..8 rows, ", hidden_,
                 "] on the CPU, got ", x.sizes());
     TORCH_CHECK(cache.dim() == 6 && cache.size(0) == static_cast<int64_t>(layers_.size()) &&
-                cache.size(1) == 2 && cache.size(2) == M && cache.size(3) == kv_heads_ &&
-                cache.size(5) == dim_ && cache.is_contiguous() && cache.device().is_cpu(),
+                cache.size(1) == 2 && cache.size(3) == kv_heads_ && cache.size(5) == dim_ &&
+                cache.is_contiguous() && cache.device().is_cpu(),
                 "cove decoder: the cache must be a contiguous CPU tensor [", layers_.size(),
-                ", 2, ", M, ", ", kv_heads_, ", max_length, ", dim_, "], got ", cache.sizes());
-    TORCH_CHECK(length >= 0 && length < cache.size(4), "cove decoder: the cache holds ",
-                cache.size(4), " positions; slot ", length, " was asked for");
+                ", 2, slots, ", kv_heads_, ", max_length, ", dim_, "], got ", cache.sizes());
+    const int64_t S = cache.size(2), T_ = cache.size(4);
+    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == M && slots.is_contiguous()
+                && lengths.scalar_type() == at::kLong && lengths.numel() == M &&
+                lengths.is_contiguous(), "cove decoder: slots and lengths must be int64 [", M,
+                "]");
+    const int64_t* slot = slots.data_ptr<int64_t>();
+    const int64_t* len = lengths.data_ptr<int64_t>();
+    int64_t longest = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      TORCH_CHECK(slot[m] >= 0 && slot[m] < S, "cove decoder: slot ", slot[m],
+                  " is not in the cache's ", S);
+      for (int64_t j = 0; j < m; ++j)
+        TORCH_CHECK(slot[j] != slot[m], "cove decoder: rows ", j, " and ", m,
+                    " both write slot ", slot[m]);
+      TORCH_CHECK(len[m] >= 0 && len[m] < T_, "cove decoder: the cache holds ", T_,
+                  " positions; position ", len[m], " was asked for");
+      longest = std::max(longest, len[m]);
+    }
     TORCH_CHECK(positions.scalar_type() == at::kLong && positions.numel() == M &&
                 positions.is_contiguous(), "cove decoder: positions must be int64 [", M, "]");
     TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
@@ -297,25 +343,25 @@ class Decoder {
     at::Tensor keep;
     if (mask.has_value() && mask->defined()) {
       keep = mask->to(at::kLong).contiguous();
-      TORCH_CHECK(keep.dim() == 2 && keep.size(0) == M && keep.size(1) > length,
-                  "cove decoder: the attention mask must be [", M, ", > ", length, "], got ",
+      TORCH_CHECK(keep.dim() == 2 && keep.size(0) == M && keep.size(1) > longest,
+                  "cove decoder: the attention mask must be [", M, ", > ", longest, "], got ",
                   keep.sizes());
     }
+    const Rows rows{slot, len, S, T_, longest};
     at::Tensor xf = x.to(at::kFloat).contiguous();
     at::Tensor logits = at::empty({M, head_.N}, xf.options());
     if (x.scalar_type() == at::kBFloat16) {
       TORCH_CHECK(cache.scalar_type() == at::kBFloat16, "cove decoder: bfloat16 embeddings "
                   "take a bfloat16 cache, not ", cache.scalar_type());
-      run_bf16(xf, cache, pos, cos, sin, keep, length, logits);
+      run_bf16(xf, cache, slots, rows, pos, cos, sin, keep, logits);
       return logits.to(at::kBFloat16);
     }
     if (cache.scalar_type() == at::kFloat) {
-      run(xf, cache.data_ptr<float>(), cache.size(4), pos, cos, sin, keep, length, logits);
+      run(xf, cache.data_ptr<float>(), rows, pos, cos, sin, keep, logits);
     } else {
       TORCH_CHECK(cache.scalar_type() == at::kBFloat16,
                   "cove decoder: the cache is float32 or bfloat16, not ", cache.scalar_type());
-      run(xf, cache.data_ptr<at::BFloat16>(), cache.size(4), pos, cos, sin, keep, length,
-          logits);
+      run(xf, cache.data_ptr<at::BFloat16>(), rows, pos, cos, sin, keep, logits);
     }
     return logits;
   }
@@ -324,19 +370,19 @@ class Decoder {
 
  private:
   template <class T>
-  void run(const at::Tensor& xf, T* cache, int64_t T_, const int64_t* pos, const at::Tensor& cos,
-           const at::Tensor& sin, const at::Tensor& keep, int64_t length,
+  void run(const at::Tensor& xf, T* cache, const Rows& rows, const int64_t* pos,
+           const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keep,
            at::Tensor& logits) const {
     const int64_t M = xf.size(0), H = hidden_, D = dim_, I = inter_;
     const int64_t qw = heads_ * D, kvw = kv_heads_ * D, width = qw + 2 * kvw;
-    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_, n = length + 1;
+    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_;
     const float* cos_p = cos.data_ptr<float>();
     const float* sin_p = sin.data_ptr<float>();
     const int64_t* keep_p = keep.defined() ? keep.data_ptr<int64_t>() : nullptr;
     const int64_t keep_ld = keep.defined() ? keep.size(1) : 0;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-    // per layer: [2][M][kv_heads][T][D]
-    const int64_t slab = M * kv_heads_ * T_ * D, layer_stride = 2 * slab;
+    // per layer: [2][S][kv_heads][T][D]
+    const int64_t slab = rows.slab(kv_heads_, D), layer_stride = 2 * slab;
 
     std::vector<float> h(xf.data_ptr<float>(), xf.data_ptr<float>() + M * H);
     std::vector<float> a(M * H), qkv(M * width), att(M * qw), tmp(M * H), gu(M * 2 * I),
@@ -367,12 +413,12 @@ class Decoder {
           for (int64_t g = 0; g < kv_heads_; ++g) rotate(km + g * D, c, s, rot);
         }
         for (int64_t g = 0; g < kv_heads_; ++g) {
-          const int64_t at = ((m * kv_heads_ + g) * T_ + length) * D;
+          const int64_t at = rows.at(m, g, kv_heads_, D);
           store(kcache + at, km + g * D, D);
           store(vcache + at, vm + g * D, D);
         }
       }
-      attend(kcache, vcache, T_, qkv.data(), width, keep_p, keep_ld, n, groups, scale, M,
+      attend(kcache, vcache, rows, qkv.data(), width, keep_p, keep_ld, groups, scale, M,
              att.data());
       const Job o_job{&l.o, tmp.data(), H};
       cove::run_jobs(&o_job, 1, att.data(), M);
@@ -398,19 +444,20 @@ class Decoder {
 
   // The step in the bfloat16 arithmetic (see the top). logits: float32 [M, vocab], holding
   // bfloat16 values.
-  void run_bf16(const at::Tensor& xf, const at::Tensor& cache, const int64_t* pos,
-                const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keep,
-                int64_t length, at::Tensor& logits) const {
+  void run_bf16(const at::Tensor& xf, const at::Tensor& cache, const at::Tensor& slots,
+                const Rows& rows, const int64_t* pos, const at::Tensor& cos,
+                const at::Tensor& sin, const at::Tensor& keep, at::Tensor& logits) const {
     const int64_t M = xf.size(0), H = hidden_, D = dim_, I = inter_;
     const int64_t qw = heads_ * D, kvw = kv_heads_ * D, width = qw + 2 * kvw;
-    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_, n = length + 1;
+    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_, n = rows.longest + 1;
     const float* cos_p = cos.data_ptr<float>();
     const float* sin_p = sin.data_ptr<float>();
     at::BFloat16* cache_p = cache.data_ptr<at::BFloat16>();
-    const int64_t T_ = cache.size(4), slab = M * kv_heads_ * T_ * D;
+    const int64_t slab = rows.slab(kv_heads_, D);
     // the module's scale: head_dim ** -0.5 as Python computes it
     const double scale = std::pow(static_cast<double>(D), -0.5);
-    const at::Tensor mask = attention_mask(keep, M, n);
+    const at::Tensor mask = attention_mask(keep, rows, M, n);
+    const int64_t first = rows.first(M);
     const auto bf16 = xf.options().dtype(at::kBFloat16);
     // attention's query [M, kv_heads, groups, D] and SiLU's input [M, I], as the module has them
     at::Tensor q4 = at::empty({M, kv_heads_, groups, D}, bf16);
@@ -451,15 +498,17 @@ class Decoder {
         }
         store(q_out + m * qw, qm, qw);  // exact: the values are bfloat16 already
         for (int64_t g = 0; g < kv_heads_; ++g) {
-          const int64_t at = ((m * kv_heads_ + g) * T_ + length) * D;
+          const int64_t at = rows.at(m, g, kv_heads_, D);
           store(kcache + at, km + g * D, D);
           store(vcache + at, vm + g * D, D);
         }
       }
-      // keys and values: the cache's filled slots, the views the module's cache hands over
-      const at::Tensor layer = cache[li];
+      // keys and values as the module's cache hands them over: its rows' first n positions,
+      // a view when the rows are consecutive slots, else gathered (SlotKVCache.update)
+      const at::Tensor layer = cache[li].narrow(3, 0, n);
+      const at::Tensor kv = first >= 0 ? layer.narrow(1, first, M) : layer.index_select(1, slots);
       const at::Tensor out = at::scaled_dot_product_attention(
-          q4, layer[0].narrow(2, 0, n), layer[1].narrow(2, 0, n),
+          q4, kv[0], kv[1],
           mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt, 0.0, false, scale);
       const at::Tensor merged = out.reshape({M, qw}).to(at::kFloat).contiguous();
       std::copy(merged.data_ptr<float>(), merged.data_ptr<float>() + M * qw, att.data());
@@ -492,42 +541,47 @@ class Decoder {
   }
 
   // The module's boolean attention mask [M, 1, 1, n] for one query per row over n keys
-  // (causal_mask's): the keys `keep` marks, a row keeping none attending everywhere;
+  // (causal_mask's, over the mask the module is given: the serving engine's marks each row's
+  // own 0..length, generate's its left padding): a row keeping none attends everywhere;
   // undefined when every key is kept (SDPA's unmasked path, as the module takes it).
-  static at::Tensor attention_mask(const at::Tensor& keep, int64_t M, int64_t n) {
-    if (!keep.defined()) return at::Tensor();
-    const int64_t* k = keep.data_ptr<int64_t>();
-    const int64_t ld = keep.size(1);
+  static at::Tensor attention_mask(const at::Tensor& keep, const Rows& rows, int64_t M,
+                                   int64_t n) {
+    const int64_t* k = keep.defined() ? keep.data_ptr<int64_t>() : nullptr;
+    const int64_t ld = keep.defined() ? keep.size(1) : 0;
+    auto kept = [&](int64_t m, int64_t j) {
+      return j <= rows.len[m] && (k == nullptr || k[m * ld + j] != 0);
+    };
     bool all = true;
     for (int64_t m = 0; m < M && all; ++m)
-      for (int64_t j = 0; j < n && all; ++j) all = k[m * ld + j] != 0;
+      for (int64_t j = 0; j < n && all; ++j) all = kept(m, j);
     if (all) return at::Tensor();
-    at::Tensor mask = at::empty({M, 1, 1, n}, keep.options().dtype(at::kBool));
+    at::Tensor mask = at::empty({M, 1, 1, n}, at::TensorOptions().dtype(at::kBool));
     bool* p = mask.data_ptr<bool>();
     for (int64_t m = 0; m < M; ++m) {
       bool any = false;
-      for (int64_t j = 0; j < n; ++j) any |= (p[m * n + j] = k[m * ld + j] != 0);
+      for (int64_t j = 0; j < n; ++j) any |= (p[m * n + j] = kept(m, j));
       if (!any) std::fill(p + m * n, p + (m + 1) * n, true);
     }
     return mask;
   }
 
-  // Each query head of each row over its kv head's keys 0..n-1 (those the mask keeps).
+  // Each query head of each row over its kv head's keys 0..length of its slot (those the
+  // mask keeps).
   template <class T>
-  void attend(const T* kcache, const T* vcache, int64_t T_, const float* qkv, int64_t width,
-              const int64_t* keep, int64_t keep_ld, int64_t n, int64_t groups, float scale,
+  void attend(const T* kcache, const T* vcache, const Rows& rows, const float* qkv,
+              int64_t width, const int64_t* keep, int64_t keep_ld, int64_t groups, float scale,
               int64_t M, float* out) const {
     const int64_t D = dim_;
     const int64_t tasks = M * heads_;
     // a second thread pays off from a few thousand multiply-adds per thread
-    const int64_t grain = std::max<int64_t>(1, 4096 / (n * D));
+    const int64_t grain = std::max<int64_t>(1, 4096 / ((rows.longest + 1) * D));
     at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<float> scores(n);
+      std::vector<float> scores(rows.longest + 1);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t m = t / heads_, hd = t % heads_, g = hd / groups;
+        const int64_t m = t / heads_, hd = t % heads_, g = hd / groups, n = rows.len[m] + 1;
         const float* q = qkv + m * width + hd * D;
-        const T* K = kcache + (m * kv_heads_ + g) * T_ * D;
-        const T* V = vcache + (m * kv_heads_ + g) * T_ * D;
+        const T* K = kcache + rows.base(m, g, kv_heads_, D);
+        const T* V = vcache + rows.base(m, g, kv_heads_, D);
         const int64_t* row = keep ? keep + m * keep_ld : nullptr;
         // a row whose mask keeps nothing attends everywhere (as causal_mask has it)
         bool any = row == nullptr;
@@ -584,6 +638,8 @@ void cove::bind_decode(pybind11::module& m) {
            py::arg("kv_heads"), py::arg("head_dim"), py::arg("eps"), py::arg("final_norm"),
            py::arg("head"))
       .def("add_layer", &Decoder::add_layer)
-      .def("step", &Decoder::step, py::call_guard<py::gil_scoped_release>())
+      .def("step", &Decoder::step, py::arg("x"), py::arg("cache"), py::arg("slots"),
+           py::arg("lengths"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
+           py::arg("mask") = py::none(), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_layers", &Decoder::num_layers);
 }

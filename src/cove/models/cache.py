@@ -122,13 +122,18 @@ class SlotKVCache:
 
     To a model it reads as a `KVCache` whose `length` is the longest bound row's: the model
     then attends over `length + new` keys, the position ids say where each row really is.
+
+    All layers' slots are one block, `storage` [layers, 2, num_slots, kv_heads, slot_length,
+    head_dim] (each layer's [2, num_slots, ...] a view of it), which the kernels' decoding
+    steps (cove.models.decoding.KernelSteps) index by slot and length directly, no binding.
     """
 
     def __init__(self, num_layers: int, num_slots: int, num_kv_heads: int, head_dim: int,
                  slot_length: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
-        shape = (2, num_slots, num_kv_heads, slot_length, head_dim)
-        self._kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        shape = (num_layers, 2, num_slots, num_kv_heads, slot_length, head_dim)
+        self._block: torch.Tensor | None = torch.zeros(shape, dtype=dtype, device=device)
+        self._kv = list(self._block.unbind(0))
         self.num_slots = num_slots
         self.max_length = slot_length
         self._slots: list[int] = []
@@ -139,6 +144,12 @@ class SlotKVCache:
     def nbytes(self) -> int:
         """The memory the pool holds."""
         return sum(kv.numel() * kv.element_size() for kv in self._kv)
+
+    @property
+    def storage(self) -> torch.Tensor | None:
+        """The one block of every layer's slots; None once a layer's slots moved to another
+        device (a model placed across devices), when the layers no longer share one."""
+        return self._block
 
     def bind(self, slots: list[int], lengths: list[int]) -> None:
         """Run the next forward pass over `slots` (its batch rows, in order), each already
@@ -185,6 +196,7 @@ class SlotKVCache:
         kv = self._kv[layer]
         if kv.device != k.device:
             kv = self._kv[layer] = kv.to(k.device)
+            self._block = None
         # one indexed write per tensor: row i's new positions start at its own length
         slots = torch.tensor(self._slots, device=kv.device)[:, None]
         pos = (torch.tensor(self._starts, device=kv.device)[:, None]

@@ -10,16 +10,22 @@ module forward does (decode.cpp's top says where), so its greedy answers are the
 forward's, which are transformers'. A torch forward of one token issues thousands of small
 ops (5,484 for SmolLM2-135M); this issues a handful.
 
-The keys and values live in a `StaticKVCache` (a KVCache): one tensor [layers, 2, rows, kv_heads,
-max_length, head_dim] in the model's dtype, allocated for the whole generation. The prompt's
-forward writes into it through `update` (the KVCache interface), the steps in place.
+`KernelSteps` is that step over one block of every layer's keys and values, [layers, 2, slots,
+kv_heads, max_length, head_dim] in the model's dtype, each row of a step in a slot of its own
+at a length of its own: it writes the row's new key and value at that length and attends over
+the slot's positions up to it. Two caches hand it their block:
+- generate's `StaticKVCache` (a KVCache), allocated for the whole generation: row m in slot m,
+  every row at one length, left padding masked by the attention mask (`FastDecoder`);
+- the serving engine's `SlotKVCache`: each running request in its own slot at its own length,
+  no mask needed (`slot_steps`; the engine steps 8 rows a call).
+The prompts' forwards (the module's) write into the same block through the caches' `update`.
 
-`fast_decoder` says None, and generate keeps the module forward, when the step would not be
-the module's: kernels off (COVE_KERNELS=0) or not built, not on the CPU, gradients on,
-attentions or hidden states asked for, more than 8 rows, a dtype other than float32 or
-bfloat16, hooks or adapters (LoRA's layer types) on the modules, a layer type other than
-Llama's, a sliding window that would cut, dynamic rope past the trained length, dropout in
-training mode.
+`fast_decoder` and `slot_steps` say None, and the caller keeps the module forward, when the
+step would not be the module's: kernels off (COVE_KERNELS=0) or not built, not a Llama-family
+model, not on the CPU, gradients on (generate), attentions or hidden states asked for, more
+than 8 rows (generate), a dtype other than float32 or bfloat16, hooks or adapters (LoRA's
+layer types) on the modules, a layer type other than Llama's, a sliding window that would
+cut, dynamic rope past the trained length, dropout in training mode.
 """
 
 from __future__ import annotations
@@ -94,19 +100,18 @@ def _linear(ext: Any, module: nn.Module) -> Any | None:
     return None
 
 
-def _why_not(model: nn.Module, rows: int, max_length: int, max_position: int,
+def _why_not(model: nn.Module, max_length: int, max_position: int,
              forward_kwargs: dict[str, Any]) -> str | None:
-    """Why the kernels' step would not compute the module's (None: it would)."""
+    """Why the kernels' step over `max_length` cached positions would not compute the module's
+    (None: it would)."""
     from cove.models.layers import GatedMLP, RMSNorm
-    from cove.models.llama import LlamaAttention, LlamaDecoderLayer
+    from cove.models.llama import LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM
 
-    config = model.config
     if kernels.load() is None:
         return "cove.kernels are off or not built"
-    if torch.is_grad_enabled():
-        return "gradients are on"
-    if not 1 <= rows <= kernels.MAX_ROWS:
-        return f"{rows} rows (the kernels take 1 to {kernels.MAX_ROWS})"
+    if not isinstance(model, LlamaForCausalLM):
+        return f"{type(model).__name__} is not a Llama-family model"
+    config = model.config
     extra = set(forward_kwargs) - {"logits_to_keep"}
     if extra:
         return f"forward arguments {sorted(extra)}"
@@ -142,18 +147,16 @@ def _why_not(model: nn.Module, rows: int, max_length: int, max_position: int,
     return None
 
 
-class FastDecoder:
-    """A model's decoding steps through the kernels' Decoder, over a StaticKVCache of `rows`
-    rows and `max_length` positions; rotary cos/sin tables cover positions 0..max_position."""
+class KernelSteps:
+    """A model's one-token steps through the kernels' Decoder, over a cache block [layers, 2,
+    slots, kv_heads, max_length, head_dim]; rotary cos/sin tables cover positions
+    0..max_position."""
 
-    def __init__(self, model: nn.Module, ext: Any, rows: int, max_length: int,
-                 max_position: int) -> None:
+    def __init__(self, model: nn.Module, ext: Any, max_position: int) -> None:
         c = model.config
         base = model.model
         attn = base.layers[0].self_attn
         self.embed = base.embed_tokens
-        self.cache = StaticKVCache(c.num_hidden_layers, rows, c.num_key_value_heads,
-                                   attn.head_dim, max_length, dtype=model.dtype)
         # in the model's dtype, as its forward rounds them; held as float32 values
         cos, sin = base.rotary_emb(torch.arange(max_position + 1)[None], model.dtype)
         self.cos, self.sin = cos[0].float().contiguous(), sin[0].float().contiguous()
@@ -168,14 +171,41 @@ class FastDecoder:
                                                       mlp.gate_proj, mlp.up_proj,
                                                       mlp.down_proj)))
 
+    def __call__(self, ids: torch.Tensor, block: torch.Tensor, slots: torch.Tensor,
+                 lengths: torch.Tensor, positions: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One new token for each of 1..8 rows: `ids`, `slots` (distinct), `lengths` (each
+        slot's filled positions, where the new key and value go) and `positions` (rotary), all
+        [rows]; `attention_mask` [rows, > max length] of 1/0 over the slots' positions (None:
+        each row's 0..length count). Returns the next token's logits [rows, vocab] in the
+        model's dtype."""
+        return self.decoder.step(self.embed(ids), block, slots, lengths,
+                                 positions.long().contiguous(), self.cos, self.sin,
+                                 attention_mask)
+
+
+class FastDecoder:
+    """generate's decoding steps through `KernelSteps`, over a StaticKVCache of `rows` rows and
+    `max_length` positions (row m in slot m, every row at the cache's length)."""
+
+    def __init__(self, model: nn.Module, ext: Any, rows: int, max_length: int,
+                 max_position: int) -> None:
+        c = model.config
+        self.steps = KernelSteps(model, ext, max_position)
+        self.cache = StaticKVCache(c.num_hidden_layers, rows, c.num_key_value_heads,
+                                   model.model.layers[0].self_attn.head_dim, max_length,
+                                   dtype=model.dtype)
+        self._slots = torch.arange(rows)
+        self._lengths = torch.zeros(rows, dtype=torch.long)
+
     def step(self, ids: torch.Tensor, positions: torch.Tensor,
              attention_mask: torch.Tensor | None) -> CausalLMOutputWithPast:
         """One new token per row: `ids` and `positions` [rows], `attention_mask` [rows, >=
         positions cached + 1] of 1/0 (None: every slot counts). Returns the logits [rows, 1,
         vocab] of the next token, in the model's dtype."""
-        x = self.embed(ids)
-        logits = self.decoder.step(x, self.cache.storage, positions.long().contiguous(),
-                                   self.cos, self.sin, attention_mask, self.cache.length)
+        self._lengths.fill_(self.cache.length)
+        logits = self.steps(ids, self.cache.storage, self._slots, self._lengths, positions,
+                            attention_mask)
         self.cache.advance()
         return CausalLMOutputWithPast(logits=logits[:, None], past_key_values=self.cache)
 
@@ -202,11 +232,31 @@ def fast_decoder(model: nn.Module, positions: torch.Tensor,
     forward (the reason is logged at debug level)."""
     rows, max_length = positions.shape
     max_position = int(positions.max()) if positions.numel() else 0
-    reason = _why_not(model, rows, max_length, max_position, forward_kwargs)
+    if torch.is_grad_enabled():
+        reason = "gradients are on"
+    elif not 1 <= rows <= kernels.MAX_ROWS:
+        reason = f"{rows} rows (the kernels take 1 to {kernels.MAX_ROWS})"
+    else:
+        reason = _why_not(model, max_length, max_position, forward_kwargs)
     if reason is None:
         try:
             return FastDecoder(model, kernels.load(), rows, max_length, max_position)
         except _Unsupported as e:
             reason = str(e)
     log.debug("decoding through the module forward: %s", reason)
+    return None
+
+
+def slot_steps(model: nn.Module, slot_length: int) -> KernelSteps | None:
+    """Kernel decoding steps for the serving engine, over a SlotKVCache whose slots hold
+    `slot_length` positions (a sequence's position is its index in its slot), or None where
+    they would not compute the module's forward (the reason is logged at debug level). The
+    engine runs its steps without gradients (inference mode), whatever the caller's mode."""
+    reason = _why_not(model, slot_length, slot_length - 1, {})
+    if reason is None:
+        try:
+            return KernelSteps(model, kernels.load(), slot_length - 1)
+        except _Unsupported as e:
+            reason = str(e)
+    log.debug("the serving engine decodes through the module forward: %s", reason)
     return None

@@ -4,8 +4,12 @@ Requests are admitted into a running batch between decode steps: each holds one 
 `SlotKVCache` (a fixed pool of rows, each one sequence's keys and values at its own positions),
 its prompt is prefilled in chunks of at most `prefill_chunk` tokens per engine step (so a long
 prompt never stalls the others' decoding for long), and every step ends with one batched decode
-of all the running requests, each at its own position: the position ids say where each row is,
-the attention mask which cached positions each row holds. Each request samples with its own
+of all the running requests, each at its own position. A Llama-family model on the CPU decodes
+through cove.kernels' whole-step Decoder (cove.models.decoding.slot_steps: one C++ call per 8
+rows, each row writing and attending in its own slot at its own length, as generate's steps);
+otherwise (and for every prompt) the module forward runs over the bound slots, the position
+ids saying where each row is and the attention mask which cached positions each row holds.
+Each request samples with its own
 parameters and its own seeded generator, so a seeded request gives the same tokens whatever
 else shares the batch; it ends at an EOS or stop token, a stop string, `max_tokens` or when it
 is cancelled, which frees its slot for a waiting request.
@@ -27,8 +31,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from cove import kernels
 from cove.generation.logits_process import apply_temperature, top_k_filter, top_p_filter
 from cove.models.cache import SlotKVCache
+from cove.models.decoding import slot_steps
 
 _DONE = object()  # the end of a request's stream
 JSON_CANDIDATES = 64  # the model's best tokens JSON mode tries before its punctuation
@@ -239,6 +245,8 @@ class Engine:
                                  self.slot_length, dtype=probe.keys[0].dtype,
                                  device=probe.keys[0].device)
         self.device = probe.keys[0].device
+        with torch.inference_mode():  # how the steps run
+            self._steps = slot_steps(self.model, self.slot_length)
         self.eos_token_ids = _eos_ids(model)
         self._slots: list[Request | None] = [None] * max_batch_size
         self._waiting: deque[Request] = deque()
@@ -411,13 +419,7 @@ class Engine:
         return n
 
     def _decode(self, requests: list[Request]) -> None:
-        self.cache.bind([r.slot for r in requests], [r._cached for r in requests])
-        ids = torch.tensor([[r.output_ids[-1]] for r in requests], device=self.device)
-        logits = self.model(input_ids=ids,
-                            attention_mask=self.cache.attention_mask(1, self.device),
-                            position_ids=self.cache.position_ids(1, self.device),
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1,
-                            return_dict=True).logits[:, -1]
+        logits = self._step_logits(requests)
         greedy = logits.argmax(-1).tolist()
         for i, r in enumerate(requests):
             r._cached += 1
@@ -425,6 +427,26 @@ class Engine:
                 self._accept(r, greedy[i])
             else:
                 self._accept(r, *self._choose(r, logits[i]))
+
+    def _step_logits(self, requests: list[Request]) -> torch.Tensor:
+        """The next token's logits [requests, vocab], each request's last output fed at its
+        own length."""
+        ids = torch.tensor([r.output_ids[-1] for r in requests], device=self.device)
+        if self._steps is not None:
+            # a sequence's position is its index in its slot: lengths are the positions
+            slots = torch.tensor([r.slot for r in requests])
+            lengths = torch.tensor([r._cached for r in requests])
+            parts = [self._steps(ids[i:i + kernels.MAX_ROWS], self.cache.storage,
+                                 slots[i:i + kernels.MAX_ROWS], lengths[i:i + kernels.MAX_ROWS],
+                                 lengths[i:i + kernels.MAX_ROWS])
+                     for i in range(0, len(requests), kernels.MAX_ROWS)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        self.cache.bind([r.slot for r in requests], [r._cached for r in requests])
+        return self.model(input_ids=ids[:, None],
+                          attention_mask=self.cache.attention_mask(1, self.device),
+                          position_ids=self.cache.position_ids(1, self.device),
+                          past_key_values=self.cache, use_cache=True, logits_to_keep=1,
+                          return_dict=True).logits[:, -1]
 
     def _choose(self, r: Request, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         """r's next token from its row of scores, and its log-probabilities if asked for."""
