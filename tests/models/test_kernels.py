@@ -132,6 +132,32 @@ def test_dense_bfloat16(ext, rows):
     close(out, F.linear(x.bfloat16().float(), wb.float()).bfloat16(), rel=2**-7)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_two_threads_compute_what_one_does(ext, rows):
+    """The suite runs one thread; here two split each product's 600 output rows (past the
+    one-thread grain for every kind), and each row's sum is the one-thread one bit for bit.
+    The workers once read their own, empty copy of the caller's per-thread bfloat16 buffer:
+    a bfloat16 model crashed at torch's default of two threads."""
+    x = torch.randn(rows, 576, generator=gen())
+    w = torch.randn(600, 576, generator=gen(1))
+    q, s = torch.randint(-127, 128, (600, 576), dtype=torch.int8, generator=gen(2)), torch.rand(600)
+    packed, scale, zero, _ = int4_case(600, 576, 32, torch.bfloat16)
+    products = [lambda: ext.dense(x, w, None), lambda: ext.dense(x, w.bfloat16(), None),
+                lambda: ext.dense(x.bfloat16(), w.bfloat16(), None),
+                lambda: ext.int8_linear(x, q, s, None),
+                lambda: ext.int4_linear(x, packed, scale, zero, 32, None)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = [f() for f in products]
+        torch.set_num_threads(2)
+        two = [f() for f in products]
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 2, 5, 8])
 def test_int8(ext, rows, dtype):

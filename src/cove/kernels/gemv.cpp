@@ -650,7 +650,9 @@ void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M) {
       qx = &quantized;
     }
 #endif
-  // x's inputs split even/odd for the region's bfloat16 products (the same per-thread reuse).
+  // x's inputs split even/odd for the region's bfloat16 products (the same per-thread reuse;
+  // the workers read it through `split`: inside the region `xs` would name their own, empty
+  // thread_local vector).
   thread_local std::vector<float> xs;
   for (int64_t j = 0; j < count; ++j)
     if (jobs[j].lin->kind == Kind::BF16) {
@@ -664,6 +666,7 @@ void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M) {
           }
       break;
     }
+  const float* split = xs.data();
   // Below ~64 KiB of weights a second thread costs more than it saves.
   const int64_t grain = std::max<int64_t>(1, (64 << 10) / (BLOCK * row_bytes));
   at::parallel_for(0, total, grain, [&](int64_t b0, int64_t b1) {
@@ -672,7 +675,7 @@ void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M) {
       const int64_t lo = std::max(b0, first), hi = std::min(b1, first + blocks);
       if (lo >= hi) continue;
       const Lin& lin = *jobs[j].lin;
-      lin_rows(lin, x, xs.data(), qx, M, (lo - first) * BLOCK,
+      lin_rows(lin, x, split, qx, M, (lo - first) * BLOCK,
                std::min(lin.N, (hi - first) * BLOCK), jobs[j].out, jobs[j].ldo);
     }
   });
