@@ -29,6 +29,16 @@ default (COVE_BENCH_REPEATS), not 5, as llama.cpp serves a repeat's 21 streams o
 (about a minute); NEW = 64 (COVE_BENCH_NEW_TOKENS). The whole run takes 5-8 minutes.
 Goals (issue 15): at 16 streams >= 4x the one-at-a-time throughput and >= llama.cpp's server
 at F32 and at F16.
+
+The engine in this process (`python bench/serve.py engine` runs only this part): Cove's
+continuous-batching Engine on the same model with 1, 4, 8 and 16 running requests, its decoding
+steps through cove.kernels' one-call Decoder (as served: 8 rows a call) against the module
+forward over the same slots (the engine's kernel steps set aside: how it decoded before),
+alternating, ENGINE_REPEATS (5) repeats; the prompts' steps are left out, each side decodes
+NEW - 1 steps. Rows: aggregate decode tokens/s, and CPU time per decoding step
+(time.process_time, the process's threads together; on a loaded machine the steadier figure:
+COVE_BENCH_THREADS=1 then counts no second thread's waiting). Beside them Cove's `generate` of
+one request (tokens/s, the prompt included), between the batches.
 """
 
 from __future__ import annotations
@@ -54,7 +64,8 @@ CACHE = ROOT / "bench/.cache"
 LLAMA_PYTHON = ROOT / ".venv-llama/bin/python"
 REPEATS = max(1, int(os.environ.get("COVE_BENCH_REPEATS", "3")))
 NEW = int(os.environ.get("COVE_BENCH_NEW_TOKENS", "64"))
-STREAMS = (1, 4, 16)
+STREAMS = (1, 4, 8, 16)
+ENGINE_REPEATS = max(1, int(os.environ.get("COVE_BENCH_REPEATS", "5")))
 ALIAS = "smollm2"
 # One counting prompt per stream: greedy decoding continues the count well past NEW tokens.
 PROMPTS = [", ".join(str(start + i) for i in range(4)) + ","
@@ -216,6 +227,82 @@ class OneAtATime:
         return sum(tokens) / (time.perf_counter() - t), tokens, texts
 
 
+# -- the engine in this process ------------------------------------------------------------
+
+def engine_decode(engine, n: int, kernel_steps: bool, new: int = NEW
+                  ) -> tuple[float, float]:
+    """n greedy requests in the engine, decoding through its kernel steps or the module
+    forward: (aggregate tokens/s, CPU seconds per step) over the steps after the prompts'."""
+    from cove.server.serving import SamplingParams
+
+    built = engine._steps
+    engine._steps = built if kernel_steps else None
+    try:
+        requests = [engine.submit(PROMPTS[i], SamplingParams(temperature=0, max_tokens=new))
+                    for i in range(n)]
+        while not all(r.output_ids for r in requests):  # the prompts (and a first step)
+            engine.step()
+        before = sum(len(r.output_ids) for r in requests)
+        steps, wall, cpu = 0, time.perf_counter(), time.process_time()
+        while engine.step():
+            steps += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return (sum(len(r.output_ids) for r in requests) - before) / wall, cpu / steps
+    finally:
+        engine._steps = built
+
+
+def engine_rows() -> list[Row]:
+    import torch
+
+    from cove.server.serving import Engine
+
+    print(f"serve engine: {environment('torch')}; probe {probe_gflops():.0f} GFLOP/s, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    baseline = OneAtATime()
+    engine = Engine(baseline.model, baseline.tokenizer, max_batch_size=max(STREAMS))
+    if engine._steps is None:
+        sys.exit("serve engine: the engine has no kernel steps here (COVE_KERNELS=0, or the "
+                 "kernels did not build: see the warning above)")
+    with torch.inference_mode():  # warm-up: both paths, every row count's first call
+        for n in (1, max(STREAMS)):
+            engine_decode(engine, n, True, 4)
+            engine_decode(engine, n, False, 4)
+        baseline.run([0], 4)
+    rate = {(k, n): [] for k in (True, False) for n in STREAMS}
+    cpu = {(k, n): [] for k in (True, False) for n in STREAMS}
+    one: list[float] = []
+    for rep in range(ENGINE_REPEATS):
+        for n in STREAMS:
+            for kernel_steps in ((True, False) if rep % 2 == 0 else (False, True)):
+                r, c = engine_decode(engine, n, kernel_steps)
+                rate[kernel_steps, n].append(r)
+                cpu[kernel_steps, n].append(c * 1e3)
+            one.append(baseline.run([(rep * len(STREAMS) + n) % len(PROMPTS)])[0])
+            print(f"  repeat {rep + 1}, {n:>2} requests: kernel steps {rate[True, n][-1]:.1f} "
+                  f"tok/s ({cpu[True, n][-1]:.1f} CPU ms/step), module forward "
+                  f"{rate[False, n][-1]:.1f} tok/s ({cpu[False, n][-1]:.1f} CPU ms/step); "
+                  f"generate {one[-1]:.1f} tok/s; load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"serve engine: probe after {probe_gflops():.0f} GFLOP/s, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    rows: list[Row] = []
+    for n in STREAMS:
+        streams = f"{n} request{'s' * (n > 1)}"
+        rows.append(Row("serve", f"engine decode, {streams}, kernel steps vs module forward",
+                        "tokens/s", Stats.of(rate[True, n]), Stats.of(rate[False, n]),
+                        "cove engine, module forward", "",
+                        "aggregate over the decoding steps" if n == 1 else ""))
+        rows.append(Row("serve", f"engine CPU per step, {streams}, kernel steps vs module "
+                        "forward", "ms", Stats.of(cpu[True, n]), Stats.of(cpu[False, n]),
+                        "cove engine, module forward", "",
+                        "time.process_time per decoding step; lower is better"
+                        if n == 1 else ""))
+        rows.append(Row("serve", f"engine decode, {streams}, vs one at a time", "tokens/s",
+                        Stats.of(rate[True, n]), Stats.of(one), "cove generate, 1 at a time",
+                        "", "theirs: single requests, prompt included" if n == 1 else ""))
+    return rows
+
+
 # -- the benchmark ------------------------------------------------------------------------
 
 def main() -> list[Row]:
@@ -257,7 +344,7 @@ def main() -> list[Row]:
                 stop(p)
     print(f"serve: probe after: {probe_gflops():.0f} GFLOP/s (fp32 matmul 2048^2), "
           f"load average {os.getloadavg()[0]:.2f}")
-    return rows
+    return rows + engine_rows()
 
 
 def measure(clients: dict[str, Client], baseline: OneAtATime) -> list[Row]:
@@ -332,4 +419,6 @@ def measure(clients: dict[str, Client], baseline: OneAtATime) -> list[Row]:
 
 
 if __name__ == "__main__":
-    finish(main())
+    if sys.argv[1:] not in ([], ["engine"]):
+        sys.exit("usage: python bench/serve.py [engine]")
+    finish(engine_rows() if sys.argv[1:] else main())
