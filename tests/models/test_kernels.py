@@ -10,7 +10,7 @@ float64 (1e-6 of the output's magnitude: only the float32 sums' order differs), 
 against the float product within the bound the quantisation allows, sum_k |w[n, k]| * d_k / 2
 (each activation moves by at most half its block's step d_k).
 The first build compiles the extension (about a minute on two cores, once per cache); the
-scalar build and the one without VNNI are two more.
+scalar build and the one without VNNI and AVX512_BF16 are two more.
 """
 
 from __future__ import annotations
@@ -47,15 +47,31 @@ def scalar_ext():
 
 @pytest.fixture(scope="module")
 def float_ext(ext):
-    """The AVX-512 build without the integer products (CPUs without VNNI)."""
+    """The AVX-512 build without the integer products or the bfloat16 pair products (CPUs
+    without VNNI and AVX512_BF16)."""
     if not ext.isa().startswith("avx512"):
         pytest.skip("no AVX-512 on this CPU")
-    return kernels.build(("-DCOVE_KERNELS_NO_VNNI",))
+    return kernels.build(("-DCOVE_KERNELS_NO_VNNI", "-DCOVE_KERNELS_NO_BF16"))
 
 
 def quantized(ext) -> bool:
     """Whether this build's int4 products take x quantised."""
-    return ext.isa().endswith("vnni")
+    return "vnni" in ext.isa().split("+")
+
+
+def within_sum_order(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """out = x @ w.T (bfloat16 weights, float32 or bfloat16-valued x) in float32 sums of the
+    products in the kernels' orders: per lane at most K / 16 + 4 roundings (fused
+    multiply-adds over 16 lanes, or vdpbf16ps' two adds per 32 inputs in two accumulators,
+    whose bfloat16 products are exact), 4 for the lanes' sum, then at most 15 tail inputs of a
+    product and an add each; every rounding moves a partial sum of at most sum |w x| by at most
+    2^-24 of it."""
+    k = x.shape[1]
+    exact = x.double() @ w.double().T
+    steps = k / 16 + 8 + 2 * (k % 16)
+    bound = steps * 2.0**-24 * (x.double().abs() @ w.double().abs().T)
+    assert out.dtype == torch.float32
+    assert ((out.double() - exact).abs() <= bound).all()
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +174,19 @@ def test_two_threads_compute_what_one_does(ext, rows):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("k", [576, 1536, 31, 40, 64, 96, 100])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+def test_dense_bfloat16_within_the_sums_order(ext, rows, k):
+    """bfloat16 weights against bfloat16-valued x (a bfloat16 model's activations: on CPUs
+    with AVX512_BF16, products of bfloat16 pairs, masked past the last 32 inputs) and
+    against float32 x (widened, x unrounded: a rounded x would miss the bound by ~2^-9):
+    float32 sums of the exact products."""
+    w = torch.randn(37, k, generator=gen(1)).bfloat16()
+    x = torch.randn(rows, k, generator=gen())
+    within_sum_order(ext.dense(x.bfloat16().float(), w, None), x.bfloat16().float(), w)
+    within_sum_order(ext.dense(x, w, None), x, w)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 2, 5, 8])
 def test_int8(ext, rows, dtype):
@@ -204,8 +233,12 @@ def test_quantized_rows_edge_cases(ext):
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
 def test_float_activations_without_vnni(float_ext, rows):
-    """The AVX-512 build without VNNI widens int4 weights and keeps x in float32."""
+    """The AVX-512 build without VNNI and AVX512_BF16 widens int4 and bfloat16 weights and
+    keeps x in float32."""
     assert float_ext.isa() == "avx512"
+    w = torch.randn(40, 100, generator=gen(1)).bfloat16()
+    xb = torch.randn(rows, 100, generator=gen()).bfloat16().float()
+    within_sum_order(float_ext.dense(xb, w, None), xb, w)
     x = torch.randn(rows, 384, generator=gen())
     q, s = torch.randint(-127, 128, (40, 384), dtype=torch.int8, generator=gen(2)), torch.rand(40)
     close(float_ext.int8_linear(x, q, s, None), F.linear(x, q.float() * s[:, None]))
