@@ -35,6 +35,7 @@ from cove.models.weight_only import (
     Int8WeightOnlyLinear,
     TorchAoConfig,
     int4_group_size,
+    quantize_int8_rows,
     quantize_model,
 )
 from tests.models.test_gguf import (
@@ -210,14 +211,91 @@ def test_save_writes_float_weights(tiny_folder, tmp_path):
     assert (ours - reloaded).abs().max() <= 0.02 * reloaded.abs().max()
 
 
-def test_tied_head_gets_a_quantised_copy():
+@pytest.fixture(scope="module")
+def tied_folder(tmp_path_factory):
+    """The tiny Llama with its head tied to the embedding (the head's rows are the
+    embedding's, so the tiny model's margins hold)."""
+    torch.manual_seed(0)
     model = cm.LlamaForCausalLM(cm.LlamaConfig(**{**TINY, "tie_word_embeddings": True}))
-    embeddings = model.model.embed_tokens.weight.detach().clone()
-    quantize_model(model, TorchAoConfig(Int8WeightOnlyConfig()))
-    assert isinstance(model.lm_head, Int8WeightOnlyLinear)
-    assert torch.equal(model.model.embed_tokens.weight, embeddings)  # still float, untouched
     with torch.no_grad():
-        model(torch.tensor([[1, 2, 3]]))
+        model.model.embed_tokens.weight.normal_(0, 1)
+    folder = tmp_path_factory.mktemp("tiny-llama-tied")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("quant", [Int8WeightOnlyConfig(), Int4WeightOnlyConfig(group_size=32)],
+                         ids=["int8", "int4"])
+def test_tied_head_and_embedding_share_int8_rows(tied_folder, tmp_path, quant):
+    """A head tied to the embedding stays tied when quantised: one int8 table serves the
+    lookups and the product (as transformers keeps a tied embedding quantised); the model
+    runs, and save_pretrained writes that table once, under the embedding's name, which
+    reloads in float as the same model."""
+    from cove.models.checkpoint import read_weights
+
+    reference = cm.AutoModelForCausalLM.from_pretrained(tied_folder)
+    model = cm.AutoModelForCausalLM.from_pretrained(
+        tied_folder, quantization_config=TorchAoConfig(quant))
+    head, embed = model.lm_head, model.model.embed_tokens
+    assert isinstance(head, Int8WeightOnlyLinear) and isinstance(embed, Int8Embedding)
+    assert embed.qweight is head.qweight and embed.dtype == torch.float32
+    assert torch.equal(embed.scale, head.scale.float())
+    # The rows are those the float embedding quantises to, a scale per row.
+    q, scale = quantize_int8_rows(reference.model.embed_tokens.weight)
+    assert torch.equal(embed.qweight, q)
+    ids = torch.tensor([PROMPTS[1]])
+    torch.testing.assert_close(embed(ids), embed.dequantize()[ids], rtol=0, atol=0)
+    assert top1_agreement(model, reference) >= 0.95
+    model.save_pretrained(tmp_path)
+    assert set(read_weights([tmp_path / "model.safetensors"])) == set(
+        reference.state_dict()) - {"lm_head.weight"}
+    again = cm.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert again.lm_head.weight is again.model.embed_tokens.weight
+    torch.testing.assert_close(again.lm_head.weight, head.dequantize())
+    with torch.no_grad():
+        ours, reloaded = model(ids).logits, again(ids).logits
+    assert (ours - reloaded).abs().max() <= 0.02 * reloaded.abs().max()
+
+
+def test_untied_embedding_weights_keep_float_lookups(tied_folder):
+    """untie_embedding_weights=True: the head gets its own int8 copy, the embedding stays in
+    float (or its own int8 rows with include_input_output_embeddings)."""
+    reference = cm.AutoModelForCausalLM.from_pretrained(tied_folder)
+    embeddings = reference.model.embed_tokens.weight
+    model = cm.AutoModelForCausalLM.from_pretrained(
+        tied_folder, quantization_config=TorchAoConfig(Int8WeightOnlyConfig(),
+                                                       untie_embedding_weights=True))
+    assert isinstance(model.lm_head, Int8WeightOnlyLinear)
+    assert torch.equal(model.model.embed_tokens.weight, embeddings)  # float, untouched
+    both = cm.AutoModelForCausalLM.from_pretrained(
+        tied_folder, quantization_config=TorchAoConfig(
+            Int8WeightOnlyConfig(), untie_embedding_weights=True,
+            include_input_output_embeddings=True))
+    assert isinstance(both.model.embed_tokens, Int8Embedding)
+    assert both.model.embed_tokens.qweight is not both.lm_head.qweight
+    assert torch.equal(both.model.embed_tokens.qweight, both.lm_head.qweight)
+    # In memory, not through from_pretrained: the same sharing.
+    fresh = cm.LlamaForCausalLM(cm.LlamaConfig(**{**TINY, "tie_word_embeddings": True}))
+    quantize_model(fresh, TorchAoConfig(Int4WeightOnlyConfig(group_size=32)))
+    assert fresh.model.embed_tokens.qweight is fresh.lm_head.qweight
+    with torch.no_grad():
+        fresh(torch.tensor([[1, 2, 3]]))
+
+
+def test_bfloat16_load_quantises_from_the_checkpoint(tiny_folder):
+    """dtype="bfloat16" with a weight-only config: the linears are quantised from the
+    checkpoint's float32 weights (left uncast by the load), the rest is cast; the result is
+    the float32 load's quantisation, the kept norms in bfloat16."""
+    config = TorchAoConfig(Int4WeightOnlyConfig(group_size=32))
+    ours = cm.AutoModelForCausalLM.from_pretrained(tiny_folder, dtype="bfloat16",
+                                                   quantization_config=config)
+    f32 = cm.AutoModelForCausalLM.from_pretrained(tiny_folder, dtype="float32",
+                                                  quantization_config=config)
+    assert ours.model.norm.weight.dtype == torch.bfloat16
+    assert ours.model.embed_tokens.weight.dtype == torch.bfloat16  # untied: float lookups
+    layer, expected = ours.model.layers[1].mlp.up_proj, f32.model.layers[1].mlp.up_proj
+    assert torch.equal(layer.qweight, expected.qweight) and torch.equal(layer.zero,
+                                                                        expected.zero)
 
 
 # -- GGUF kept quantised ------------------------------------------------------------------

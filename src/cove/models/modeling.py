@@ -233,10 +233,14 @@ class PreTrainedModel(nn.Module):
             model = cls(config)
         quantized = ([] if quantization_config is None
                      else quantization.modules_to_quantize(model, quantization_config))
+        keep_dtype = {f"{n}.weight" for n in quantized}
+        if inference_quant is not None:
+            keep_dtype = weight_only.replaced_weights(model, inference_quant)
         try:
-            # Weights about to be quantised skip the cast to `target`: no full float copy.
+            # Weights about to be quantised skip the cast to `target`: they stay views of the
+            # memory-mapped checkpoint, each quantised and paged out in turn (no float copy).
             info = model._load_state(state, target, ignore_mismatched_sizes,
-                                     keep_dtype={f"{n}.weight" for n in quantized})
+                                     keep_dtype=keep_dtype)
         except ckpt.CheckpointError as e:
             source = files[0] if len(files) == 1 else f"{len(files)} shards in {files[0].parent}"
             raise ckpt.CheckpointError(f"{source}: {e}") from None
@@ -395,6 +399,14 @@ class PreTrainedModel(nn.Module):
             from cove.models.quantization import dequantized_state
 
             state = dequantized_state(self, state)
+            # A head quantised with its tied embedding shares its int8 rows (weight_only):
+            # written once, under the embedding's name, as the float checkpoint had it.
+            for target, source in type(self).tied_weights.items():
+                head = self.get_submodule(target.rpartition(".")[0])
+                embed = self.get_submodule(source.rpartition(".")[0])
+                if getattr(head, "qweight", None) is not None \
+                        and head.qweight is getattr(embed, "qweight", None):
+                    state.pop(target, None)
         return state
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None,

@@ -33,12 +33,18 @@ through the dequantised float32 weight (a slice of rows at a time) and torch's G
 prompt and its continuation see the same float32 arithmetic. COVE_KERNELS=0 keeps torch's
 kernels.
 
-The token embedding stays in float unless `include_input_output_embeddings=True` (then int8
-rows, a scale per row); the output head (lm_head) is quantised, to int8 also under an int4
-config (the output is the layer most sensitive to rounding: on SmolLM2-135M an int4 head cost
-10 points of top-1 agreement with float32, an int8 one none measurable): it is read every
-step (28% of SmolLM2-135M's weights), and when it is tied to the embedding, quantising it
-keeps the float embedding for lookups and adds the quantised copy for the product.
+The output head (lm_head) is quantised, to int8 also under an int4 config (the output is the
+layer most sensitive to rounding: on SmolLM2-135M an int4 head cost 10 points of top-1
+agreement with float32, an int8 one none measurable): it is read every step (28% of
+SmolLM2-135M's weights). A head tied to the token embedding stays tied, as transformers
+keeps a tied embedding quantised with `include_input_output_embeddings=True`: one int8 table
+serves the lookups and the product (a float embedding beside the int8 copy cost 1.25x the
+head's float size again: SmolLM2's int4 model was 3.2x its Q4_1 GGUF's size, now 1.1x). The
+int8 lookups cost little agreement: SmolLM2's top-1 with float32 over 576 greedy tokens,
+int8 96.2% -> 95.8%, int4 g32 97.6% -> 96.9%.
+`untie_embedding_weights=True` gives the head its own copy and keeps the embedding in float.
+An untied embedding stays in float unless `include_input_output_embeddings=True` (then int8
+rows, a scale per row).
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ _COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # Rows quantised at once: bounds the float32 and int32 temporaries of a large head (a multiple
 # of 64, the widest block of rows the int4 packing interleaves, so packed chunks concatenate).
 ROW_CHUNK = 4096
+# Rows quantised to int8 at once (1 MiB of float32 at SmolLM2's width, as gguf's _ROWS).
+INT8_ROWS = 512
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -145,7 +153,10 @@ class TorchAoConfig:
 
     `quant_type`: Int8WeightOnlyConfig() or Int4WeightOnlyConfig(group_size=32|64|128).
     `modules_to_not_convert`: module names (or a run of them, e.g. "lm_head") kept in float.
-    `include_input_output_embeddings`: store the token embedding as int8 rows too.
+    `include_input_output_embeddings`: store the token embedding as int8 rows too (a tied
+    one always is, when its head is quantised).
+    `untie_embedding_weights`: a quantised head tied to the embedding gets its own copy; the
+    embedding stays in float (or its own int8 rows with include_input_output_embeddings).
     `compute_dtype` (Cove's): the activations' dtype inside the quantised layers.
     """
 
@@ -166,7 +177,6 @@ class TorchAoConfig:
         self.modules_to_not_convert = (None if modules_to_not_convert is None
                                        else list(modules_to_not_convert))
         self.include_input_output_embeddings = bool(include_input_output_embeddings)
-        # Quantised tied heads always get their own copy: the flag is accepted for the shape.
         self.untie_embedding_weights = bool(untie_embedding_weights)
         name = str(compute_dtype).removeprefix("torch.")
         if name not in _COMPUTE_DTYPES:
@@ -225,7 +235,9 @@ def coerce(value: Any) -> TorchAoConfig:
     return TorchAoConfig(value.quant_type,
                          modules_to_not_convert=getattr(value, "modules_to_not_convert", None),
                          include_input_output_embeddings=getattr(
-                             value, "include_input_output_embeddings", False))
+                             value, "include_input_output_embeddings", False),
+                         untie_embedding_weights=getattr(value, "untie_embedding_weights",
+                                                         False))
 
 
 # -- quantisation -----------------------------------------------------------------------------
@@ -236,6 +248,25 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = w.abs().amax(dim=1) / 127
     scale = torch.where(scale > 0, scale, 1.0)
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def quantize_int8_rows(weight: torch.Tensor, page_out: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_int8, a slice of INT8_ROWS rows at a time into the result: temporaries of one
+    slice only (at once, a head's float32 copy and quotients were twice its float size). With
+    `page_out`, each slice of a memory-mapped weight leaves this process's memory once read
+    (SmolLM2's tied head: its 108 MiB of float32 would otherwise be resident at the load's
+    end)."""
+    from cove.models.quantization import _page_out
+
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32)
+    for r in range(0, weight.shape[0], INT8_ROWS):
+        part = weight[r:r + INT8_ROWS]
+        q[r:r + INT8_ROWS], scale[r:r + INT8_ROWS] = quantize_int8(part)
+        if page_out:
+            _page_out(part)
+    return q, scale
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int
@@ -339,7 +370,7 @@ class Int8WeightOnlyLinear(_WeightOnly):
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
                     compute_dtype: torch.dtype = torch.bfloat16) -> Int8WeightOnlyLinear:
-        q, scale = quantize_int8(weight)
+        q, scale = quantize_int8_rows(weight)
         return cls(q, scale, bias, compute_dtype)
 
     def _mm(self, h: torch.Tensor) -> torch.Tensor:
@@ -507,22 +538,6 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, config: TorchAoConfig,
-                     name: str = "") -> nn.Module | None:
-    """The weight-only layer `config` asks for (None: the layer's width does not allow it)."""
-    if config.bits == 8:
-        return Int8WeightOnlyLinear.from_weight(weight, bias, config.compute_dtype)
-    group = int4_group_size(weight.shape[1], config.group_size, weight.shape[0])
-    if group is None:
-        log.info("%s: %d x %d (outputs not a multiple of 16 or inputs of 32) cannot be packed "
-                 "in int4: kept in float", name, *weight.shape)
-        return None
-    if group != config.group_size:
-        log.info("%s: %d inputs are not a multiple of group_size %d: group of %d", name,
-                 weight.shape[1], config.group_size, group)
-    return Int4WeightOnlyLinear.from_weight(weight, bias, group, config.compute_dtype)
-
-
 def modules_to_quantize(model: nn.Module, config: TorchAoConfig) -> list[str]:
     """The nn.Linear layers `config` quantises: all but those in modules_to_not_convert."""
     from cove.models.quantization import _matches
@@ -532,48 +547,103 @@ def modules_to_quantize(model: nn.Module, config: TorchAoConfig) -> list[str]:
             if name and type(module) is nn.Linear and not any(_matches(name, p) for p in skip)]
 
 
+def _plan(model: nn.Module, config: TorchAoConfig
+          ) -> tuple[dict[str, int | None], str | None, str | None]:
+    """What quantize_model replaces, decided on shapes only (so also on a model whose weights
+    are still on the meta device): {linear name: int4 group, None for int8}, the input
+    embedding's name when it becomes int8 rows (else None), and the name of the tied head
+    whose int8 rows those are (None: the embedding's own rows)."""
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    layers: dict[str, int | None] = {}
+    head_name = None
+    for name in modules_to_quantize(model, config):
+        module = model.get_submodule(name)
+        if module is head:
+            head_name = name
+        if config.bits == 8 or module is head:
+            # The head in int8 even for int4 layers (as llama.cpp's Q4_K_M keeps its output in
+            # Q6_K): on SmolLM2-135M an int4 head cost 10 points of top-1 agreement.
+            layers[name] = None
+        else:
+            group = int4_group_size(module.in_features, config.group_size, module.out_features)
+            if group is not None:  # else the layer stays in float
+                layers[name] = group
+    if not isinstance(embed, nn.Embedding):
+        return layers, None, None
+    embed_name = next(n for n, m in model.named_modules() if m is embed)
+    if head_name is not None and head.weight is embed.weight \
+            and not config.untie_embedding_weights:
+        return layers, embed_name, head_name
+    return layers, embed_name if config.include_input_output_embeddings else None, None
+
+
+def replaced_weights(model: nn.Module, config: TorchAoConfig) -> set[str]:
+    """The names of the float weights quantize_model(model, config) replaces: from_pretrained
+    leaves them in the checkpoint's dtype and memory map (no cast copy of the whole model)."""
+    layers, embed_name, _ = _plan(model, config)
+    names = {f"{n}.weight" for n in layers}
+    return names | {f"{embed_name}.weight"} if embed_name else names
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, config: TorchAoConfig,
                    release_float: bool = False) -> list[str]:
     """Replace the linear layers by weight-only int8/int4 ones, in place; returns their names.
 
-    A head tied to the input embedding gets its own quantised copy (the embedding stays in
-    float for lookups, or becomes int8 rows with include_input_output_embeddings). Marks the
-    model as transformers does (is_quantized, quantization_config)."""
+    A head tied to the input embedding is quantised to int8 rows that the embedding's lookups
+    share (Int8Embedding), unless config.untie_embedding_weights. With `release_float`, each
+    float weight read from a memory-mapped checkpoint leaves memory once quantised (the head a
+    slice of rows at a time), and each layer's freed temporaries go back to the system, so
+    the model is never resident in float. Marks the model as transformers does
+    (is_quantized, quantization_config)."""
     from cove.models.quantization import _page_out
 
-    names = []
-    embed = getattr(model, "get_input_embeddings", lambda: None)()
-    head = getattr(model, "get_output_embeddings", lambda: None)()
+    layers, embed_name, shared_head = _plan(model, config)
     for name in modules_to_quantize(model, config):
         module = model.get_submodule(name)
-        if module is head and config.bits == 4:
-            # The head in int8 even for int4 layers (as llama.cpp's Q4_K_M keeps its output in
-            # Q6_K): on SmolLM2-135M an int4 head cost 10 points of top-1 agreement.
-            layer = Int8WeightOnlyLinear.from_weight(module.weight, module.bias,
+        if name not in layers:
+            log.info("%s: %d x %d (outputs not a multiple of 16 or inputs of 32) cannot be "
+                     "packed in int4: kept in float", name, module.out_features,
+                     module.in_features)
+        elif layers[name] not in (None, config.group_size):
+            log.info("%s: %d inputs are not a multiple of group_size %d: group of %d", name,
+                     module.in_features, config.group_size, layers[name])
+    replaced = {f"{n}.weight" for n in layers} | ({f"{embed_name}.weight"} if embed_name
+                                                   else set())
+    # The float dtype the model runs in: that of a weight kept in float (the replaced ones
+    # were left in the checkpoint's dtype by from_pretrained).
+    dtype = next((p.dtype for n, p in model.named_parameters(remove_duplicate=False)
+                  if n not in replaced and p.is_floating_point()), torch.float32)
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    quantized: dict[str, nn.Module] = {}
+    for name, group in layers.items():
+        module = model.get_submodule(name)
+        # A head tied to an embedding that stays in float: those rows are still in use.
+        keep = embed_name is None and module.weight is getattr(embed, "weight", None)
+        release = release_float and not keep
+        if group is None:
+            q, scale = quantize_int8_rows(module.weight, page_out=release)
+            layer = Int8WeightOnlyLinear(q, scale, module.bias, config.compute_dtype)
+        else:
+            layer = Int4WeightOnlyLinear.from_weight(module.weight, module.bias, group,
                                                      config.compute_dtype)
-        else:
-            layer = quantized_linear(module.weight, module.bias, config, name)
-        if layer is None:
-            continue
-        if release_float and (embed is None or module.weight is not embed.weight):
-            _page_out(module.weight)
+            if release:
+                _page_out(module.weight)
+        quantized[name] = layer
         _set_module(model, name, layer)
-        names.append(name)
-    if config.include_input_output_embeddings and isinstance(embed, nn.Embedding):
-        head = getattr(model, "get_output_embeddings", lambda: None)()
-        if isinstance(head, Int8WeightOnlyLinear) and head.qweight.shape == embed.weight.shape \
-                and getattr(model.config, "tie_word_embeddings", False):
-            q, scale = head.qweight, head.scale.float()
-        else:
-            q, scale = quantize_int8(embed.weight)
-        name = next(n for n, m in model.named_modules() if m is embed)
-        _set_module(model, name, Int8Embedding(q, scale, embed.weight.dtype, embed.padding_idx))
         if release_float:
-            _page_out(embed.weight)
-    # The tie is realised by the quantised layers (or given up for the copy): none to redo.
+            # The layer's temporaries back to the system before the next (as gguf's loader).
+            release_freed_memory()
+    if embed_name is not None:
+        if shared_head is not None:  # the tied head's int8 rows, shared
+            q, scale = quantized[shared_head].qweight, quantized[shared_head].scale.float()
+        else:
+            q, scale = quantize_int8_rows(embed.weight, page_out=release_float)
+        _set_module(model, embed_name, Int8Embedding(q, scale, dtype, embed.padding_idx))
+    # The tie is realised by the shared int8 rows (or given up for the copy): none to redo.
     model.tied_weights = {}
     release_freed_memory()
     model.is_quantized = True
     model.quantization_config = config
-    return names
+    return list(layers)
