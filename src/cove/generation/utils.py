@@ -50,6 +50,7 @@ from cove.generation.logits_process import (
     TopPLogitsWarper,
 )
 from cove.generation.stopping_criteria import StopStringCriteria
+from cove.generation.threads import generation_threads
 
 log = logging.getLogger("cove.generation")
 
@@ -636,12 +637,14 @@ class GenerationMixin:
         else:
             runner = _Runner(self, input_ids, inputs_embeds, attention_mask, position_ids,
                              max_new, use_cache, forward_kwargs)
-        if num_beams > 1:
-            result = self._beam_search(runner, input_ids, config, processors, stopper, eos,
-                                       pad, generator)
-        else:
-            result = self._sample(runner, input_ids, config, processors, stopper, pad,
-                                  eos_tensor is not None, streamer, generator)
+        # 7. The steps, with the threads the free cores allow (cove.generation.threads).
+        with generation_threads(device):
+            if num_beams > 1:
+                result = self._beam_search(runner, input_ids, config, processors, stopper,
+                                           eos, pad, generator)
+            else:
+                result = self._sample(runner, input_ids, config, processors, stopper, pad,
+                                      eos_tensor is not None, streamer, generator)
         if seq2seq and isinstance(result, ModelOutput):
             result = _encoder_decoder_output(result, encoder_outputs, runner, config)
         return result
