@@ -1,7 +1,7 @@
 """Llama-family decoding steps through cove.kernels' Decoder (cove.models.decoding) against
 the module forward they replace: generate's per-step logits (float32: within 1e-5 of the
-logits' magnitude; bfloat16: equal) and tokens on left-padded batches of 1 and 8 rows,
-grouped-query attention, Qwen2's biases, Qwen3's q/k norms, SmolLM3's NoPE layers, scaled
+logits' magnitude; bfloat16: equal) and tokens on left-padded batches of 1 and 8 rows and
+an unpadded bfloat16 batch, grouped-query attention, Qwen2's biases, Qwen3's q/k norms, SmolLM3's NoPE layers, scaled
 rotary embeddings, the weight-only int8/int4 layers and beam search; the cases that keep the
 module forward; and the kernels' refusal of bad input.
 """
@@ -105,6 +105,17 @@ def test_bfloat16_steps_equal_the_module_forward(name, rows, monkeypatch):
         assert isinstance(plan(model), FastDecoder)
     fast, plain = both(model, monkeypatch, *prompts(rows))
     assert fast.past_key_values.storage.dtype == torch.bfloat16
+    assert_logits_close(fast, plain, 0.0)
+    assert torch.equal(fast.sequences, plain.sequences)
+
+
+def test_bfloat16_unpadded_rows_attend_alone_as_the_batch_does(monkeypatch):
+    """Without a padding mask the kernels' bfloat16 step attends row by row (the serving
+    engine's rows sit at lengths of their own); at one length that equals the module's
+    batched attention bit for bit."""
+    model = model_of("llama", torch.bfloat16)
+    ids, _ = prompts(8)
+    fast, plain = both(model, monkeypatch, ids.clamp(min=3), torch.ones_like(ids))
     assert_logits_close(fast, plain, 0.0)
     assert torch.equal(fast.sequences, plain.sequences)
 

@@ -456,7 +456,9 @@ class Decoder {
     const int64_t slab = rows.slab(kv_heads_, D);
     // the module's scale: head_dim ** -0.5 as Python computes it
     const double scale = std::pow(static_cast<double>(D), -0.5);
-    const at::Tensor mask = attention_mask(keep, rows, M, n);
+    // with generate's left-padding mask the rows attend together, else each alone (below)
+    const bool together = keep.defined();
+    const at::Tensor mask = together ? attention_mask(keep, rows, M, n) : at::Tensor();
     const int64_t first = rows.first(M);
     const auto bf16 = xf.options().dtype(at::kBFloat16);
     // attention's query [M, kv_heads, groups, D] and SiLU's input [M, I], as the module has them
@@ -503,15 +505,26 @@ class Decoder {
           store(vcache + at, vm + g * D, D);
         }
       }
-      // keys and values as the module's cache hands them over: its rows' first n positions,
-      // a view when the rows are consecutive slots, else gathered (SlotKVCache.update)
-      const at::Tensor layer = cache[li].narrow(3, 0, n);
-      const at::Tensor kv = first >= 0 ? layer.narrow(1, first, M) : layer.index_select(1, slots);
-      const at::Tensor out = at::scaled_dot_product_attention(
-          q4, kv[0], kv[1],
-          mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt, 0.0, false, scale);
-      const at::Tensor merged = out.reshape({M, qw}).to(at::kFloat).contiguous();
-      std::copy(merged.data_ptr<float>(), merged.data_ptr<float>() + M * qw, att.data());
+      // Keys and values as the module's cache hands them over. With generate's left-padding
+      // mask the rows attend together over their first n positions, as the module forward of
+      // that batch (a view of consecutive slots, else gathered). Without one (the serving
+      // engine, an unpadded generate) each row attends alone over its slot's 0..length, as
+      // the forward of that one sequence does: SDPA's bfloat16 result depends on the longest
+      // row it is given, so rows at their own lengths attending together rounded each one
+      // otherwise than alone (a request's greedy answer then depended on the others').
+      const at::Tensor layer = cache[li];
+      const int64_t parts = together ? 1 : M, per = together ? M : 1;
+      for (int64_t p = 0; p < parts; ++p) {
+        at::Tensor kv = layer.narrow(3, 0, together ? n : rows.len[p] + 1);
+        kv = together && first < 0 ? kv.index_select(1, slots)
+                                   : kv.narrow(1, together ? first : rows.slot[p], per);
+        const at::Tensor out = at::scaled_dot_product_attention(
+            q4.narrow(0, p, per), kv[0], kv[1],
+            mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt, 0.0, false, scale);
+        const at::Tensor merged = out.reshape({per, qw}).to(at::kFloat).contiguous();
+        std::copy(merged.data_ptr<float>(), merged.data_ptr<float>() + per * qw,
+                  att.data() + p * qw);
+      }
       const Job o_job{&l.o, tmp.data(), H};
       cove::run_jobs(&o_job, 1, att.data(), M);
       round_bf16(tmp.data(), M * H);
