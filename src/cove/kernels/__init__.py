@@ -39,7 +39,7 @@ log = logging.getLogger("cove.kernels")
 
 # The extension's files: the .cpp ones are compiled, all of them key the cache.
 FILES = tuple(Path(__file__).with_name(n) for n in (
-    "gemv.h", "gemv.cpp", "decode.cpp", "attention.h", "attention.cpp"))
+    "gemv.h", "gemv.cpp", "decode.cpp", "attention.h", "attention.cpp", "prefill.cpp"))
 # Activation rows the kernels take (decoding batch 1..8); more go to torch's GEMM.
 MAX_ROWS = 8
 _UNSET = object()

@@ -193,14 +193,7 @@ void range(const W& w, const float* x, int64_t K, int64_t n0, int64_t n1, float*
   for (; n < n1; ++n) rows<M, 1>(w, x, K, n, out, ldo);
 }
 
-// x's rows as int8 in blocks of 32 inputs (see the top): what the int4 weights' integer
-// products read, made once per parallel region.
-struct QRows {
-  int64_t M = 0, K = 0, nb = 0;  // nb: blocks per row (K / 32)
-  std::vector<int8_t> q;         // [M, K]: qa
-  std::vector<float> d;          // [M, nb]: each block's scale
-  std::vector<float> c;          // [M, nb]: d * sum(qa) of each block (the zero points' term)
-};
+using cove::QRows;
 
 // Whether `lin`'s product takes the quantised activations.
 inline bool takes_qrows(const cove::Lin& lin) {
@@ -213,9 +206,11 @@ inline bool takes_qrows(const cove::Lin& lin) {
 }
 
 #ifdef COVE_VNNI
+}  // namespace
+
 // qa = round(a / d) to nearest even, computed as a * (127 / max|a|) (the test's reference
 // does the same float32 operations), per block of 32.
-void quantize_rows(const float* x, int64_t M, int64_t K, QRows& out) {
+void cove::quantize_rows(const float* x, int64_t M, int64_t K, QRows& out) {
   out.M = M;
   out.K = K;
   out.nb = K / 32;
@@ -241,6 +236,8 @@ void quantize_rows(const float* x, int64_t M, int64_t K, QRows& out) {
                                       _mm512_add_epi32(q0, q1)));
     }
 }
+
+namespace {
 
 inline float sum8(__m256 v) {
   const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -859,5 +856,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the vector instructions the kernels were built with");
   m.attr("MAX_ROWS") = MAX_ROWS;
   cove::bind_decode(m);
+  cove::bind_prefill(m);
   cove::bind_attention(m);
 }

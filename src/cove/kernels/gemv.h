@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace cove {
 
@@ -37,7 +38,22 @@ struct Job {
 // output rows split across torch's threads in one parallel region; biases added.
 void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M);
 
+// x's rows as int8 in blocks of 32 inputs (see gemv.cpp's top): what the int4 weights' integer
+// products read (the decoding kernels' and prefill.cpp's), made once per parallel region.
+struct QRows {
+  int64_t M = 0, K = 0, nb = 0;  // nb: blocks per row (K / 32)
+  std::vector<int8_t> q;         // [M, K]: qa
+  std::vector<float> d;          // [M, nb]: each block's scale
+  std::vector<float> c;          // [M, nb]: d * sum(qa) of each block (the zero points' term)
+};
+
+// Fills `out` from float32 x [M, K] (K a multiple of 32). Built only with AVX512-VNNI.
+void quantize_rows(const float* x, int64_t M, int64_t K, QRows& out);
+
 // Registers decode.cpp's classes on the extension module.
 void bind_decode(pybind11::module& m);
+
+// Registers prefill.cpp's functions (a prompt's int4 products) on the extension module.
+void bind_prefill(pybind11::module& m);
 
 }  // namespace cove

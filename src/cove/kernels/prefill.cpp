@@ -1,0 +1,230 @@
+// Cove's prompt product for int4 weights: y[M, N] = x[M, K] @ W[N, K]^T for a prompt's many
+// rows, in integer dot products. The decoding kernels (gemv.cpp) stream each weight once per
+// step; a prompt reuses every weight M times, so here the bound is arithmetic, and torch's
+// float32 GEMM over the dequantised weight (the path without VNNI) reaches the CPU's float32
+// peak. Integer products do four times the work per instruction: x is quantised to int8 in
+// blocks of 32 inputs exactly as the decoding step quantises it (gemv.cpp's quantize_rows:
+// a ~ d * qa), so a prompt and its continuation see the same arithmetic, and per block
+//   y += d_b * (s_g * sum(q * qa) + (zero_g - 8 s_g) * sum(qa))
+// with q the codes 0..15 (unsigned, vpdpbusd's first operand) and qa signed.
+//
+// Work is split in tiles of 48 output columns (three 16-lane vectors): a thread unpacks a
+// tile's codes once into vpdpbusd's layout (four consecutive inputs of a column in one 32-bit
+// lane: [K / 4][48][4] bytes, 27-72 KiB at SmolLM2's widths, so it stays in L2), then runs
+// every row of x through it, four rows at a time: 12 int32 sums per block of 32 inputs (one
+// per row and vector), added into 12 float32 accumulators with the block's scales, all in
+// registers. Tiles go to torch's threads (at::parallel_for).
+#include "gemv.h"
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
+    defined(__AVX512VL__) && !defined(COVE_KERNELS_SCALAR) && !defined(COVE_KERNELS_NO_VNNI)
+#include <immintrin.h>
+#define COVE_PREFILL 1
+#endif
+
+namespace {
+
+#ifdef COVE_PREFILL
+// Tiles of NV 16-column vectors, MR rows of x at a time: the 2 * MR * NV int32 and float32
+// accumulators and NV weight vectors fit the 32 registers. Measured at SmolLM2's shapes (512
+// rows, one thread, CPU time): 3 x 4 and 1 x 8 alike (8.7 ms for q/k/v/o-, gate- and down-
+// sized layers), 2 x 6 9.9, 4 x 3 9.5, 2 x 4 10.2.
+constexpr int NV = 3;
+constexpr int64_t NT = 16 * NV;
+constexpr int MR = 4;
+
+template <class S>
+inline float to_float(S v) { return static_cast<float>(v); }
+
+// One tile of the weight as the products read it: codes [K / 4][NT][4] (columns past N zero),
+// each group's scale and zero - 8 * scale [groups][NT].
+struct Tile {
+  std::vector<uint8_t> w;
+  std::vector<float> s, mn;
+};
+
+template <class S>
+void unpack(const uint8_t* q, const S* scale, const S* zero, int64_t N, int64_t K,
+            int64_t group, int64_t n0, Tile& t) {
+  const int64_t cols = std::min(NT, N - n0), groups = K / group, blocks = K / 32;
+  t.w.resize(K * NT);
+  t.s.assign(groups * NT, 0.0f);
+  t.mn.assign(groups * NT, 0.0f);
+  if (cols < NT) std::fill(t.w.begin(), t.w.end(), 0);
+  const __m128i low = _mm_set1_epi8(15);
+  for (int64_t c = 0; c < cols; ++c) {
+    const uint8_t* row = q + (n0 + c) * (K / 2);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(t.w.data()) + c;
+    for (int64_t b = 0; b < blocks; ++b) {
+      // 16 bytes: input j in the low nibble of byte j, input 16 + j in the high one
+      const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
+      alignas(32) uint32_t words[8];  // the 32 codes in input order, four per word
+      _mm_store_si128(reinterpret_cast<__m128i*>(words), _mm_and_si128(p, low));
+      _mm_store_si128(reinterpret_cast<__m128i*>(words + 4),
+                      _mm_and_si128(_mm_srli_epi16(p, 4), low));
+      for (int j = 0; j < 8; ++j) dst[(b * 8 + j) * NT] = words[j];
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const float s = to_float(scale[(n0 + c) * groups + g]);
+      t.s[g * NT + c] = s;
+      t.mn[g * NT + c] = to_float(zero[(n0 + c) * groups + g]) - 8.0f * s;
+    }
+  }
+}
+
+// Rows m0..m0+R-1 of the quantised x through one tile, into out[m * ldo + n0 + c] for its
+// first `cols` columns (fewer than NT in a tile past N), bias added when given.
+template <int R>
+void tile_rows(const Tile& t, const cove::QRows& a, int64_t m0, int64_t per_group,
+               const float* bias, float* out, int64_t ldo, int64_t n0, int64_t cols) {
+  const int64_t K = a.K, nb = a.nb;
+  const uint8_t* w = t.w.data();
+  const int8_t* x = a.q.data() + m0 * K;
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i sum[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_setzero_si512();
+    for (int64_t k4 = b * 8; k4 < b * 8 + 8; ++k4) {
+      __m512i wv[NV];
+      for (int v = 0; v < NV; ++v)
+        wv[v] = _mm512_loadu_si512(w + (k4 * NT + 16 * v) * 4);
+      for (int r = 0; r < R; ++r) {
+        int32_t four;
+        std::memcpy(&four, x + r * K + k4 * 4, 4);
+        const __m512i xv = _mm512_set1_epi32(four);
+        for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbusd_epi32(sum[r][v], wv[v], xv);
+      }
+    }
+    const int64_t g = b / per_group;
+    __m512 s[NV], mn[NV];
+    for (int v = 0; v < NV; ++v) {
+      s[v] = _mm512_loadu_ps(t.s.data() + g * NT + 16 * v);
+      mn[v] = _mm512_loadu_ps(t.mn.data() + g * NT + 16 * v);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 d = _mm512_set1_ps(a.d[(m0 + r) * nb + b]);
+      const __m512 c = _mm512_set1_ps(a.c[(m0 + r) * nb + b]);
+      for (int v = 0; v < NV; ++v) {
+        acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][v]), _mm512_mul_ps(s[v], d),
+                                    acc[r][v]);
+        acc[r][v] = _mm512_fmadd_ps(mn[v], c, acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t valid = std::clamp<int64_t>(cols - 16 * v, 0, 16);
+      const __mmask16 k = valid == 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+      __m512 y = acc[r][v];
+      if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, bias + n0 + 16 * v));
+      _mm512_mask_storeu_ps(out + (m0 + r) * ldo + n0 + 16 * v, k, y);
+    }
+}
+
+// x's rows quantised as gemv.cpp's quantize_rows does (the decoding step's quantisation),
+// slices of rows on torch's threads (on one thread it took ~7% of a 576-wide layer's time).
+void quantize(const float* x, int64_t M, int64_t K, cove::QRows& a) {
+  a.M = M;
+  a.K = K;
+  a.nb = K / 32;
+  a.q.resize(M * K);
+  a.d.resize(M * a.nb);
+  a.c.resize(M * a.nb);
+  at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
+    thread_local cove::QRows part;  // 64 rows at most
+    for (int64_t m = m0; m < m1; m += 64) {
+      cove::quantize_rows(x + m * K, std::min<int64_t>(64, m1 - m), K, part);
+      std::copy(part.q.begin(), part.q.end(), a.q.begin() + m * K);
+      std::copy(part.d.begin(), part.d.end(), a.d.begin() + m * a.nb);
+      std::copy(part.c.begin(), part.c.end(), a.c.begin() + m * a.nb);
+    }
+  });
+}
+
+template <class S>
+void int4_tiles(const cove::QRows& a, const uint8_t* q, const S* scale, const S* zero,
+                int64_t N, int64_t group, const float* bias, float* out) {
+  const int64_t M = a.M, K = a.K, tiles = (N + NT - 1) / NT;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    thread_local Tile tile;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * NT;
+      unpack(q, scale, zero, N, K, group, n0, tile);
+      const int64_t cols = std::min(NT, N - n0);
+      int64_t m = 0;
+      for (; m + MR <= M; m += MR) tile_rows<MR>(tile, a, m, group / 32, bias, out, N, n0, cols);
+      for (; m < M; ++m) tile_rows<1>(tile, a, m, group / 32, bias, out, N, n0, cols);
+    }
+  });
+}
+#endif
+
+}  // namespace
+
+// y = x @ W.T (+ bias) for x [M, K] float32, W from int4 codes in Cove's packed layout
+// (cove.kernels.pack_int4) with scales and zero points [N, K / group]; y float32 [M, N].
+at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                     const at::Tensor& zero, int64_t group,
+                     const c10::optional<at::Tensor>& bias) {
+#ifdef COVE_PREFILL
+  const cove::Lin lin(3, q, scale, zero, group, bias);  // checks the weight's shapes and dtypes
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == lin.K, "cove kernels: x must be [rows, ", lin.K,
+              "], got ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "cove kernels: x must be on the CPU");
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0), N = lin.N;
+  at::Tensor out = at::empty({M, N}, xf.options());
+  if (M == 0) return out;
+  cove::QRows a;
+  quantize(xf.data_ptr<float>(), M, lin.K, a);
+  const float* b = lin.bias.defined() ? lin.bias.data_ptr<float>() : nullptr;
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  switch (scale.scalar_type()) {
+    case at::kFloat:
+      int4_tiles(a, qp, scale.data_ptr<float>(), zero.data_ptr<float>(), N, group, b, o);
+      break;
+    case at::kBFloat16:
+      int4_tiles(a, qp, scale.data_ptr<at::BFloat16>(), zero.data_ptr<at::BFloat16>(), N,
+                 group, b, o);
+      break;
+    default:
+      int4_tiles(a, qp, scale.data_ptr<at::Half>(), zero.data_ptr<at::Half>(), N, group, b, o);
+  }  return out;
+#else
+  (void)x; (void)q; (void)scale; (void)zero; (void)group; (void)bias;
+  TORCH_CHECK(false, "cove kernels: int4_gemm needs AVX512-VNNI (this build: without)");
+#endif
+}
+
+// Whether this build has int4_gemm (else prompts take the dequantised weight).
+bool has_int4_gemm() {
+#ifdef COVE_PREFILL
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace cove {
+
+void bind_prefill(pybind11::module& m) {
+  m.def("int4_gemm", &int4_gemm, "x @ int4 weight.T (+ bias) for a prompt's many rows, in "
+        "integer products on x quantised in blocks of 32 (AVX512-VNNI builds)");
+  m.def("has_int4_gemm", &has_int4_gemm, "whether this build has int4_gemm");
+}
+
+}  // namespace cove

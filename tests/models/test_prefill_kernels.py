@@ -1,0 +1,144 @@
+"""cove.kernels' prompt product for int4 weights (prefill.cpp's int4_gemm): a prompt's many
+rows in integer products on x quantised to int8 in blocks of 32, as the decoding kernel
+quantises it.
+
+Tolerances: against the same quantisation done here in float64 (test_kernels'
+int4_expected), 1e-6 of the output's magnitude (only the float32 sums' order differs);
+against the float product with the dequantised weight, the bound the activations'
+quantisation allows (test_kernels' within_quantization). Builds without VNNI have no
+int4_gemm and keep the dequantised weight in torch's GEMM (float32, 1e-5).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cove import kernels
+from cove.models.weight_only import Int4WeightOnlyLinear, quantize_int4
+from tests.models.test_kernels import REPO, close, gen, int4_expected, within_quantization
+
+pytestmark = pytest.mark.skipif(os.environ.get("COVE_KERNELS") == "0",
+                                reason="COVE_KERNELS=0 turns the kernels off")
+
+
+@pytest.fixture(scope="module")
+def ext():
+    module = kernels.load()
+    assert module is not None, "the kernels did not build on this machine (see the warning)"
+    if not module.has_int4_gemm():
+        pytest.skip(f"no AVX512-VNNI on this CPU (kernels built for {module.isa()})")
+    return module
+
+
+def case(rows: int, out: int, width: int, group: int, dtype: torch.dtype, seed: int = 0):
+    """x [rows, width] and an int4 weight [out, width]: (x, packed, scale, zero, codes)."""
+    x = torch.randn(rows, width, generator=gen(seed))
+    codes, scale, zero = quantize_int4(torch.randn(out, width, generator=gen(seed + 1)), group)
+    return x, kernels.pack_int4(codes), scale.to(dtype), zero.to(dtype), codes
+
+
+# rows: below, at and past the 4-row pass, a prompt; outputs: below, at and past the 48-column
+# tile, not a multiple of 16
+@pytest.mark.parametrize("rows,out", [(1, 16), (3, 37), (4, 48), (5, 100), (13, 200),
+                                      (130, 97), (512, 192)], ids=str)
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_gemm_is_the_quantised_product(ext, rows, out, group):
+    for dtype, bias in [(torch.bfloat16, False), (torch.float32, True), (torch.float16, True)]:
+        x, packed, scale, zero, codes = case(rows, out, 384, group, dtype)
+        b = torch.randn(out, generator=gen(7)) if bias else None
+        y = ext.int4_gemm(x, packed, scale, zero, group, b)
+        assert y.shape == (rows, out) and y.dtype == torch.float32
+        expected = int4_expected(x, codes, scale, zero, group)
+        close(y, (expected + (b.double() if bias else 0)).float(), rel=1e-6)
+
+
+def test_int4_gemm_quantises_as_the_decoding_kernel(ext):
+    """A prompt's rows and the same rows through the decoding kernel, 1..8 at a time: the
+    same quantised activations, the sums in another order."""
+    x, packed, scale, zero, _ = case(21, 208, 576, 32, torch.bfloat16)
+    b = torch.randn(208, generator=gen(3))
+    y = ext.int4_gemm(x, packed, scale, zero, 32, b)
+    steps = torch.cat([ext.int4_linear(x[r:r + n], packed, scale, zero, 32, b)
+                       for r, n in ((0, 1), (1, 8), (9, 5), (14, 7))])
+    close(y, steps, rel=1e-6)
+
+
+def test_int4_gemm_edge_rows(ext):
+    """Zero rows and blocks (their scale 0), and a row of equal values (ties at +-127)."""
+    x, packed, scale, zero, codes = case(6, 64, 128, 32, torch.float32)
+    x[1] = 0
+    x[3, 32:64] = 0
+    x[4] = -2.5
+    close(ext.int4_gemm(x, packed, scale, zero, 32, None),
+          int4_expected(x, codes, scale, zero, 32).float(), rel=1e-6)
+    assert ext.int4_gemm(x[:0], packed, scale, zero, 32, None).shape == (0, 64)
+
+
+def test_int4_gemm_refuses_bad_input(ext):
+    x, packed, scale, zero, _ = case(10, 32, 128, 32, torch.float32)
+    with pytest.raises(RuntimeError, match=r"x must be \[rows, 128\]"):
+        ext.int4_gemm(x[:, :96], packed, scale, zero, 32, None)
+    with pytest.raises(RuntimeError, match="group 48"):
+        ext.int4_gemm(x, packed, scale[:, :2].contiguous(), zero[:, :2].contiguous(), 48,
+                      None)
+    with pytest.raises(RuntimeError, match="scales and zero points"):
+        ext.int4_gemm(x, packed, scale[:16], zero[:16], 32, None)
+    with pytest.raises(RuntimeError, match="bias has 31 values"):
+        ext.int4_gemm(x, packed, scale, zero, 32, torch.zeros(31))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_prompt_takes_int4_gemm(ext, dtype):
+    """Int4WeightOnlyLinear's prompt rows (more than decoding's 8) go through int4_gemm: the
+    float product with the dequantised weight up to x's quantisation; bfloat16 x is computed
+    from its float32 values and the result rounded once."""
+    w, bias = torch.randn(200, 256, generator=gen(1)) * 0.05, torch.randn(200, generator=gen(2))
+    layer = Int4WeightOnlyLinear.from_weight(w, bias, 64)
+    x = torch.randn(2, 40, 256, generator=gen(3)).to(dtype)
+    out = layer(x)
+    assert out.shape == (2, 40, 200) and out.dtype == dtype
+    direct = ext.int4_gemm(x.reshape(80, 256), layer.qweight, layer.scale, layer.zero, 64, bias)
+    assert torch.equal(out.reshape(80, 200), direct.to(dtype))
+    if dtype == torch.float32:
+        within_quantization(out.view(80, 200), x.view(80, 256), layer.dequantize(),
+                            F.linear(x, layer.dequantize(), bias).view(80, 200))
+
+
+@pytest.mark.parametrize("flag", ["-DCOVE_KERNELS_NO_VNNI", "-DCOVE_KERNELS_SCALAR"])
+def test_builds_without_vnni_keep_the_float_product(ext, flag):
+    """Without VNNI (and in the scalar build) there is no int4_gemm: the layer's prompt takes
+    the dequantised weight in torch's GEMM, float32 activations."""
+    layer = Int4WeightOnlyLinear.from_weight(torch.randn(64, 128, generator=gen(1)) * 0.05,
+                                             torch.randn(64, generator=gen(2)), 32)
+    x = torch.randn(20, 128, generator=gen(3))
+    other = kernels.build((flag,))
+    assert not other.has_int4_gemm()
+    with pytest.raises(RuntimeError, match="needs AVX512-VNNI"):
+        other.int4_gemm(x, layer.qweight, layer.scale, layer.zero, 32, None)
+    close(layer._wide(other, x), F.linear(x, layer.dequantize(), layer.bias))
+
+
+_OFF = """
+import torch, torch.nn.functional as F
+from cove import kernels
+from cove.models.weight_only import Int4WeightOnlyLinear
+assert kernels.load() is None
+layer = Int4WeightOnlyLinear.from_weight(torch.randn(64, 128) * 0.05, None, 32)
+x = torch.randn(40, 128)
+out, expected = layer(x), F.linear(x, layer.dequantize())
+assert (out - expected).abs().max() <= 0.02 * expected.abs().max()  # bfloat16 activations
+print("ok")
+"""
+
+
+def test_prompt_with_kernels_off():
+    env = {**os.environ, "COVE_KERNELS": "0", "PYTHONPATH": REPO}
+    result = subprocess.run([sys.executable, "-c", _OFF], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
