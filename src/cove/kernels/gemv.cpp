@@ -11,7 +11,10 @@
 //          w = (q - 8) * scale + zero; each 32 inputs are 16 bytes, byte j holding input j in
 //          its low nibble and input 16 + j in its high one (see cove.kernels.pack_int4).
 // Scales and zero points are float32, bfloat16 or float16 (the layers' compute dtype).
-// Activations: float32 (and float32 sums), except for int4 weights on CPUs with AVX512-VNNI:
+// Activations: float32 (and float32 sums), except for bfloat16 weights against x whose values
+// are all bfloat16 ones (a bfloat16 model's) on CPUs with AVX512_BF16: there x is taken in
+// bfloat16 and pairs multiply exactly into float32 sums (vdpbf16ps, see bf16_dp_row); and
+// except for int4 weights on CPUs with AVX512-VNNI:
 // there x is quantised to int8 in blocks of 32 inputs with a float32 scale each (a ~ d * qa,
 // d = max|a| / 127, qa = round(a / d): llama.cpp's Q8_0 activations), once per parallel region,
 // and codes and qa multiply byte by byte into an int32 sum per block (vpdpbusd), scaled as
