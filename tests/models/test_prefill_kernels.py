@@ -1,12 +1,13 @@
 """cove.kernels' prompt product for int4 weights (prefill.cpp's int4_gemm): a prompt's many
 rows in integer products on x quantised to int8 in blocks of 32, as the decoding kernel
-quantises it.
+quantises it. Not yet what Int4WeightOnlyLinear's prompts take: with it, the GGUF-kept
+SmolLM2's first answer token to "What is the capital of France?" flipped ("The" -> "L", a
+0.08-logit tie in float32; tests/models/test_weight_only.py's France answer failed), so the
+layers keep the dequantised weight in torch's GEMM for now.
 
 Tolerances: against the same quantisation done here in float64 (test_kernels'
-int4_expected), 1e-6 of the output's magnitude (only the float32 sums' order differs);
-against the float product with the dequantised weight, the bound the activations'
-quantisation allows (test_kernels' within_quantization). Builds without VNNI have no
-int4_gemm and keep the dequantised weight in torch's GEMM (float32, 1e-5).
+int4_expected), 1e-6 of the output's magnitude (only the float32 sums' order differs).
+Builds without VNNI have no int4_gemm.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from cove import kernels
 from cove.models.weight_only import Int4WeightOnlyLinear, quantize_int4
-from tests.models.test_kernels import REPO, close, gen, int4_expected, within_quantization
+from tests.models.test_kernels import REPO, close, gen, int4_expected
 
 pytestmark = pytest.mark.skipif(os.environ.get("COVE_KERNELS") == "0",
                                 reason="COVE_KERNELS=0 turns the kernels off")
@@ -93,27 +94,10 @@ def test_int4_gemm_refuses_bad_input(ext):
         ext.int4_gemm(x, packed, scale, zero, 32, torch.zeros(31))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_layer_prompt_takes_int4_gemm(ext, dtype):
-    """Int4WeightOnlyLinear's prompt rows (more than decoding's 8) go through int4_gemm: the
-    float product with the dequantised weight up to x's quantisation; bfloat16 x is computed
-    from its float32 values and the result rounded once."""
-    w, bias = torch.randn(200, 256, generator=gen(1)) * 0.05, torch.randn(200, generator=gen(2))
-    layer = Int4WeightOnlyLinear.from_weight(w, bias, 64)
-    x = torch.randn(2, 40, 256, generator=gen(3)).to(dtype)
-    out = layer(x)
-    assert out.shape == (2, 40, 200) and out.dtype == dtype
-    direct = ext.int4_gemm(x.reshape(80, 256), layer.qweight, layer.scale, layer.zero, 64, bias)
-    assert torch.equal(out.reshape(80, 200), direct.to(dtype))
-    if dtype == torch.float32:
-        within_quantization(out.view(80, 200), x.view(80, 256), layer.dequantize(),
-                            F.linear(x, layer.dequantize(), bias).view(80, 200))
-
-
 @pytest.mark.parametrize("flag", ["-DCOVE_KERNELS_NO_VNNI", "-DCOVE_KERNELS_SCALAR"])
 def test_builds_without_vnni_keep_the_float_product(ext, flag):
-    """Without VNNI (and in the scalar build) there is no int4_gemm: the layer's prompt takes
-    the dequantised weight in torch's GEMM, float32 activations."""
+    """Without VNNI (and in the scalar build) there is no int4_gemm (a clear error); the
+    layer's prompt path (the dequantised weight in torch's GEMM) works there."""
     layer = Int4WeightOnlyLinear.from_weight(torch.randn(64, 128, generator=gen(1)) * 0.05,
                                              torch.randn(64, generator=gen(2)), 32)
     x = torch.randn(20, 128, generator=gen(3))

@@ -87,14 +87,11 @@ def test_layer_matches_float(kind):
 def test_prompt_rows_are_the_dequantised_weights_product(kind):
     """A prompt's rows (more than decoding's 8) go through the float32 weight a slice of rows
     at a time: each output column is the float32 product with the dequantised weight, up to
-    the GEMM's summation order (4160 outputs of 256 inputs: two slices). int4 layers with
-    AVX512-VNNI take the integer products instead (tests/models/test_prefill_kernels.py)."""
+    the GEMM's summation order (4160 outputs of 256 inputs: two slices)."""
     from cove import kernels
 
     if not kernels.available():
         pytest.skip("cove.kernels is not built: prompts run through torch's kernels")
-    if kind != "int8" and kernels.load().has_int4_gemm():
-        pytest.skip("int4 prompts take the integer products (test_prefill_kernels.py)")
     w, bias = weight(4160, 256, seed=1), torch.randn(4160) * 0.1
     layer = (Int8WeightOnlyLinear.from_weight(w, bias) if kind == "int8"
              else Int4WeightOnlyLinear.from_weight(w, bias, 32))
