@@ -170,7 +170,7 @@ def test_two_threads_compute_what_one_does(ext, rows):
         two = [f() for f in products]
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert torch.equal(a, b)
 
 
@@ -297,13 +297,17 @@ def test_layers_take_the_kernel_for_few_rows(ext, kind):
     layer = (Int8WeightOnlyLinear.from_weight(w, b) if kind == "int8"
              else Int4WeightOnlyLinear.from_weight(w, b, 64))
     dq = layer.dequantize()
-    for rows in (1, 8, 20):  # 20 rows: a prompt, through torch's GEMM
+    for rows in (1, 8, 20):  # 20 rows: a prompt (int4 with VNNI: int4_gemm; else torch's GEMM)
         x = torch.randn(2, rows, 256, generator=gen(3))
         out = layer(x)
         assert out.shape == (2, rows, 208) and out.dtype == torch.float32
         expected = F.linear(x, dq, b)
         if kind == "int4" and 2 * rows <= kernels.MAX_ROWS and quantized(ext):  # int8 x
             within_quantization(out.view(-1, 208), x.view(-1, 256), dq, expected.view(-1, 208))
+        elif kind == "int4" and ext.has_int4_gemm():  # x and its remainder in int8 blocks
+            qa, d = quantize_rows(x.view(-1, 256))
+            rest = (x.view(-1, 256).double() - d.double() * qa.double()).float()
+            within_quantization(out.view(-1, 208), rest, dq, expected.view(-1, 208))
         else:
             close(out, expected)  # float32 activations
 

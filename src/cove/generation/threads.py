@@ -15,8 +15,12 @@ tokens/s, and 6.1 against 0.8 with one more busy process. A quiet machine (where
 torch's count) could not be measured here: other work kept the load at 6-11.
 
 The count of running tasks is the kernel's (/proc/loadavg's fourth field), sampled a few
-times over a few milliseconds, less this process's own running threads (an OpenMP worker
-still spinning after the last region is ours, not load). torch.set_num_threads also sets the
+times over ~10 milliseconds, less this process's own running threads (an OpenMP worker
+still spinning after the last region is ours, not load), and the fewest of those readings
+counts: a process that holds a core is running at every reading, while one that runs for a
+moment (another program's threads spinning down after their work, a daemon waking) is not.
+Their mean let such moments through: in bench/generate.py, alternating with llama.cpp, 2 of
+5 of Cove's runs went to one thread on a quiet machine (53 against 84 tokens/s). torch.set_num_threads also sets the
 count a thread starts with when it first runs a parallel op, so a thread that starts torch
 work while another thread's generation has lowered the count keeps that lower count.
 """
@@ -31,7 +35,7 @@ from contextlib import contextmanager
 import torch
 
 SAMPLES = 5  # readings of the running count, INTERVAL apart
-INTERVAL = 0.001  # seconds: the sampling costs a generation about 5 ms
+INTERVAL = 0.0025  # seconds: the sampling costs a generation about 10 ms
 
 
 def running_tasks(loadavg: str) -> int:
@@ -48,7 +52,7 @@ def running_threads(stats: list[str]) -> int:
 
 def threads_for(limit: int, cpus: int, others: float) -> int:
     """Threads for a generation: the `cpus` this process may run on less the tasks running
-    elsewhere (`others`, a mean, rounded half up), at least 1, at most `limit`."""
+    elsewhere (`others`, rounded half up), at least 1, at most `limit`."""
     return max(1, min(limit, int(cpus - others + 0.5)))
 
 
@@ -69,8 +73,8 @@ def _own_stats() -> list[str]:
 
 
 def others_running() -> float | None:
-    """The mean number of tasks running outside this process over SAMPLES readings (None:
-    the system does not say, e.g. no /proc)."""
+    """The fewest tasks running outside this process at any of SAMPLES readings (None: the
+    system does not say, e.g. no /proc)."""
     counts = []
     try:
         for i in range(SAMPLES):
@@ -81,7 +85,7 @@ def others_running() -> float | None:
             counts.append(max(0, total - running_threads(_own_stats())))
     except (OSError, ValueError, IndexError):
         return None
-    return sum(counts) / len(counts)
+    return float(min(counts))
 
 
 @contextmanager

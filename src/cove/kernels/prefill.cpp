@@ -2,18 +2,21 @@
 // rows, in integer dot products. The decoding kernels (gemv.cpp) stream each weight once per
 // step; a prompt reuses every weight M times, so here the bound is arithmetic, and torch's
 // float32 GEMM over the dequantised weight (the path without VNNI) reaches the CPU's float32
-// peak. Integer products do four times the work per instruction: x is quantised to int8 in
-// blocks of 32 inputs exactly as the decoding step quantises it (gemv.cpp's quantize_rows:
-// a ~ d * qa), so a prompt and its continuation see the same arithmetic, and per block
+// peak. Integer products do four times the work per instruction. x is quantised to int8 in
+// blocks of 32 inputs as the decoding step quantises it (gemv.cpp's quantize_rows: a ~ d *
+// qa), and what that misses, x - d * qa (at most d / 2 per input), is quantised the same way
+// again: two int8 passes carry x to ~2^-15 of each block's largest value, near float32's
+// product, where one pass alone (~2^-8) moved SmolLM2's near-tied first answer tokens ("The
+// capital of France..." became "L'Etoile...", a 0.08-logit tie in float32). Per block and pass
 //   y += d_b * (s_g * sum(q * qa) + (zero_g - 8 s_g) * sum(qa))
 // with q the codes 0..15 (unsigned, vpdpbusd's first operand) and qa signed.
 //
 // Work is split in tiles of 48 output columns (three 16-lane vectors): a thread unpacks a
 // tile's codes once into vpdpbusd's layout (four consecutive inputs of a column in one 32-bit
 // lane: [K / 4][48][4] bytes, 27-72 KiB at SmolLM2's widths, so it stays in L2), then runs
-// every row of x through it, four rows at a time: 12 int32 sums per block of 32 inputs (one
-// per row and vector), added into 12 float32 accumulators with the block's scales, all in
-// registers. Tiles go to torch's threads (at::parallel_for).
+// every row of x through it (both passes), four rows at a time: 12 int32 sums per block of 32
+// inputs (one per row and vector), added into 12 float32 accumulators with the block's
+// scales, all in registers. Tiles go to torch's threads (at::parallel_for).
 #include "gemv.h"
 
 #include <torch/extension.h>
@@ -22,6 +25,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -83,8 +87,9 @@ void unpack(const uint8_t* q, const S* scale, const S* zero, int64_t N, int64_t 
 }
 
 // Rows m0..m0+R-1 of the quantised x through one tile, into out[m * ldo + n0 + c] for its
-// first `cols` columns (fewer than NT in a tile past N), bias added when given.
-template <int R>
+// first `cols` columns (fewer than NT in a tile past N), bias added when given; ADD: added to
+// what out holds (the residual's pass).
+template <int R, bool ADD>
 void tile_rows(const Tile& t, const cove::QRows& a, int64_t m0, int64_t per_group,
                const float* bias, float* out, int64_t ldo, int64_t n0, int64_t cols) {
   const int64_t K = a.K, nb = a.nb;
@@ -130,6 +135,7 @@ void tile_rows(const Tile& t, const cove::QRows& a, int64_t m0, int64_t per_grou
       const __mmask16 k = valid == 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
       __m512 y = acc[r][v];
       if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, bias + n0 + 16 * v));
+      if (ADD) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, out + (m0 + r) * ldo + n0 + 16 * v));
       _mm512_mask_storeu_ps(out + (m0 + r) * ldo + n0 + 16 * v, k, y);
     }
 }
@@ -155,9 +161,10 @@ void quantize(const float* x, int64_t M, int64_t K, cove::QRows& a) {
 }
 
 template <class S>
-void int4_tiles(const cove::QRows& a, const uint8_t* q, const S* scale, const S* zero,
-                int64_t N, int64_t group, const float* bias, float* out) {
-  const int64_t M = a.M, K = a.K, tiles = (N + NT - 1) / NT;
+void int4_tiles(const cove::QRows& a, const cove::QRows& rest, const uint8_t* q,
+                const S* scale, const S* zero, int64_t N, int64_t group, const float* bias,
+                float* out) {
+  const int64_t M = a.M, K = a.K, tiles = (N + NT - 1) / NT, per_group = group / 32;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     thread_local Tile tile;
     for (int64_t t = t0; t < t1; ++t) {
@@ -165,8 +172,14 @@ void int4_tiles(const cove::QRows& a, const uint8_t* q, const S* scale, const S*
       unpack(q, scale, zero, N, K, group, n0, tile);
       const int64_t cols = std::min(NT, N - n0);
       int64_t m = 0;
-      for (; m + MR <= M; m += MR) tile_rows<MR>(tile, a, m, group / 32, bias, out, N, n0, cols);
-      for (; m < M; ++m) tile_rows<1>(tile, a, m, group / 32, bias, out, N, n0, cols);
+      for (; m + MR <= M; m += MR) {
+        tile_rows<MR, false>(tile, a, m, per_group, bias, out, N, n0, cols);
+        tile_rows<MR, true>(tile, rest, m, per_group, nullptr, out, N, n0, cols);
+      }
+      for (; m < M; ++m) {
+        tile_rows<1, false>(tile, a, m, per_group, bias, out, N, n0, cols);
+        tile_rows<1, true>(tile, rest, m, per_group, nullptr, out, N, n0, cols);
+      }
     }
   });
 }
@@ -188,21 +201,32 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
   const int64_t M = xf.size(0), N = lin.N;
   at::Tensor out = at::empty({M, N}, xf.options());
   if (M == 0) return out;
-  cove::QRows a;
-  quantize(xf.data_ptr<float>(), M, lin.K, a);
+  cove::QRows a, rest;
+  const float* xp = xf.data_ptr<float>();
+  quantize(xp, M, lin.K, a);
+  // What the int8 blocks miss, x - d * qa, quantised again (see the top).
+  std::vector<float> r(M * lin.K);
+  const int64_t K = lin.K;
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t i = m0 * K; i < m1 * K; ++i)
+      r[i] = std::fma(-a.d[(i / K) * a.nb + (i % K) / 32], float(a.q[i]), xp[i]);
+  });
+  quantize(r.data(), M, K, rest);
   const float* b = lin.bias.defined() ? lin.bias.data_ptr<float>() : nullptr;
   const uint8_t* qp = q.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   switch (scale.scalar_type()) {
     case at::kFloat:
-      int4_tiles(a, qp, scale.data_ptr<float>(), zero.data_ptr<float>(), N, group, b, o);
+      int4_tiles(a, rest, qp, scale.data_ptr<float>(), zero.data_ptr<float>(), N, group, b,
+                 o);
       break;
     case at::kBFloat16:
-      int4_tiles(a, qp, scale.data_ptr<at::BFloat16>(), zero.data_ptr<at::BFloat16>(), N,
+      int4_tiles(a, rest, qp, scale.data_ptr<at::BFloat16>(), zero.data_ptr<at::BFloat16>(), N,
                  group, b, o);
       break;
     default:
-      int4_tiles(a, qp, scale.data_ptr<at::Half>(), zero.data_ptr<at::Half>(), N, group, b, o);
+      int4_tiles(a, rest, qp, scale.data_ptr<at::Half>(), zero.data_ptr<at::Half>(), N, group,
+                 b, o);
   }  return out;
 #else
   (void)x; (void)q; (void)scale; (void)zero; (void)group; (void)bias;

@@ -27,11 +27,15 @@ another dtype; the scales are kept in that dtype. Only inference: these layers h
 backward (QLoRA training uses cove.models.quantization's bitsandbytes-compatible layers).
 
 When Cove's own kernels are built (cove.kernels, the usual case), decoding's 1..8 rows go
-through them instead, with float32 activations and accumulation: torch's kernels are slow at
-one row. int4 codes are then packed in the kernels' layout, and a prompt's many rows go
-through the dequantised float32 weight (a slice of rows at a time) and torch's GEMM, so a
-prompt and its continuation see the same float32 arithmetic. COVE_KERNELS=0 keeps torch's
-kernels.
+through them instead, with float32 accumulation: torch's kernels are slow at one row. int4
+codes are then packed in the kernels' layout; on CPUs with AVX512-VNNI the int4 products
+take the activations quantised to int8 in blocks of 32 (llama.cpp's Q8_0), and a prompt's
+many rows too, in integer products with the quantisation's remainder quantised again (near
+float32's product: one pass alone flipped near-tied first answer tokens; cove.kernels'
+prefill.cpp). Without VNNI, float32 activations, and a prompt goes through the dequantised
+float32 weight (a slice of rows at a time) and torch's GEMM. int8 weights keep float32
+activations (a prompt: the float32 weight in slices, torch's GEMM). COVE_KERNELS=0 keeps
+torch's kernels.
 
 The output head (lm_head) is quantised, to int8 also under an int4 config (the output is the
 layer most sensitive to rounding: on SmolLM2-135M an int4 head cost 10 points of top-1
@@ -452,12 +456,16 @@ class Int4WeightOnlyLinear(_WeightOnly):
                                self.bias)
 
     def _wide(self, ext: Any, h: torch.Tensor) -> torch.Tensor | None:
-        """More rows than decoding's (a prompt): the float32 weight, a slice of rows at a
-        time (4 MiB), in torch's GEMM; float32 activations as in the kernel, so a prompt and
-        its continuation see the same arithmetic (bfloat16 activations here flipped
-        SmolLM2's near-tied first answer token)."""
+        """More rows than decoding's (a prompt): with AVX512-VNNI, integer products on x
+        quantised to int8 in blocks of 32 twice over (x, then what that missed: ~2^-15 of
+        each block's largest value; one pass, or bfloat16 activations, flipped SmolLM2's
+        near-tied first answer tokens), ext.int4_gemm; else float32 x and the float32
+        weight, a slice of rows at a time (4 MiB), in torch's GEMM."""
         if not self.cove_layout:
             return None
+        if ext.has_int4_gemm():
+            return ext.int4_gemm(h, self.qweight, self.scale, self.zero, self.group_size,
+                                 self.bias).to(h.dtype)
         x = h.float()
         step = max(64, (1 << 20) // self.in_features)
         parts = [F.linear(x, ext.int4_dequantize(self.qweight[r:r + step],
