@@ -10,8 +10,9 @@ rows, each row writing and attending in its own slot at its own length, as gener
 otherwise (and for every prompt) the module forward runs over the bound slots, the position
 ids saying where each row is and the attention mask which cached positions each row holds.
 Each request samples with its own parameters and its own seeded generator, so a seeded
-request gives the same tokens whatever else shares the batch; it ends at an EOS or stop token, a stop string, `max_tokens` or when it
-is cancelled, which frees its slot for a waiting request.
+request gives the same tokens whatever else shares the batch; it ends at an EOS or stop
+token, a stop string, `max_tokens` or when it is cancelled, which frees its slot for a
+waiting request.
 
 `Engine.step()` runs one scheduler iteration; `Engine.start()` runs steps in a thread.
 """
