@@ -214,12 +214,7 @@ inline bool takes_qrows(const cove::Lin& lin) {
 // qa = round(a / d) to nearest even, computed as a * (127 / max|a|) (the test's reference
 // does the same float32 operations), per block of 32.
 void cove::quantize_rows(const float* x, int64_t M, int64_t K, QRows& out) {
-  out.M = M;
-  out.K = K;
-  out.nb = K / 32;
-  out.q.resize(M * K);
-  out.d.resize(M * out.nb);
-  out.c.resize(M * out.nb);
+  out.resize(M, K);
   const __m512 sign = _mm512_set1_ps(-0.0f);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t b = 0; b < out.nb; ++b) {

@@ -45,6 +45,16 @@ struct QRows {
   std::vector<int8_t> q;         // [M, K]: qa
   std::vector<float> d;          // [M, nb]: each block's scale
   std::vector<float> c;          // [M, nb]: d * sum(qa) of each block (the zero points' term)
+
+  // Holds M rows of K inputs (K a multiple of 32).
+  void resize(int64_t rows, int64_t width) {
+    M = rows;
+    K = width;
+    nb = width / 32;
+    q.resize(M * K);
+    d.resize(M * nb);
+    c.resize(M * nb);
+  }
 };
 
 // Fills `out` from float32 x [M, K] (K a multiple of 32). Built only with AVX512-VNNI.

@@ -143,12 +143,7 @@ void tile_rows(const Tile& t, const cove::QRows& a, int64_t m0, int64_t per_grou
 // x's rows quantised as gemv.cpp's quantize_rows does (the decoding step's quantisation),
 // slices of rows on torch's threads (on one thread it took ~7% of a 576-wide layer's time).
 void quantize(const float* x, int64_t M, int64_t K, cove::QRows& a) {
-  a.M = M;
-  a.K = K;
-  a.nb = K / 32;
-  a.q.resize(M * K);
-  a.d.resize(M * a.nb);
-  a.c.resize(M * a.nb);
+  a.resize(M, K);
   at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
     thread_local cove::QRows part;  // 64 rows at most
     for (int64_t m = m0; m < m1; m += 64) {
