@@ -108,10 +108,10 @@ def test_bad_model_path(tmp_path):
         assert result.stdout == ""
 
 
-def test_smollm2_gguf_answers_paris(tmp_path):
+def test_smollm2_gguf_answers_paris():
     need_data()
     result = run_chat(SMOLLM2, "--max-new-tokens", 24, input="What is the capital of France?\n",
-                      timeout=600, COVE_GGUF_CACHE=str(tmp_path / "gguf"))
+                      timeout=600)
     lines = ok(result)
     assert "Paris" in result.stdout, result.stdout
     assert lines[0].startswith("The capital of France is Paris"), lines

@@ -43,8 +43,8 @@ sys.exit(code)
 """
 
 
-def chat(mode: str, dtype: str, cache: Path) -> tuple[str, int]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COVE_GGUF_CACHE": str(cache)}
+def chat(mode: str, dtype: str) -> tuple[str, int]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, mode, "chat", str(SMOLLM2), "--dtype", dtype,
          "--max-new-tokens", "16"],
@@ -56,12 +56,12 @@ def chat(mode: str, dtype: str, cache: Path) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "auto"])
-def test_chat_takes_the_kernel_steps(dtype, tmp_path):
+def test_chat_takes_the_kernel_steps(dtype):
     need_data()
     if kernels.load() is None:
         pytest.skip("cove.kernels are off or not built: generate has no kernel steps")
-    fast, steps = chat("fast", dtype, tmp_path / "gguf")
-    module, none = chat("module", dtype, tmp_path / "gguf")
+    fast, steps = chat("fast", dtype)
+    module, none = chat("module", dtype)
     assert steps >= 4 and none == 0
     assert fast == module
     assert "Paris" in fast

@@ -29,7 +29,7 @@ import sys
 import pytest
 
 from cove import kernels
-from tests.models.test_gguf import SMOLLM2, SMOLLM2_NAME, need_data
+from tests.models.test_gguf import SMOLLM2, SMOLLM2_NAME, need_data, smollm2_float32
 
 PROMPT, NEW = 8, 56
 
@@ -75,8 +75,8 @@ print(json.dumps({"load_peak": load_peak, "peak": status("VmHWM:") - status("Rss
 """
 
 
-def child(spec: dict, tmp_path) -> dict:
-    env = {**os.environ, "COVE_GGUF_CACHE": str(tmp_path / "gguf"), "OMP_NUM_THREADS": "1"}
+def child(spec: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True,
                          text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr
@@ -84,26 +84,25 @@ def child(spec: dict, tmp_path) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["gguf", "int4"])
-def test_peak_memory_within_the_gguf_file(kind, tmp_path, monkeypatch):
+def test_peak_memory_within_the_gguf_file(kind):
     """`gguf`: the GGUF kept quantised (dtype="auto"). `int4`: Cove's own int4 (group 32)
     quantised as it loads from the float32 safetensors the GGUF converts to (5.5x the file):
     the same bounds, against the same GGUF file."""
-    from cove.models.gguf import convert_gguf, load_gguf
+    from cove.models.gguf import load_gguf
 
     need_data()
     if kernels.load() is None:
         pytest.skip("cove.kernels are off or not built: the int4 layers take torch's layout")
     # The configuration and tokenizer (and for int4 the float32 folder) are made first, not
     # measured here.
-    monkeypatch.setenv("COVE_GGUF_CACHE", str(tmp_path / "gguf"))
     if kind == "gguf":
         load_gguf(SMOLLM2.parent, SMOLLM2_NAME, weights=False)
         folder = SMOLLM2.parent
     else:
-        folder = convert_gguf(SMOLLM2, tmp_path / "float32")
+        folder = smollm2_float32()
     run = child({"kind": kind, "folder": str(folder), "file": SMOLLM2_NAME,
-                 "prompt": PROMPT, "new": NEW}, tmp_path)
-    baseline = child({"kind": "baseline", "modules": run["modules"]}, tmp_path)["peak"]
+                 "prompt": PROMPT, "new": NEW})
+    baseline = child({"kind": "baseline", "modules": run["modules"]})["peak"]
     size = SMOLLM2.stat().st_size
     # The model's own tensors are no larger than the file's blocks (int4 groups as Q4_1's,
     # int8 rows for the embedding, the tied head sharing them).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,13 @@ def need_data() -> None:
     if not SMOLLM2.is_file():
         pytest.fail(f"{SMOLLM2} is missing: run `make tests/.data/.fetched` "
                     "(or `python tests/fetch_data.py`) to download it")
+
+
+def smollm2_float32() -> Path:
+    """The real SmolLM2 as a float32 folder, converted once per run into the suite's shared
+    GGUF cache (tests/conftest.py): read it, never write into it."""
+    need_data()
+    return cg.load_gguf(SMOLLM2.parent, SMOLLM2_NAME, dtype="float32")
 
 
 # -- (a) dequantisation -------------------------------------------------------------------
@@ -400,11 +408,13 @@ def test_dtype_option(synthetic, tmp_path):
 # -- (b) the real SmolLM2 -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory) -> dict:
+    """A conversion of its own (timed), removed after the module: 517 MiB."""
     need_data()
     out = tmp_path_factory.mktemp("gguf-smollm2") / "SmolLM2-135M-Instruct"
     start = time.perf_counter()
     cg.convert_gguf(SMOLLM2, out)
-    return {"dir": out, "seconds": time.perf_counter() - start}
+    yield {"dir": out, "seconds": time.perf_counter() - start}
+    shutil.rmtree(out.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

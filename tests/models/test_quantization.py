@@ -23,7 +23,7 @@ from torch import nn
 import cove.models as cm
 from cove.models import quantization as q
 from cove.models.quantization import BitsAndBytesConfig, Linear4bit, Linear8bitLt
-from tests.models.test_gguf import SMOLLM2, need_data
+from tests.models.test_gguf import smollm2_float32
 
 # QLoRA's appendix E and bitsandbytes' get_4bit_type("nf4") list these values.
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -419,22 +419,15 @@ print(json.dumps({"bytes": size, "peak": peak, "next": int(logits[0, -1].argmax(
 """
 
 
-@pytest.fixture(scope="module")
-def smollm2_float32(tmp_path_factory):
-    from cove.models.gguf import convert_gguf
-
-    need_data()
-    return convert_gguf(SMOLLM2, tmp_path_factory.mktemp("smollm2") / "f32")
-
-
-def test_smollm2_4bit_memory(smollm2_float32):
+def test_smollm2_4bit_memory():
     """4-bit NF4 + double quantisation: the base (parameters + buffers) is at most 0.3x its
     float32 size with the float parts in bfloat16; loading never holds the float weights
     (peak RSS added by the load well under the float32 size); the answer is still Paris."""
-    float_bytes = (smollm2_float32 / "model.safetensors").stat().st_size
+    folder = smollm2_float32()
+    float_bytes = (folder / "model.safetensors").stat().st_size
     runs = {}
     for dtype in ("bfloat16", "float32"):
-        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(smollm2_float32), dtype],
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(folder), dtype],
                              capture_output=True, text=True, check=True)
         runs[dtype] = json.loads(out.stdout.strip().splitlines()[-1])
     assert runs["bfloat16"]["bytes"] <= 0.3 * float_bytes

@@ -22,16 +22,14 @@ NEW = 32
 
 
 @pytest.fixture(scope="module")
-def cove_smollm2(tmp_path_factory):
+def cove_smollm2():
     from cove.models import AutoModelForCausalLM
     from cove.tokenizers import AutoTokenizer
 
     need_data()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COVE_GGUF_CACHE", str(tmp_path_factory.mktemp("gguf-cache")))
-        model = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME,
-                                                     dtype="float32")
-        tokenizer = AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME)
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME,
+                                                 dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME)
     return model.eval(), tokenizer
 
 

@@ -14,7 +14,7 @@ from cove.models import AutoModelForCausalLM, BitsAndBytesConfig
 from cove.models.quantization import Linear4bit
 from cove.peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from cove.tokenizers import AutoTokenizer
-from tests.models.test_gguf import SMOLLM2, need_data
+from tests.models.test_gguf import smollm2_float32
 
 STEPS, BATCH = 30, 4
 PAIRS = [
@@ -52,11 +52,8 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory):
-    from cove.models.gguf import convert_gguf
-
-    need_data()
-    return convert_gguf(SMOLLM2, tmp_path_factory.mktemp("smollm2") / "f32")
+def smollm2_folder():
+    return smollm2_float32()
 
 
 def pad(seq: list[int], value: int, width: int) -> list[int]:

@@ -19,18 +19,16 @@ NEW = 12
 
 
 @pytest.fixture(scope="module", params=["float32", "auto"])
-def smollm2(request, tmp_path_factory):
+def smollm2(request):
     from cove.models import AutoModelForCausalLM
     from cove.tokenizers import AutoTokenizer
 
     need_data()
     if kernels.load() is None:
         pytest.skip("cove.kernels are off or not built: generate has no kernel steps")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COVE_GGUF_CACHE", str(tmp_path_factory.mktemp("gguf-cache")))
-        model = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME,
-                                                     dtype=request.param)
-        tokenizer = AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME)
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME,
+                                                 dtype=request.param)
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME)
     return model.eval(), tokenizer
 
 

@@ -378,7 +378,7 @@ def test_keyword_inputs(llama):
     assert ours(text_inputs=PROMPTS[1], **GREEDY) == theirs(text_inputs=PROMPTS[1], **GREEDY)
 
 
-def test_real_smollm2_chat(tmp_path_factory, monkeypatch):
+def test_real_smollm2_chat():
     """The real SmolLM2-135M-Instruct (from its GGUF): the greedy answer names Paris, alone and
     in a left-padded batch with a longer chat."""
     from cove.models import AutoModelForCausalLM
@@ -386,7 +386,6 @@ def test_real_smollm2_chat(tmp_path_factory, monkeypatch):
     from tests.models.test_gguf import SMOLLM2, SMOLLM2_NAME, need_data
 
     need_data()
-    monkeypatch.setenv("COVE_GGUF_CACHE", str(tmp_path_factory.mktemp("gguf-cache")))
     model = AutoModelForCausalLM.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME,
                                                  dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2.parent, gguf_file=SMOLLM2_NAME)

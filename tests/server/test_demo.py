@@ -68,7 +68,8 @@ def first_start(tmp_path_factory):
     print(f"first start with the demo import (cold conversion cache): {seconds:.1f} s")
     yield live, seconds
     live.stop()
-    shutil.rmtree(spaces, ignore_errors=True)
+    for folder in (spaces, data, Path(env["COVE_DEMO_CACHE"])):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

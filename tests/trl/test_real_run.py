@@ -24,7 +24,7 @@ from cove.models import AutoModelForCausalLM
 from cove.peft import LoraConfig, PeftModel
 from cove.tokenizers import AutoTokenizer
 from cove.trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-from tests.models.test_gguf import SMOLLM2, need_data
+from tests.models.test_gguf import smollm2_float32
 from tests.peft.test_qlora import PAIRS
 from tests.server.conftest import seeded_server
 
@@ -60,11 +60,8 @@ def _logged(trainer, key: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    from cove.models.gguf import convert_gguf
-
-    need_data()
-    return convert_gguf(SMOLLM2, tmp_path_factory.mktemp("smollm2") / "f32")
+def smollm2():
+    return smollm2_float32()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ the page's CSRF token (X-CSRF-Token).
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 from playwright.sync_api import expect
@@ -45,6 +46,7 @@ def demo_site(tmp_path_factory):
         yield live
     finally:
         live.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -36,12 +37,14 @@ pytestmark = pytest.mark.skipif(not GGUF.exists(), reason="make tests/.data/.fet
 def hub(tmp_path_factory):
     from huggingface_hub import HfApi
 
-    live = seeded_server(tmp_path_factory.mktemp("streams"))
+    data = tmp_path_factory.mktemp("streams")
+    live = seeded_server(data)
     api = HfApi(endpoint=live.url, token=live.accounts.alice_write)
     api.create_repo(REPO, private=True)
     api.upload_file(path_or_fileobj=str(GGUF), path_in_repo=GGUF.name, repo_id=REPO)
     yield live
     live.stop()
+    shutil.rmtree(data, ignore_errors=True)  # the server's conversion of the GGUF: 517 MiB
 
 
 @pytest.fixture(scope="module")
