@@ -39,7 +39,8 @@ struct Job {
 void run_jobs(const Job* jobs, int64_t count, const float* x, int64_t M);
 
 // x's rows as int8 in blocks of 32 inputs (see gemv.cpp's top): what the int4 weights' integer
-// products read (the decoding kernels' and prefill.cpp's), made once per parallel region.
+// products read in the decoding kernels, made once per parallel region (prefill.cpp's first
+// pass quantises as quantize_rows does).
 struct QRows {
   int64_t M = 0, K = 0, nb = 0;  // nb: blocks per row (K / 32)
   std::vector<int8_t> q;         // [M, K]: qa

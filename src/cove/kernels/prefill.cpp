@@ -4,18 +4,23 @@
 // float32 GEMM over the dequantised weight (the path without VNNI) reaches the CPU's float32
 // peak. Integer products do four times the work per instruction. x is quantised to int8 in
 // blocks of 32 inputs as the decoding step quantises it (gemv.cpp's quantize_rows: a ~ d *
-// qa), and what that misses, x - d * qa (at most d / 2 per input), is quantised the same way
-// again: two int8 passes carry x to ~2^-15 of each block's largest value, near float32's
-// product, where one pass alone (~2^-8) moved SmolLM2's near-tied first answer tokens ("The
-// capital of France..." became "L'Etoile...", a 0.08-logit tie in float32). Per block and pass
-//   y += d_b * (s_g * sum(q * qa) + (zero_g - 8 s_g) * sum(qa))
-// with q the codes 0..15 (unsigned, vpdpbusd's first operand) and qa signed.
+// qa), and what that misses, x - d * qa (at most d / 2 per input), is quantised again at the
+// scale e = d / 256 (qr in -128..127): two int8 passes carry x to within e / 2, 2^-16 of each
+// block's largest value, near float32's product, where one pass alone (~2^-8) moved SmolLM2's
+// near-tied first answer tokens ("The capital of France..." became "L'Etoile...", a 0.08-logit
+// tie in float32). With that fixed ratio the passes share one int32 sum per block, 256 *
+// sum(q * qa) + sum(q * qr) (at most 2^24: exact in float32), so per block
+//   y += e_b * s_g * (256 * sum(q * qa) + sum(q * qr))
+// with q the codes 0..15 (unsigned, vpdpbusd's first operand), and the zero points' term,
+// sum_b (zero_g - 8 s_g) * c_b with c_b = d_b * sum(qa) + e_b * sum(qr) (the block's sum as
+// quantised), is one small float32 GEMM over the groups first (MKL): per block the products
+// only convert, scale and add their sums.
 //
 // Work is split in tiles of 48 output columns (three 16-lane vectors): a thread unpacks a
 // tile's codes once into vpdpbusd's layout (four consecutive inputs of a column in one 32-bit
 // lane: [K / 4][48][4] bytes, 27-72 KiB at SmolLM2's widths, so it stays in L2), then runs
-// every row of x through it (both passes), four rows at a time: 12 int32 sums per block of 32
-// inputs (one per row and vector), added into 12 float32 accumulators with the block's
+// every row of x through it, four rows at a time: 12 int32 sums per block of 32 inputs (one
+// per row and vector) over both passes, added into 12 float32 accumulators with the block's
 // scales, all in registers. Tiles go to torch's threads (at::parallel_for).
 #include "gemv.h"
 
@@ -51,19 +56,26 @@ template <class S>
 inline float to_float(S v) { return static_cast<float>(v); }
 
 // One tile of the weight as the products read it: codes [K / 4][NT][4] (columns past N zero),
-// each group's scale and zero - 8 * scale [groups][NT].
+// each group's scale [groups][NT].
 struct Tile {
   std::vector<uint8_t> w;
-  std::vector<float> s, mn;
+  std::vector<float> s;
+};
+
+// x as the products read it: qa [M, K] (quantize_rows' blocks), qr [M, K] (the remainder at
+// e = d / 256), e [M, nb], and each block's sum as quantised, c [M, nb].
+struct Prompt {
+  int64_t M = 0, K = 0, nb = 0;
+  std::vector<int8_t> qa, qr;
+  std::vector<float> e, c;
 };
 
 template <class S>
-void unpack(const uint8_t* q, const S* scale, const S* zero, int64_t N, int64_t K,
-            int64_t group, int64_t n0, Tile& t) {
+void unpack(const uint8_t* q, const S* scale, int64_t N, int64_t K, int64_t group, int64_t n0,
+            Tile& t) {
   const int64_t cols = std::min(NT, N - n0), groups = K / group, blocks = K / 32;
   t.w.resize(K * NT);
   t.s.assign(groups * NT, 0.0f);
-  t.mn.assign(groups * NT, 0.0f);
   if (cols < NT) std::fill(t.w.begin(), t.w.end(), 0);
   const __m128i low = _mm_set1_epi8(15);
   for (int64_t c = 0; c < cols; ++c) {
@@ -78,23 +90,19 @@ void unpack(const uint8_t* q, const S* scale, const S* zero, int64_t N, int64_t 
                       _mm_and_si128(_mm_srli_epi16(p, 4), low));
       for (int j = 0; j < 8; ++j) dst[(b * 8 + j) * NT] = words[j];
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      const float s = to_float(scale[(n0 + c) * groups + g]);
-      t.s[g * NT + c] = s;
-      t.mn[g * NT + c] = to_float(zero[(n0 + c) * groups + g]) - 8.0f * s;
-    }
+    for (int64_t g = 0; g < groups; ++g) t.s[g * NT + c] = to_float(scale[(n0 + c) * groups + g]);
   }
 }
 
-// Rows m0..m0+R-1 of the quantised x through one tile, into out[m * ldo + n0 + c] for its
-// first `cols` columns (fewer than NT in a tile past N), bias added when given; ADD: added to
-// what out holds (the residual's pass).
-template <int R, bool ADD>
-void tile_rows(const Tile& t, const cove::QRows& a, int64_t m0, int64_t per_group,
-               const float* bias, float* out, int64_t ldo, int64_t n0, int64_t cols) {
+// Rows m0..m0+R-1 of the quantised x through one tile, added into out[m * ldo + n0 + c] for
+// its first `cols` columns (fewer than NT in a tile past N).
+template <int R>
+void tile_rows(const Tile& t, const Prompt& a, int64_t m0, int64_t per_group, float* out,
+               int64_t ldo, int64_t n0, int64_t cols) {
   const int64_t K = a.K, nb = a.nb;
   const uint8_t* w = t.w.data();
-  const int8_t* x = a.q.data() + m0 * K;
+  const int8_t* xa = a.qa.data() + m0 * K;
+  const int8_t* xr = a.qr.data() + m0 * K;
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -102,79 +110,97 @@ void tile_rows(const Tile& t, const cove::QRows& a, int64_t m0, int64_t per_grou
     __m512i sum[R][NV];
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_setzero_si512();
-    for (int64_t k4 = b * 8; k4 < b * 8 + 8; ++k4) {
-      __m512i wv[NV];
-      for (int v = 0; v < NV; ++v)
-        wv[v] = _mm512_loadu_si512(w + (k4 * NT + 16 * v) * 4);
-      for (int r = 0; r < R; ++r) {
-        int32_t four;
-        std::memcpy(&four, x + r * K + k4 * 4, 4);
-        const __m512i xv = _mm512_set1_epi32(four);
-        for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbusd_epi32(sum[r][v], wv[v], xv);
+    for (int pass = 0; pass < 2; ++pass) {
+      const int8_t* x = pass == 0 ? xa : xr;
+      if (pass == 1)
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_slli_epi32(sum[r][v], 8);
+      for (int64_t k4 = b * 8; k4 < b * 8 + 8; ++k4) {
+        __m512i wv[NV];
+        for (int v = 0; v < NV; ++v)
+          wv[v] = _mm512_loadu_si512(w + (k4 * NT + 16 * v) * 4);
+        for (int r = 0; r < R; ++r) {
+          int32_t four;
+          std::memcpy(&four, x + r * K + k4 * 4, 4);
+          const __m512i xv = _mm512_set1_epi32(four);
+          for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbusd_epi32(sum[r][v], wv[v], xv);
+        }
       }
     }
     const int64_t g = b / per_group;
-    __m512 s[NV], mn[NV];
-    for (int v = 0; v < NV; ++v) {
-      s[v] = _mm512_loadu_ps(t.s.data() + g * NT + 16 * v);
-      mn[v] = _mm512_loadu_ps(t.mn.data() + g * NT + 16 * v);
-    }
+    __m512 s[NV];
+    for (int v = 0; v < NV; ++v) s[v] = _mm512_loadu_ps(t.s.data() + g * NT + 16 * v);
     for (int r = 0; r < R; ++r) {
-      const __m512 d = _mm512_set1_ps(a.d[(m0 + r) * nb + b]);
-      const __m512 c = _mm512_set1_ps(a.c[(m0 + r) * nb + b]);
-      for (int v = 0; v < NV; ++v) {
-        acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][v]), _mm512_mul_ps(s[v], d),
+      const __m512 e = _mm512_set1_ps(a.e[(m0 + r) * nb + b]);
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][v]), _mm512_mul_ps(s[v], e),
                                     acc[r][v]);
-        acc[r][v] = _mm512_fmadd_ps(mn[v], c, acc[r][v]);
-      }
     }
   }
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) {
       const int64_t valid = std::clamp<int64_t>(cols - 16 * v, 0, 16);
       const __mmask16 k = valid == 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
-      __m512 y = acc[r][v];
-      if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, bias + n0 + 16 * v));
-      if (ADD) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(k, out + (m0 + r) * ldo + n0 + 16 * v));
-      _mm512_mask_storeu_ps(out + (m0 + r) * ldo + n0 + 16 * v, k, y);
+      float* o = out + (m0 + r) * ldo + n0 + 16 * v;
+      _mm512_mask_storeu_ps(o, k, _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(k, o)));
     }
 }
 
-// x's rows quantised as gemv.cpp's quantize_rows does (the decoding step's quantisation),
-// slices of rows on torch's threads (on one thread it took ~7% of a 576-wide layer's time).
-void quantize(const float* x, int64_t M, int64_t K, cove::QRows& a) {
-  a.resize(M, K);
-  at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
-    thread_local cove::QRows part;  // 64 rows at most
-    for (int64_t m = m0; m < m1; m += 64) {
-      cove::quantize_rows(x + m * K, std::min<int64_t>(64, m1 - m), K, part);
-      std::copy(part.q.begin(), part.q.end(), a.q.begin() + m * K);
-      std::copy(part.d.begin(), part.d.end(), a.d.begin() + m * a.nb);
-      std::copy(part.c.begin(), part.c.end(), a.c.begin() + m * a.nb);
+// x quantised for the products (see the top), slices of rows on torch's threads (on one
+// thread quantising took ~7% of a 576-wide layer's time). The first pass is gemv.cpp's
+// quantize_rows, operation for operation.
+void quantize(const float* x, int64_t M, int64_t K, Prompt& a) {
+  a.M = M;
+  a.K = K;
+  a.nb = K / 32;
+  a.qa.resize(M * K);
+  a.qr.resize(M * K);
+  a.e.resize(M * a.nb);
+  a.c.resize(M * a.nb);
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t i = m0 * a.nb; i < m1 * a.nb; ++i) {
+      const float* p = x + i * 32;
+      const __m512 x0 = _mm512_loadu_ps(p), x1 = _mm512_loadu_ps(p + 16);
+      const float amax = _mm512_reduce_max_ps(
+          _mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1)));
+      const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      const __m512 vi = _mm512_set1_ps(inv), vd = _mm512_set1_ps(-d);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, vi));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, vi));
+      // the remainder x - d * qa (one rounding: fma), in steps of e = d / 256
+      const __m512 ve = _mm512_set1_ps(256.0f * inv);
+      const __m512i r0 = _mm512_cvtps_epi32(
+          _mm512_mul_ps(_mm512_fmadd_ps(vd, _mm512_cvtepi32_ps(q0), x0), ve));
+      const __m512i r1 = _mm512_cvtps_epi32(
+          _mm512_mul_ps(_mm512_fmadd_ps(vd, _mm512_cvtepi32_ps(q1), x1), ve));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&a.qa[i * 32]), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&a.qa[i * 32 + 16]), _mm512_cvtsepi32_epi8(q1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&a.qr[i * 32]), _mm512_cvtsepi32_epi8(r0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&a.qr[i * 32 + 16]), _mm512_cvtsepi32_epi8(r1));
+      const float e = d / 256.0f;
+      a.e[i] = e;
+      a.c[i] = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1))) +
+               e * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(
+                       _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r0)),
+                       _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r1)))));
     }
   });
 }
 
 template <class S>
-void int4_tiles(const cove::QRows& a, const cove::QRows& rest, const uint8_t* q,
-                const S* scale, const S* zero, int64_t N, int64_t group, const float* bias,
+void int4_tiles(const Prompt& a, const uint8_t* q, const S* scale, int64_t N, int64_t group,
                 float* out) {
   const int64_t M = a.M, K = a.K, tiles = (N + NT - 1) / NT, per_group = group / 32;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     thread_local Tile tile;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * NT;
-      unpack(q, scale, zero, N, K, group, n0, tile);
+      unpack(q, scale, N, K, group, n0, tile);
       const int64_t cols = std::min(NT, N - n0);
       int64_t m = 0;
-      for (; m + MR <= M; m += MR) {
-        tile_rows<MR, false>(tile, a, m, per_group, bias, out, N, n0, cols);
-        tile_rows<MR, true>(tile, rest, m, per_group, nullptr, out, N, n0, cols);
-      }
-      for (; m < M; ++m) {
-        tile_rows<1, false>(tile, a, m, per_group, bias, out, N, n0, cols);
-        tile_rows<1, true>(tile, rest, m, per_group, nullptr, out, N, n0, cols);
-      }
+      for (; m + MR <= M; m += MR) tile_rows<MR>(tile, a, m, per_group, out, N, n0, cols);
+      for (; m < M; ++m) tile_rows<1>(tile, a, m, per_group, out, N, n0, cols);
     }
   });
 }
@@ -193,36 +219,23 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
               "], got ", x.sizes());
   TORCH_CHECK(x.device().is_cpu(), "cove kernels: x must be on the CPU");
   const at::Tensor xf = x.to(at::kFloat).contiguous();
-  const int64_t M = xf.size(0), N = lin.N;
-  at::Tensor out = at::empty({M, N}, xf.options());
-  if (M == 0) return out;
-  cove::QRows a, rest;
-  const float* xp = xf.data_ptr<float>();
-  quantize(xp, M, lin.K, a);
-  // What the int8 blocks miss, x - d * qa, quantised again (see the top).
-  std::vector<float> r(M * lin.K);
-  const int64_t K = lin.K;
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    for (int64_t i = m0 * K; i < m1 * K; ++i)
-      r[i] = std::fma(-a.d[(i / K) * a.nb + (i % K) / 32], float(a.q[i]), xp[i]);
-  });
-  quantize(r.data(), M, K, rest);
-  const float* b = lin.bias.defined() ? lin.bias.data_ptr<float>() : nullptr;
+  const int64_t M = xf.size(0), N = lin.N, K = lin.K, groups = K / group;
+  if (M == 0) return at::empty({0, N}, xf.options());
+  Prompt a;
+  quantize(xf.data_ptr<float>(), M, K, a);
+  // The zero points' term (and the bias) first: sum over each group's blocks of c, times
+  // zero - 8 * scale in float32, in one GEMM.
+  const at::Tensor c = at::from_blob(a.c.data(), {M, groups, group / 32}, xf.options()).sum(2);
+  const at::Tensor low = (zero.to(at::kFloat) - 8.0f * scale.to(at::kFloat)).t();
+  at::Tensor out = lin.bias.defined() ? at::addmm(lin.bias, c, low) : at::mm(c, low);
   const uint8_t* qp = q.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
   switch (scale.scalar_type()) {
-    case at::kFloat:
-      int4_tiles(a, rest, qp, scale.data_ptr<float>(), zero.data_ptr<float>(), N, group, b,
-                 o);
-      break;
-    case at::kBFloat16:
-      int4_tiles(a, rest, qp, scale.data_ptr<at::BFloat16>(), zero.data_ptr<at::BFloat16>(), N,
-                 group, b, o);
-      break;
-    default:
-      int4_tiles(a, rest, qp, scale.data_ptr<at::Half>(), zero.data_ptr<at::Half>(), N, group,
-                 b, o);
-  }  return out;
+    case at::kFloat: int4_tiles(a, qp, scale.data_ptr<float>(), N, group, o); break;
+    case at::kBFloat16: int4_tiles(a, qp, scale.data_ptr<at::BFloat16>(), N, group, o); break;
+    default: int4_tiles(a, qp, scale.data_ptr<at::Half>(), N, group, o);
+  }
+  return out;
 #else
   (void)x; (void)q; (void)scale; (void)zero; (void)group; (void)bias;
   TORCH_CHECK(false, "cove kernels: int4_gemm needs AVX512-VNNI (this build: without)");

@@ -457,7 +457,7 @@ class Int4WeightOnlyLinear(_WeightOnly):
 
     def _wide(self, ext: Any, h: torch.Tensor) -> torch.Tensor | None:
         """More rows than decoding's (a prompt): with AVX512-VNNI, integer products on x
-        quantised to int8 in blocks of 32 twice over (x, then what that missed: ~2^-15 of
+        quantised to int8 in blocks of 32 twice over (x, then what that missed: 2^-16 of
         each block's largest value; one pass, or bfloat16 activations, flipped SmolLM2's
         near-tied first answer tokens), ext.int4_gemm; else float32 x and the float32
         weight, a slice of rows at a time (4 MiB), in torch's GEMM."""
