@@ -24,9 +24,11 @@
 //   x * rsqrt(mean(x^2) + eps) rounded, then times the weight rounded, its mean summed in
 //   ATen's order; each linear's output (float32 sums, rounded once, as the kernels' module
 //   path computes it); rotary products and their sum each rounded; the residual adds;
-//   silu(gate) and its product with up; the logits. Attention and SiLU are torch's own ops on
-//   the module's shapes (its attention keeps the unnormalised probabilities in bfloat16
-//   before P @ V and its SiLU uses its own exp; copying those would be copying their kernels).
+//   silu(gate) and its product with up; the logits. SiLU is torch's own op on the module's
+//   shape (its own exp). Attention is attend_head in float32 over the bfloat16 cache, its
+//   output rounded: the module forward's one-query attention in bfloat16 on the CPU runs the
+//   same function (attend_one, through layers.attend) rather than torch's SDPA, whose result
+//   depended on the batch's longest row and cost ~30 us a layer from here.
 #include "gemv.h"
 
 #include <ATen/Parallel.h>
@@ -85,6 +87,43 @@ inline void axpy(float p, const T* v, float* out, int64_t n) {
 inline void store(float* dst, const float* src, int64_t n) { std::copy(src, src + n, dst); }
 inline void store(at::BFloat16* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = at::BFloat16(src[i]);  // round to nearest even
+}
+
+// One query head's attention over n keys, softmax(q . K_j * scale) V in float32 (bfloat16
+// keys and values widened exactly), into o[D]; keys a keep row marks 0 are skipped, and a row
+// keeping none attends everywhere (as causal_mask has it). scores: room for n floats. The
+// decoding step's attention and the bfloat16 module forward's one-query attention
+// (attend_one, through layers.attend) both run this, so they agree bit for bit.
+template <class T>
+void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
+                 const int64_t* keep, float scale, float* scores, float* o) {
+  bool any = keep == nullptr;
+  for (int64_t j = 0; !any && j < n; ++j) any = keep[j] != 0;
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) {
+    if (any && keep && !keep[j]) {
+      scores[j] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    scores[j] = dot(q, K + j * D, D) * scale;
+    top = std::max(top, scores[j]);
+  }
+  std::fill(o, o + D, 0.0f);
+  float total = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    if (scores[j] == -std::numeric_limits<float>::infinity()) continue;
+    const float p = std::exp(scores[j] - top);
+    total += p;
+    axpy(p, V + j * D, o, D);
+  }
+  const float inv = 1.0f / total;
+  for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+}
+
+// Heads of one-query attention in parallel: a second thread pays off from a few thousand
+// multiply-adds per thread.
+inline int64_t attention_grain(int64_t n, int64_t D) {
+  return std::max<int64_t>(1, 4096 / (n * D));
 }
 
 // out = w * (x / rms(x)), as RMSNorm computes it in float32.
@@ -232,13 +271,6 @@ struct Rows {
   int64_t at(int64_t m, int64_t g, int64_t kv_heads, int64_t D) const {
     return base(m, g, kv_heads, D) + len[m] * D;
   }
-  // the first slot when the M rows are consecutive slots (the module's cache then hands over
-  // a view), else -1
-  int64_t first(int64_t M) const {
-    for (int64_t m = 1; m < M; ++m)
-      if (slot[m] != slot[0] + m) return -1;
-    return slot[0];
-  }
 };
 
 struct Layer {
@@ -353,7 +385,7 @@ class Decoder {
     if (x.scalar_type() == at::kBFloat16) {
       TORCH_CHECK(cache.scalar_type() == at::kBFloat16, "cove decoder: bfloat16 embeddings "
                   "take a bfloat16 cache, not ", cache.scalar_type());
-      run_bf16(xf, cache, slots, rows, pos, cos, sin, keep, logits);
+      run_bf16(xf, cache, rows, pos, cos, sin, keep, logits);
       return logits.to(at::kBFloat16);
     }
     if (cache.scalar_type() == at::kFloat) {
@@ -444,26 +476,21 @@ class Decoder {
 
   // The step in the bfloat16 arithmetic (see the top). logits: float32 [M, vocab], holding
   // bfloat16 values.
-  void run_bf16(const at::Tensor& xf, const at::Tensor& cache, const at::Tensor& slots,
-                const Rows& rows, const int64_t* pos, const at::Tensor& cos,
+  void run_bf16(const at::Tensor& xf, const at::Tensor& cache, const Rows& rows, const int64_t* pos, const at::Tensor& cos,
                 const at::Tensor& sin, const at::Tensor& keep, at::Tensor& logits) const {
     const int64_t M = xf.size(0), H = hidden_, D = dim_, I = inter_;
     const int64_t qw = heads_ * D, kvw = kv_heads_ * D, width = qw + 2 * kvw;
-    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_, n = rows.longest + 1;
+    const int64_t rot = cos.size(1), groups = heads_ / kv_heads_;
     const float* cos_p = cos.data_ptr<float>();
     const float* sin_p = sin.data_ptr<float>();
     at::BFloat16* cache_p = cache.data_ptr<at::BFloat16>();
     const int64_t slab = rows.slab(kv_heads_, D);
     // the module's scale: head_dim ** -0.5 as Python computes it
-    const double scale = std::pow(static_cast<double>(D), -0.5);
-    // with generate's left-padding mask the rows attend together, else each alone (below)
-    const bool together = keep.defined();
-    const at::Tensor mask = together ? attention_mask(keep, rows, M, n) : at::Tensor();
-    const int64_t first = rows.first(M);
-    const auto bf16 = xf.options().dtype(at::kBFloat16);
-    // attention's query [M, kv_heads, groups, D] and SiLU's input [M, I], as the module has them
-    at::Tensor q4 = at::empty({M, kv_heads_, groups, D}, bf16);
-    at::Tensor gate = at::empty({M, I}, bf16);
+    const float scale = static_cast<float>(std::pow(static_cast<double>(D), -0.5));
+    const int64_t* keep_p = keep.defined() ? keep.data_ptr<int64_t>() : nullptr;
+    const int64_t keep_ld = keep.defined() ? keep.size(1) : 0;
+    // SiLU's input [M, I], as the module has it
+    at::Tensor gate = at::empty({M, I}, xf.options().dtype(at::kBFloat16));
 
     std::vector<float> h(xf.data_ptr<float>(), xf.data_ptr<float>() + M * H);
     std::vector<float> a(M * H), qkv(M * width), att(M * qw), tmp(M * H), gu(M * 2 * I),
@@ -479,7 +506,6 @@ class Decoder {
                                {&l.v, qkv.data() + qw + kvw, width}};
       cove::run_jobs(qkv_jobs, 3, a.data(), M);
       round_bf16(qkv.data(), M * width);
-      at::BFloat16* q_out = q4.data_ptr<at::BFloat16>();
       for (int64_t m = 0; m < M; ++m) {
         float* qm = &qkv[m * width];
         float* km = qm + qw;
@@ -498,33 +524,17 @@ class Decoder {
           for (int64_t hd = 0; hd < heads_; ++hd) rotate_bf16(qm + hd * D, c, s, rot);
           for (int64_t g = 0; g < kv_heads_; ++g) rotate_bf16(km + g * D, c, s, rot);
         }
-        store(q_out + m * qw, qm, qw);  // exact: the values are bfloat16 already
         for (int64_t g = 0; g < kv_heads_; ++g) {
           const int64_t at = rows.at(m, g, kv_heads_, D);
           store(kcache + at, km + g * D, D);
           store(vcache + at, vm + g * D, D);
         }
       }
-      // Keys and values as the module's cache hands them over. With generate's left-padding
-      // mask the rows attend together over their first n positions, as the module forward of
-      // that batch (a view of consecutive slots, else gathered). Without one (the serving
-      // engine, an unpadded generate) each row attends alone over its slot's 0..length, as
-      // the forward of that one sequence does: SDPA's bfloat16 result depends on the longest
-      // row it is given, so rows at their own lengths attending together rounded each one
-      // otherwise than alone (a request's greedy answer then depended on the others').
-      const at::Tensor layer = cache[li];
-      const int64_t parts = together ? 1 : M, per = together ? M : 1;
-      for (int64_t p = 0; p < parts; ++p) {
-        at::Tensor kv = layer.narrow(3, 0, together ? n : rows.len[p] + 1);
-        kv = together && first < 0 ? kv.index_select(1, slots)
-                                   : kv.narrow(1, together ? first : rows.slot[p], per);
-        const at::Tensor out = at::scaled_dot_product_attention(
-            q4.narrow(0, p, per), kv[0], kv[1],
-            mask.defined() ? c10::optional<at::Tensor>(mask) : c10::nullopt, 0.0, false, scale);
-        const at::Tensor merged = out.reshape({per, qw}).to(at::kFloat).contiguous();
-        std::copy(merged.data_ptr<float>(), merged.data_ptr<float>() + per * qw,
-                  att.data() + p * qw);
-      }
+      // the module's attention in bfloat16 on the CPU is this one too (attend_one), its output
+      // rounded to bfloat16
+      attend(kcache, vcache, rows, qkv.data(), width, keep_p, keep_ld, groups, scale, M,
+             att.data());
+      round_bf16(att.data(), M * qw);
       const Job o_job{&l.o, tmp.data(), H};
       cove::run_jobs(&o_job, 1, att.data(), M);
       round_bf16(tmp.data(), M * H);
@@ -553,31 +563,6 @@ class Decoder {
     cove::run_jobs(&head_job, 1, a.data(), M);
   }
 
-  // The module's boolean attention mask [M, 1, 1, n] for one query per row over n keys
-  // (causal_mask's, over the mask the module is given: the serving engine's marks each row's
-  // own 0..length, generate's its left padding): a row keeping none attends everywhere;
-  // undefined when every key is kept (SDPA's unmasked path, as the module takes it).
-  static at::Tensor attention_mask(const at::Tensor& keep, const Rows& rows, int64_t M,
-                                   int64_t n) {
-    const int64_t* k = keep.defined() ? keep.data_ptr<int64_t>() : nullptr;
-    const int64_t ld = keep.defined() ? keep.size(1) : 0;
-    auto kept = [&](int64_t m, int64_t j) {
-      return j <= rows.len[m] && (k == nullptr || k[m * ld + j] != 0);
-    };
-    bool all = true;
-    for (int64_t m = 0; m < M && all; ++m)
-      for (int64_t j = 0; j < n && all; ++j) all = kept(m, j);
-    if (all) return at::Tensor();
-    at::Tensor mask = at::empty({M, 1, 1, n}, at::TensorOptions().dtype(at::kBool));
-    bool* p = mask.data_ptr<bool>();
-    for (int64_t m = 0; m < M; ++m) {
-      bool any = false;
-      for (int64_t j = 0; j < n; ++j) any |= (p[m * n + j] = kept(m, j));
-      if (!any) std::fill(p + m * n, p + (m + 1) * n, true);
-    }
-    return mask;
-  }
-
   // Each query head of each row over its kv head's keys 0..length of its slot (those the
   // mask keeps).
   template <class T>
@@ -585,40 +570,15 @@ class Decoder {
               int64_t width, const int64_t* keep, int64_t keep_ld, int64_t groups, float scale,
               int64_t M, float* out) const {
     const int64_t D = dim_;
-    const int64_t tasks = M * heads_;
-    // a second thread pays off from a few thousand multiply-adds per thread
-    const int64_t grain = std::max<int64_t>(1, 4096 / ((rows.longest + 1) * D));
-    at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, M * heads_, attention_grain(rows.longest + 1, D),
+                     [&](int64_t t0, int64_t t1) {
       std::vector<float> scores(rows.longest + 1);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t m = t / heads_, hd = t % heads_, g = hd / groups, n = rows.len[m] + 1;
-        const float* q = qkv + m * width + hd * D;
-        const T* K = kcache + rows.base(m, g, kv_heads_, D);
-        const T* V = vcache + rows.base(m, g, kv_heads_, D);
-        const int64_t* row = keep ? keep + m * keep_ld : nullptr;
-        // a row whose mask keeps nothing attends everywhere (as causal_mask has it)
-        bool any = row == nullptr;
-        for (int64_t j = 0; !any && j < n; ++j) any = row[j] != 0;
-        float top = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < n; ++j) {
-          if (any && row && !row[j]) {
-            scores[j] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          scores[j] = dot(q, K + j * D, D) * scale;
-          top = std::max(top, scores[j]);
-        }
-        float* o = out + m * heads_ * D + hd * D;
-        std::fill(o, o + D, 0.0f);
-        float total = 0.0f;
-        for (int64_t j = 0; j < n; ++j) {
-          if (scores[j] == -std::numeric_limits<float>::infinity()) continue;
-          const float p = std::exp(scores[j] - top);
-          total += p;
-          axpy(p, V + j * D, o, D);
-        }
-        const float inv = 1.0f / total;
-        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        const int64_t m = t / heads_, hd = t % heads_, g = hd / groups;
+        attend_head(qkv + m * width + hd * D, kcache + rows.base(m, g, kv_heads_, D),
+                    vcache + rows.base(m, g, kv_heads_, D), rows.len[m] + 1, D,
+                    keep ? keep + m * keep_ld : nullptr, scale, scores.data(),
+                    out + m * heads_ * D + hd * D);
       }
     });
   }
@@ -629,6 +589,55 @@ class Decoder {
   Lin head_;
   std::vector<Layer> layers_;
 };
+
+// attend_head for q [B, H, 1, D] bfloat16 over k, v [B, KV, n, D] bfloat16 (H a multiple of
+// KV; each row's positions consecutive in memory, so the cache's views need no copy), keys
+// where keep [B, n] is 0 skipped; [B, H, 1, D] bfloat16.
+at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& keep, double scale) {
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && k.dim() == 4 && k.sizes() == v.sizes() &&
+                  q.size(0) == k.size(0) && q.size(3) == k.size(3) && k.size(1) > 0 &&
+                  q.size(1) % k.size(1) == 0,
+              "cove attend_one: q must be [B, H, 1, D] and k, v [B, KV, n, D] (H a multiple "
+              "of KV), got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
+                  v.scalar_type() == at::kBFloat16 && q.device().is_cpu() &&
+                  k.device().is_cpu() && v.device().is_cpu(),
+              "cove attend_one: q, k and v must be bfloat16 CPU tensors");
+  const int64_t B = q.size(0), H = q.size(1), KV = k.size(1), n = k.size(2), D = q.size(3);
+  TORCH_CHECK(n > 0, "cove attend_one: no keys");
+  for (const at::Tensor* t : {&k, &v})
+    TORCH_CHECK(t->stride(3) == 1 && t->stride(2) == D,
+                "cove attend_one: each row's keys and values must be consecutive");
+  at::Tensor kept;
+  if (keep.has_value() && keep->defined()) {
+    kept = keep->to(at::kLong).contiguous();
+    TORCH_CHECK(kept.dim() == 2 && kept.size(0) == B && kept.size(1) == n,
+                "cove attend_one: keep must be [", B, ", ", n, "], got ", kept.sizes());
+  }
+  const at::Tensor qf = q.reshape({B, H, D}).to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({B, H, D}, qf.options());
+  const float* qp = qf.data_ptr<float>();
+  const int64_t* kp = kept.defined() ? kept.data_ptr<int64_t>() : nullptr;
+  const at::BFloat16* K = k.data_ptr<at::BFloat16>();
+  const at::BFloat16* V = v.data_ptr<at::BFloat16>();
+  float* o = out.data_ptr<float>();
+  const int64_t groups = H / KV;
+  const float s = static_cast<float>(scale);
+  {
+    pybind11::gil_scoped_release release;
+    at::parallel_for(0, B * H, attention_grain(n, D), [&](int64_t t0, int64_t t1) {
+      std::vector<float> scores(n);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / H, g = (t % H) / groups;
+        attend_head(qp + t * D, K + b * k.stride(0) + g * k.stride(1),
+                    V + b * v.stride(0) + g * v.stride(1), n, D, kp ? kp + b * n : nullptr, s,
+                    scores.data(), o + t * D);
+      }
+    });
+  }
+  return out.to(at::kBFloat16).view({B, H, 1, D});
+}
 
 }  // namespace
 
@@ -655,4 +664,8 @@ void cove::bind_decode(pybind11::module& m) {
            py::arg("lengths"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
            py::arg("mask") = py::none(), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_layers", &Decoder::num_layers);
+  m.def("attend_one", &attend_one, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("keep") = py::none(), py::arg("scale"),
+        "One query per row's attention in bfloat16 (the decoding step's, in float32 over the "
+        "bfloat16 keys and values)");
 }

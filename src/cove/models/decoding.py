@@ -7,7 +7,9 @@ cache writes, attention, MLP and LM head of all layers run in one call, on the m
 weight tensors (float32, bfloat16, or the weight-only int8/int4 and GGUF layers). A float32
 model's step computes in float32; a bfloat16 model's rounds each value to bfloat16 where its
 module forward does (decode.cpp's top says where), so its greedy answers are the module
-forward's, which are transformers'. A torch forward of one token issues thousands of small
+forward's (whose one-query attention in bfloat16 is the step's own, computed in float32, not
+SDPA's). Before the first step the model's weights move onto 2 MiB pages (kernels.pages). A
+torch forward of one token issues thousands of small
 ops (5,484 for SmolLM2-135M); this issues a handful.
 
 `KernelSteps` is that step over one block of every layer's keys and values, [layers, 2, slots,
@@ -38,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cove import kernels
+from cove.kernels.pages import place_on_huge_pages
 from cove.models.cache import KVCache
 from cove.models.outputs import CausalLMOutputWithPast
 
@@ -153,6 +156,8 @@ class KernelSteps:
     0..max_position."""
 
     def __init__(self, model: nn.Module, ext: Any, max_position: int) -> None:
+        # the weights the steps stream, on 2 MiB pages (once per model; see kernels.pages)
+        place_on_huge_pages(model)
         c = model.config
         base = model.model
         attn = base.layers[0].self_attn
