@@ -297,14 +297,14 @@ def test_layers_take_the_kernel_for_few_rows(ext, kind):
     layer = (Int8WeightOnlyLinear.from_weight(w, b) if kind == "int8"
              else Int4WeightOnlyLinear.from_weight(w, b, 64))
     dq = layer.dequantize()
-    for rows in (1, 8, 20):  # 20 rows: a prompt (int4 with VNNI: int4_gemm; else torch's GEMM)
+    for rows in (1, 8, 20):  # 20 rows: a prompt (with VNNI: int4_gemm, int8_gemm; else GEMM)
         x = torch.randn(2, rows, 256, generator=gen(3))
         out = layer(x)
         assert out.shape == (2, rows, 208) and out.dtype == torch.float32
         expected = F.linear(x, dq, b)
         if kind == "int4" and 2 * rows <= kernels.MAX_ROWS and quantized(ext):  # int8 x
             within_quantization(out.view(-1, 208), x.view(-1, 256), dq, expected.view(-1, 208))
-        elif kind == "int4" and ext.has_int4_gemm():  # x and its remainder in int8 blocks
+        elif 2 * rows > kernels.MAX_ROWS and ext.has_int4_gemm():  # x, remainder: int8
             _, d = quantize_rows(x.view(-1, 256))  # each input within half of d / 256
             bound = (d.double() / 512) @ dq.double().abs().t()
             err = (out.view(-1, 208).double() - expected.view(-1, 208).double()).abs()

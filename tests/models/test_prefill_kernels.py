@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cove import kernels
-from cove.models.weight_only import Int4WeightOnlyLinear, quantize_int4
+from cove.models.weight_only import Int4WeightOnlyLinear, quantize_int4, quantize_int8_rows
 from tests.models.test_kernels import REPO, close, gen, int4_expected, quantize_rows
 
 pytestmark = pytest.mark.skipif(os.environ.get("COVE_KERNELS") == "0",
@@ -127,6 +127,54 @@ def test_int4_gemm_edge_rows(ext):
     close(ext.int4_gemm(x, packed, scale, zero, 32, None),
           two_pass_expected(x, codes, scale, zero, 32).float(), rel=3e-6)
     assert ext.int4_gemm(x[:0], packed, scale, zero, 32, None).shape == (0, 64)
+
+
+def int8_expected(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The two passes' product with an int8 weight (a scale per row) in float64."""
+    qa, d = quantize_rows(x)
+    qr, e = remainder(x)
+    m, n = x.shape[0], q.shape[0]
+    w = q.double().view(n, -1, 32)
+    first = torch.einsum("mbk,nbk->mnb", qa.double().view(m, -1, 32), w)
+    second = torch.einsum("mbk,nbk->mnb", qr.double().view(m, -1, 32), w)
+    sums = d.double()[:, ::32][:, None] * first + e.double()[:, ::32][:, None] * second
+    return sums.sum(-1) * scale.float().double()
+
+
+@pytest.mark.parametrize("rows,out", [(1, 16), (5, 100), (13, 200), (130, 97), (512, 192)],
+                         ids=str)
+def test_int8_gemm_is_the_quantised_product(ext, rows, out):
+    """int8 weights (Int8WeightOnlyLinear's prompts): x + 128 against the signed weight, the
+    128s' share taken off in integers; the product as the two passes make it (1e-6: the
+    float32 sums' order), and near the float one."""
+    for dtype, bias in [(torch.bfloat16, False), (torch.float32, True), (torch.float16, True)]:
+        x = torch.randn(rows, 384, generator=gen(1)) * 3
+        q, scale = quantize_int8_rows(torch.randn(out, 384, generator=gen(2)))
+        q[0, :32] = 127  # a block at the extremes: the unsigned operand's 255s, the weight's
+        q[-1, 32:64] = -128  # -128s
+        scale = scale.to(dtype)
+        b = torch.randn(out, generator=gen(3)) if bias else None
+        y = ext.int8_gemm(x, q, scale, b)
+        assert y.shape == (rows, out) and y.dtype == torch.float32
+        expected = int8_expected(x, q, scale) + (b.double() if bias else 0)
+        close(y, expected.float(), rel=1e-6)
+        w = q.double() * scale.float().double()[:, None]
+        _, d = quantize_rows(x)
+        bound = (d.double() / 512) @ w.abs().t() + 1e-5 * (x.double().abs() @ w.abs().t())
+        assert ((y.double() - (b.double() if bias else 0) - x.double() @ w.t()).abs()
+                <= bound).all()
+
+
+def test_int8_gemm_refuses_bad_input(ext):
+    x = torch.randn(4, 96)
+    q, scale = quantize_int8_rows(torch.randn(8, 96))
+    with pytest.raises(RuntimeError, match=r"x must be \[rows, 96\]"):
+        ext.int8_gemm(x[:, :64], q, scale, None)
+    with pytest.raises(RuntimeError, match="blocks of 32, not 80"):
+        ext.int8_gemm(x[:, :80], q[:, :80].contiguous(), scale, None)
+    with pytest.raises(RuntimeError, match="one scale per output row"):
+        ext.int8_gemm(x, q, scale[:4], None)
+    assert ext.int8_gemm(x[:0], q, scale, None).shape == (0, 8)
 
 
 def test_int4_gemm_refuses_bad_input(ext):

@@ -87,8 +87,8 @@ def test_layer_matches_float(kind):
 def test_prompt_rows_are_the_dequantised_weights_product(kind):
     """A prompt's rows (more than decoding's 8) go through the float32 weight a slice of rows
     at a time: each output column is the float32 product with the dequantised weight, up to
-    the GEMM's summation order (4160 outputs of 256 inputs: two slices). int4 layers with
-    AVX512-VNNI take integer products on x quantised twice over in blocks of 32 (what one
+    the GEMM's summation order (4160 outputs of 256 inputs: two slices). With AVX512-VNNI
+    the layers take integer products on x quantised twice over in blocks of 32 (what one
     int8 pass misses, quantised again: each input off by at most ~2^-16 of its block's
     largest, here ~4e-5; times 256 weights of ~0.1, a 5e-4 bound; exact bounds in
     tests/models/test_prefill_kernels.py)."""
@@ -96,7 +96,7 @@ def test_prompt_rows_are_the_dequantised_weights_product(kind):
 
     if not kernels.available():
         pytest.skip("cove.kernels is not built: prompts run through torch's kernels")
-    tol = 5e-4 if kind != "int8" and kernels.load().has_int4_gemm() else 1e-5
+    tol = 5e-4 if kernels.load().has_int4_gemm() else 1e-5
     w, bias = weight(4160, 256, seed=1), torch.randn(4160) * 0.1
     layer = (Int8WeightOnlyLinear.from_weight(w, bias) if kind == "int8"
              else Int4WeightOnlyLinear.from_weight(w, bias, 32))

@@ -63,11 +63,13 @@ struct Tile {
 };
 
 // x as the products read it: qa [M, K] (quantize_rows' blocks), qr [M, K] (the remainder at
-// e = d / 256), e [M, nb], and each block's sum as quantised, c [M, nb].
+// e = d / 256), e [M, nb], each block's sum as quantised, c [M, nb], and what an int8 weight's
+// + 128 adds to a block's integer sum, offset = 128 * (256 * sum(qa) + sum(qr)) [M, nb].
 struct Prompt {
   int64_t M = 0, K = 0, nb = 0;
   std::vector<int8_t> qa, qr;
   std::vector<float> e, c;
+  std::vector<int32_t> offset;
 };
 
 template <class S>
@@ -94,9 +96,32 @@ void unpack(const uint8_t* q, const S* scale, int64_t N, int64_t K, int64_t grou
   }
 }
 
+// An int8 weight's tile: its bytes plus 128 [K / 4][NT][4] (vpdpbusd's unsigned operand, as
+// int4's codes are), and each column's scale in the tile's one "group".
+template <class S>
+void unpack_int8(const int8_t* q, const S* scale, int64_t N, int64_t K, int64_t n0, Tile& t) {
+  const int64_t cols = std::min(NT, N - n0);
+  t.w.resize(K * NT);
+  t.s.assign(NT, 0.0f);
+  if (cols < NT) std::fill(t.w.begin(), t.w.end(), 0x80);  // zeros
+  for (int64_t c = 0; c < cols; ++c) {
+    const int8_t* row = q + (n0 + c) * K;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(t.w.data()) + c;
+    for (int64_t k4 = 0; k4 < K / 4; ++k4) {
+      uint32_t four;
+      std::memcpy(&four, row + 4 * k4, 4);
+      dst[k4 * NT] = four ^ 0x80808080u;  // each byte + 128
+    }
+    t.s[c] = to_float(scale[n0 + c]);
+  }
+}
+
 // Rows m0..m0+R-1 of the quantised x through one tile, added into out[m * ldo + n0 + c] for
-// its first `cols` columns (fewer than NT in a tile past N).
-template <int R>
+// its first `cols` columns (fewer than NT in a tile past N). The weight is vpdpbusd's unsigned
+// operand (int4's codes 0..15, int8's bytes + 128) and x its signed one. int4 (INT8 false):
+// each block's sums scaled by its group's scales; int8: each block's sums less what the 128s
+// added (Prompt::offset, integers: exact), the column's scale applied at the end.
+template <int R, bool INT8>
 void tile_rows(const Tile& t, const Prompt& a, int64_t m0, int64_t per_group, float* out,
                int64_t ldo, int64_t n0, int64_t cols) {
   const int64_t K = a.K, nb = a.nb;
@@ -127,6 +152,16 @@ void tile_rows(const Tile& t, const Prompt& a, int64_t m0, int64_t per_group, fl
         }
       }
     }
+    if (INT8) {
+      for (int r = 0; r < R; ++r) {
+        const __m512 e = _mm512_set1_ps(a.e[(m0 + r) * nb + b]);
+        const __m512i off = _mm512_set1_epi32(a.offset[(m0 + r) * nb + b]);
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum[r][v], off)), e,
+                                      acc[r][v]);
+      }
+      continue;
+    }
     const int64_t g = b / per_group;
     __m512 s[NV];
     for (int v = 0; v < NV; ++v) s[v] = _mm512_loadu_ps(t.s.data() + g * NT + 16 * v);
@@ -137,6 +172,10 @@ void tile_rows(const Tile& t, const Prompt& a, int64_t m0, int64_t per_group, fl
                                     acc[r][v]);
     }
   }
+  if (INT8)
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = _mm512_mul_ps(acc[r][v], _mm512_loadu_ps(t.s.data() + 16 * v));
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) {
       const int64_t valid = std::clamp<int64_t>(cols - 16 * v, 0, 16);
@@ -157,6 +196,7 @@ void quantize(const float* x, int64_t M, int64_t K, Prompt& a) {
   a.qr.resize(M * K);
   a.e.resize(M * a.nb);
   a.c.resize(M * a.nb);
+  a.offset.resize(M * a.nb);
   const __m512 sign = _mm512_set1_ps(-0.0f);
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t i = m0 * a.nb; i < m1 * a.nb; ++i) {
@@ -179,11 +219,32 @@ void quantize(const float* x, int64_t M, int64_t K, Prompt& a) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(&a.qr[i * 32]), _mm512_cvtsepi32_epi8(r0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(&a.qr[i * 32 + 16]), _mm512_cvtsepi32_epi8(r1));
       const float e = d / 256.0f;
+      const int32_t sa = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      const int32_t sr = _mm512_reduce_add_epi32(
+          _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r0)),
+                           _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r1))));
       a.e[i] = e;
-      a.c[i] = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1))) +
-               e * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(
-                       _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r0)),
-                       _mm512_cvtepi8_epi32(_mm512_cvtsepi32_epi8(r1)))));
+      // an explicit fma, not the compiler's choice to contract or not: the GGUF-kept
+      // SmolLM2's first answer token rides on a bfloat16 tie (issue 20's notes)
+      a.c[i] = std::fma(e, static_cast<float>(sr), d * static_cast<float>(sa));
+      a.offset[i] = 128 * (256 * sa + sr);
+    }
+  });
+}
+
+// Every tile of the weight (`unpack` fills one) through all rows of x, tiles on torch's
+// threads.
+template <bool INT8, class Unpack>
+void run_tiles(const Prompt& a, int64_t N, int64_t per_group, float* out, Unpack unpack) {
+  const int64_t M = a.M, tiles = (N + NT - 1) / NT;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    thread_local Tile tile;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * NT, cols = std::min(NT, N - n0);
+      unpack(n0, tile);
+      int64_t m = 0;
+      for (; m + MR <= M; m += MR) tile_rows<MR, INT8>(tile, a, m, per_group, out, N, n0, cols);
+      for (; m < M; ++m) tile_rows<1, INT8>(tile, a, m, per_group, out, N, n0, cols);
     }
   });
 }
@@ -191,18 +252,14 @@ void quantize(const float* x, int64_t M, int64_t K, Prompt& a) {
 template <class S>
 void int4_tiles(const Prompt& a, const uint8_t* q, const S* scale, int64_t N, int64_t group,
                 float* out) {
-  const int64_t M = a.M, K = a.K, tiles = (N + NT - 1) / NT, per_group = group / 32;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    thread_local Tile tile;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * NT;
-      unpack(q, scale, N, K, group, n0, tile);
-      const int64_t cols = std::min(NT, N - n0);
-      int64_t m = 0;
-      for (; m + MR <= M; m += MR) tile_rows<MR>(tile, a, m, per_group, out, N, n0, cols);
-      for (; m < M; ++m) tile_rows<1>(tile, a, m, per_group, out, N, n0, cols);
-    }
+  run_tiles<false>(a, N, group / 32, out, [&](int64_t n0, Tile& t) {
+    unpack(q, scale, N, a.K, group, n0, t);
   });
+}
+
+template <class S>
+void int8_tiles(const Prompt& a, const int8_t* q, const S* scale, int64_t N, float* out) {
+  run_tiles<true>(a, N, 1, out, [&](int64_t n0, Tile& t) { unpack_int8(q, scale, N, a.K, n0, t); });
 }
 #endif
 
@@ -242,6 +299,40 @@ at::Tensor int4_gemm(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
 #endif
 }
 
+// y = x @ (q * scale[:, None]).T (+ bias) for x [M, K] float32 (K a multiple of 32), q int8
+// [N, K] with a scale per row; y float32 [M, N]. The same two passes as int4_gemm, the weight
+// + 128 as vpdpbusd's unsigned operand (each block's sum less the 128s' share, in integers).
+at::Tensor int8_gemm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                     const c10::optional<at::Tensor>& bias) {
+#ifdef COVE_PREFILL
+  const cove::Lin lin(2, q, scale, c10::nullopt, 0, bias);  // checks the weight's shapes
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == lin.K, "cove kernels: x must be [rows, ", lin.K,
+              "], got ", x.sizes());
+  TORCH_CHECK(lin.K % 32 == 0, "cove kernels: int8_gemm takes inputs in blocks of 32, not ",
+              lin.K);
+  TORCH_CHECK(x.device().is_cpu(), "cove kernels: x must be on the CPU");
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0), N = lin.N, K = lin.K;
+  if (M == 0) return at::empty({0, N}, xf.options());
+  Prompt a;
+  quantize(xf.data_ptr<float>(), M, K, a);
+  // a copy of the bias per row (expand().contiguous() of one row would be the bias itself)
+  at::Tensor out = lin.bias.defined() ? lin.bias.unsqueeze(0).repeat({M, 1})
+                                       : at::zeros({M, N}, xf.options());
+  const int8_t* qp = q.data_ptr<int8_t>();
+  float* o = out.data_ptr<float>();
+  switch (scale.scalar_type()) {
+    case at::kFloat: int8_tiles(a, qp, scale.data_ptr<float>(), N, o); break;
+    case at::kBFloat16: int8_tiles(a, qp, scale.data_ptr<at::BFloat16>(), N, o); break;
+    default: int8_tiles(a, qp, scale.data_ptr<at::Half>(), N, o);
+  }
+  return out;
+#else
+  (void)x; (void)q; (void)scale; (void)bias;
+  TORCH_CHECK(false, "cove kernels: int8_gemm needs AVX512-VNNI (this build: without)");
+#endif
+}
+
 // Whether this build has int4_gemm (else prompts take the dequantised weight).
 bool has_int4_gemm() {
 #ifdef COVE_PREFILL
@@ -256,7 +347,9 @@ namespace cove {
 void bind_prefill(pybind11::module& m) {
   m.def("int4_gemm", &int4_gemm, "x @ int4 weight.T (+ bias) for a prompt's many rows, in "
         "integer products on x quantised in blocks of 32 (AVX512-VNNI builds)");
-  m.def("has_int4_gemm", &has_int4_gemm, "whether this build has int4_gemm");
+  m.def("int8_gemm", &int8_gemm, "x @ int8 weight.T (+ bias) for a prompt's many rows, in "
+        "integer products on x quantised in blocks of 32 (AVX512-VNNI builds)");
+  m.def("has_int4_gemm", &has_int4_gemm, "whether this build has int4_gemm and int8_gemm");
 }
 
 }  // namespace cove

@@ -384,8 +384,12 @@ class Int8WeightOnlyLinear(_WeightOnly):
         return ext.int8_linear(h, self.qweight, self.scale, self.bias)
 
     def _wide(self, ext: Any, h: torch.Tensor) -> torch.Tensor:
-        """More rows than decoding's (a prompt): float32 activations as in the kernel, over
-        the float32 weight a slice of rows (4 MiB) at a time, in torch's GEMM."""
+        """More rows than decoding's (a prompt): with AVX512-VNNI (and inputs in blocks of 32),
+        integer products on x quantised twice over as Int4WeightOnlyLinear's prompts do,
+        ext.int8_gemm; else float32 activations as in the kernel, over the float32 weight a
+        slice of rows (4 MiB) at a time, in torch's GEMM."""
+        if ext.has_int4_gemm() and self.in_features % 32 == 0:
+            return ext.int8_gemm(h, self.qweight, self.scale, self.bias).to(h.dtype)
         x = h.float()
         step = max(64, (1 << 20) // self.in_features)
         scale = self.scale.float()[:, None]
