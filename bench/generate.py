@@ -36,7 +36,7 @@ generator likewise, in a worker process of `.venv-llama` taking one request per 
    library's own memory), minus the generation's KV cache, against the GGUF file's size. `python bench/generate.py memory`:
    only these rows (about 2 minutes quiet).
 
-`python bench/generate.py llama`: only part 2; `kernels`: cove.kernels' GEMV alone (float32,
+`python bench/generate.py llama`: only part 2; `transformers`: only part 1; `kernels`: cove.kernels' GEMV alone (float32,
 bfloat16, int8, int4 at one row over SmolLM2-135M's layer shapes) in GB/s against torch's op
 on the same weights, beside the bandwidth probe.
 
@@ -643,6 +643,17 @@ def main_llama() -> list[Row]:
     return rows
 
 
+def main_transformers() -> list[Row]:
+    """Only part 1, against transformers (`python bench/generate.py transformers`)."""
+    from cove.models.gguf import convert_gguf
+
+    print(f"generate: {environment('torch', 'transformers', 'gguf')}")
+    bw = bandwidth_gbs()
+    print(f"generate: memory bandwidth {bw:.1f} GB/s (1 GiB sum)")
+    with tempfile.TemporaryDirectory() as tmp:
+        return transformers_rows(convert_gguf(GGUF, Path(tmp) / "smollm2"), bw)
+
+
 def main_memory() -> list[Row]:
     """Only the peak-memory rows (`python bench/generate.py memory`)."""
     from cove.models.gguf import convert_gguf
@@ -653,7 +664,8 @@ def main_memory() -> list[Row]:
 
 
 if __name__ == "__main__":
-    modes = {"llama": main_llama, "kernels": kernel_rows, "memory": main_memory}
+    modes = {"llama": main_llama, "transformers": main_transformers, "kernels": kernel_rows,
+             "memory": main_memory}
     if sys.argv[1:] and sys.argv[1] not in modes:
         sys.exit(f"usage: python bench/generate.py [{' | '.join(modes)}]")
     finish(modes[sys.argv[1]]() if sys.argv[1:] else main())

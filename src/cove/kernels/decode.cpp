@@ -94,29 +94,115 @@ inline void store(at::BFloat16* dst, const float* src, int64_t n) {
 // keeping none attends everywhere (as causal_mask has it). scores: room for n floats. The
 // decoding step's attention and the bfloat16 module forward's one-query attention
 // (attend_one, through layers.attend) both run this, so they agree bit for bit.
+#ifdef COVE_AVX512
+// e^x for x <= 0 (softmax's shifted scores), 16 at a time: x = n ln 2 + r with |r| <= ln 2 / 2,
+// e^r by Cephes' expf polynomial (within ~2 ulp of expf), times 2^n by vscalefps (which takes
+// very negative x to 0).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// q . K_j for 16 consecutive keys (D a multiple of 16), one 16-lane sum per key reduced
+// together: a transposing tree of adds (unpacks within 128-bit lanes, then across them)
+// instead of 16 horizontal reductions.
+template <class T>
+inline __m512 dot16(const float* q, const T* K, int64_t D) {
+  __m512 acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + d);
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, load16(K + j * D + d), acc[j]);
+  }
+  __m512 two[8], four[4], eight[2];
+  for (int j = 0; j < 8; ++j)  // lanes [k0 k1 k0 k1] of keys 2j, 2j + 1 per 128 bits
+    two[j] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * j], acc[2 * j + 1]),
+                           _mm512_unpackhi_ps(acc[2 * j], acc[2 * j + 1]));
+  for (int j = 0; j < 4; ++j) {  // [k0 k1 k2 k3] per 128 bits
+    const __m512d a = _mm512_castps_pd(two[2 * j]), b = _mm512_castps_pd(two[2 * j + 1]);
+    four[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  for (int j = 0; j < 2; ++j)  // 128-bit lanes: keys 0-3 (two halves), keys 4-7 (two halves)
+    eight[j] = _mm512_add_ps(_mm512_shuffle_f32x4(four[2 * j], four[2 * j + 1], 0x88),
+                             _mm512_shuffle_f32x4(four[2 * j], four[2 * j + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(eight[0], eight[1], 0x88),
+                       _mm512_shuffle_f32x4(eight[0], eight[1], 0xDD));
+}
+#endif
+
 template <class T>
 void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
                  const int64_t* keep, float scale, float* scores, float* o) {
   bool any = keep == nullptr;
   for (int64_t j = 0; !any && j < n; ++j) any = keep[j] != 0;
+  int64_t j = 0;
+#ifdef COVE_AVX512
+  if (D % 16 == 0)
+    for (; j + 16 <= n; j += 16)
+      _mm512_storeu_ps(scores + j, _mm512_mul_ps(dot16(q, K + j * D, D), _mm512_set1_ps(scale)));
+#endif
+  for (; j < n; ++j) scores[j] = dot(q, K + j * D, D) * scale;
   float top = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
+  for (j = 0; j < n; ++j) {
     if (any && keep && !keep[j]) {
       scores[j] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    scores[j] = dot(q, K + j * D, D) * scale;
     top = std::max(top, scores[j]);
   }
-  std::fill(o, o + D, 0.0f);
+  // the probabilities first (one pass of exp, 16 keys at a time), then P V
   float total = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    if (scores[j] == -std::numeric_limits<float>::infinity()) continue;
-    const float p = std::exp(scores[j] - top);
+  j = 0;
+#ifdef COVE_AVX512
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 vtop = _mm512_set1_ps(top);
+  for (; j + 16 <= n; j += 16) {
+    const __m512 x = _mm512_loadu_ps(scores + j);
+    const __mmask16 kept = _mm512_cmp_ps_mask(
+        x, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ);
+    const __m512 p = _mm512_maskz_mov_ps(kept, exp16(_mm512_sub_ps(x, vtop)));
+    _mm512_storeu_ps(scores + j, p);
+    sum = _mm512_add_ps(sum, p);
+  }
+  total = _mm512_reduce_add_ps(sum);
+#endif
+  for (; j < n; ++j) {
+    const float p = scores[j] == -std::numeric_limits<float>::infinity()
+                        ? 0.0f : std::exp(scores[j] - top);
+    scores[j] = p;
     total += p;
-    axpy(p, V + j * D, o, D);
   }
   const float inv = 1.0f / total;
+#ifdef COVE_AVX512
+  if (D == 64) {  // the usual head size: o in four registers across the keys
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    for (j = 0; j < n; ++j) {
+      if (scores[j] == 0.0f) continue;
+      const __m512 p = _mm512_set1_ps(scores[j]);
+      for (int v = 0; v < 4; ++v)
+        acc[v] = _mm512_fmadd_ps(p, load16(V + j * D + 16 * v), acc[v]);
+    }
+    for (int v = 0; v < 4; ++v)
+      _mm512_storeu_ps(o + 16 * v, _mm512_mul_ps(acc[v], _mm512_set1_ps(inv)));
+    return;
+  }
+#endif
+  std::fill(o, o + D, 0.0f);
+  for (j = 0; j < n; ++j)
+    if (scores[j] != 0.0f) axpy(scores[j], V + j * D, o, D);
   for (int64_t d = 0; d < D; ++d) o[d] *= inv;
 }
 
