@@ -84,17 +84,22 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qa.view_as(x), (amax / 127).expand_as(blocks).reshape(x.shape)
 
 
-def int4_expected(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                  zero: torch.Tensor, group: int) -> torch.Tensor:
-    """The quantised product in float64: per block d_b * (s (codes . qa) + (zero - 8 s) sum qa),
-    zero - 8 s in float32 as the kernel takes it."""
-    qa, d = quantize_rows(x)
-    m, n = x.shape[0], codes.shape[0]
+def blocks_expected(q: torch.Tensor, d: torch.Tensor, codes: torch.Tensor,
+                    scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """The product of int8 blocks q (scale d per input) and int4 codes in float64: per block
+    d_b * (s (codes . q) + (zero - 8 s) sum q), zero - 8 s in float32 as the kernel takes it."""
+    m, n = q.shape[0], codes.shape[0]
     s = scale.float().repeat_interleave(group // 32, 1)
     low = (zero.float().repeat_interleave(group // 32, 1) - 8 * s).double()
-    qa, d = qa.double().view(m, -1, 32), d.double()[:, ::32]
-    sums = torch.einsum("mbk,nbk->mnb", qa, codes.double().view(n, -1, 32))
-    return (s.double() * d[:, None] * sums + low * (d * qa.sum(-1))[:, None]).sum(-1)
+    q, d = q.double().view(m, -1, 32), d.double()[:, ::32]
+    sums = torch.einsum("mbk,nbk->mnb", q, codes.double().view(n, -1, 32))
+    return (s.double() * d[:, None] * sums + low * (d * q.sum(-1))[:, None]).sum(-1)
+
+
+def int4_expected(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                  zero: torch.Tensor, group: int) -> torch.Tensor:
+    """The quantised product of x's int8 blocks (the kernels' quantisation) in float64."""
+    return blocks_expected(*quantize_rows(x), codes, scale, zero, group)
 
 
 def within_quantization(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor,

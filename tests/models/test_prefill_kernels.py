@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from cove import kernels
 from cove.models.weight_only import Int4WeightOnlyLinear, quantize_int4, quantize_int8_rows
-from tests.models.test_kernels import REPO, close, gen, int4_expected, quantize_rows
+from tests.models.test_kernels import (
+    REPO,
+    blocks_expected,
+    close,
+    gen,
+    int4_expected,
+    quantize_rows,
+)
 
 pytestmark = pytest.mark.skipif(os.environ.get("COVE_KERNELS") == "0",
                                 reason="COVE_KERNELS=0 turns the kernels off")
@@ -46,18 +53,6 @@ def remainder(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros(()))
     qr = torch.round(rest.view_as(inv.expand(-1, -1, 32)) * (256 * inv)).clamp(-128, 127)
     return qr.view_as(x), d / 256
-
-
-def blocks_expected(q: torch.Tensor, d: torch.Tensor, codes: torch.Tensor,
-                    scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
-    """The product of int8 blocks q (scale d per input) in float64: per block
-    d_b * (s (codes . q) + (zero - 8 s) sum q), zero - 8 s in float32 as the kernel takes it."""
-    m, n = q.shape[0], codes.shape[0]
-    s = scale.float().repeat_interleave(group // 32, 1)
-    low = (zero.float().repeat_interleave(group // 32, 1) - 8 * s).double()
-    q, d = q.double().view(m, -1, 32), d.double()[:, ::32]
-    sums = torch.einsum("mbk,nbk->mnb", q, codes.double().view(n, -1, 32))
-    return (s.double() * d[:, None] * sums + low * (d * q.sum(-1))[:, None]).sum(-1)
 
 
 def two_pass_expected(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,

@@ -29,6 +29,7 @@
 //   output rounded: the module forward's one-query attention in bfloat16 on the CPU runs the
 //   same function (attend_one, through layers.attend) rather than torch's SDPA, whose result
 //   depended on the batch's longest row and cost ~30 us a layer from here.
+#include "attention.h"  // exp16
 #include "gemv.h"
 
 #include <ATen/Parallel.h>
@@ -89,31 +90,7 @@ inline void store(at::BFloat16* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = at::BFloat16(src[i]);  // round to nearest even
 }
 
-// One query head's attention over n keys, softmax(q . K_j * scale) V in float32 (bfloat16
-// keys and values widened exactly), into o[D]; keys a keep row marks 0 are skipped, and a row
-// keeping none attends everywhere (as causal_mask has it). scores: room for n floats. The
-// decoding step's attention and the bfloat16 module forward's one-query attention
-// (attend_one, through layers.attend) both run this, so they agree bit for bit.
 #ifdef COVE_AVX512
-// e^x for x <= 0 (softmax's shifted scores), 16 at a time: x = n ln 2 + r with |r| <= ln 2 / 2,
-// e^r by Cephes' expf polynomial (within ~2 ulp of expf), times 2^n by vscalefps (which takes
-// very negative x to 0).
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
 // q . K_j for 16 consecutive keys (D a multiple of 16), one 16-lane sum per key reduced
 // together: a transposing tree of adds (unpacks within 128-bit lanes, then across them)
 // instead of 16 horizontal reductions.
@@ -142,6 +119,11 @@ inline __m512 dot16(const float* q, const T* K, int64_t D) {
 }
 #endif
 
+// One query head's attention over n keys, softmax(q . K_j * scale) V in float32 (bfloat16
+// keys and values widened exactly), into o[D]; keys a keep row marks 0 are skipped, and a row
+// keeping none attends everywhere (as causal_mask has it). scores: room for n floats. The
+// decoding step's attention and the bfloat16 module forward's one-query attention
+// (attend_one, through layers.attend) both run this, so they agree bit for bit.
 template <class T>
 void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
                  const int64_t* keep, float scale, float* scores, float* o) {
@@ -162,7 +144,8 @@ void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
     }
     top = std::max(top, scores[j]);
   }
-  // the probabilities first (one pass of exp, 16 keys at a time), then P V
+  // the probabilities first (one pass of exp, 16 keys at a time: attention.h's exp16), then
+  // P V
   float total = 0.0f;
   j = 0;
 #ifdef COVE_AVX512
@@ -172,7 +155,7 @@ void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
     const __m512 x = _mm512_loadu_ps(scores + j);
     const __mmask16 kept = _mm512_cmp_ps_mask(
         x, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ);
-    const __m512 p = _mm512_maskz_mov_ps(kept, exp16(_mm512_sub_ps(x, vtop)));
+    const __m512 p = _mm512_maskz_mov_ps(kept, cove::exp16(_mm512_sub_ps(x, vtop)));
     _mm512_storeu_ps(scores + j, p);
     sum = _mm512_add_ps(sum, p);
   }
