@@ -123,10 +123,12 @@ inline __m512 dot16(const float* q, const T* K, int64_t D) {
 // keys and values widened exactly), into o[D]; keys a keep row marks 0 are skipped, and a row
 // keeping none attends everywhere (as causal_mask has it). scores: room for n floats. The
 // decoding step's attention and the bfloat16 module forward's one-query attention
-// (attend_one, through layers.attend) both run this, so they agree bit for bit.
+// (attend_one, through layers.attend) both run this, so they agree bit for bit. bf16_probs:
+// the probabilities multiply V as bfloat16 values, their sum taken unrounded, as torch's
+// bfloat16 SDPA on the CPU does (transformers' forward: greedy answers part from it later).
 template <class T>
 void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
-                 const int64_t* keep, float scale, float* scores, float* o) {
+                 const int64_t* keep, float scale, bool bf16_probs, float* scores, float* o) {
   bool any = keep == nullptr;
   for (int64_t j = 0; !any && j < n; ++j) any = keep[j] != 0;
   int64_t j = 0;
@@ -168,6 +170,8 @@ void attend_head(const float* q, const T* K, const T* V, int64_t n, int64_t D,
     total += p;
   }
   const float inv = 1.0f / total;
+  if (bf16_probs)
+    for (j = 0; j < n; ++j) scores[j] = static_cast<float>(at::BFloat16(scores[j]));
 #ifdef COVE_AVX512
   if (D == 64) {  // the usual head size: o in four registers across the keys
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
@@ -519,7 +523,7 @@ class Decoder {
           store(vcache + at, vm + g * D, D);
         }
       }
-      attend(kcache, vcache, rows, qkv.data(), width, keep_p, keep_ld, groups, scale, M,
+      attend(kcache, vcache, rows, qkv.data(), width, keep_p, keep_ld, groups, scale, false, M,
              att.data());
       const Job o_job{&l.o, tmp.data(), H};
       cove::run_jobs(&o_job, 1, att.data(), M);
@@ -601,7 +605,7 @@ class Decoder {
       }
       // the module's attention in bfloat16 on the CPU is this one too (attend_one), its output
       // rounded to bfloat16
-      attend(kcache, vcache, rows, qkv.data(), width, keep_p, keep_ld, groups, scale, M,
+      attend(kcache, vcache, rows, qkv.data(), width, keep_p, keep_ld, groups, scale, true, M,
              att.data());
       round_bf16(att.data(), M * qw);
       const Job o_job{&l.o, tmp.data(), H};
@@ -637,7 +641,7 @@ class Decoder {
   template <class T>
   void attend(const T* kcache, const T* vcache, const Rows& rows, const float* qkv,
               int64_t width, const int64_t* keep, int64_t keep_ld, int64_t groups, float scale,
-              int64_t M, float* out) const {
+              bool bf16_probs, int64_t M, float* out) const {
     const int64_t D = dim_;
     at::parallel_for(0, M * heads_, attention_grain(rows.longest + 1, D),
                      [&](int64_t t0, int64_t t1) {
@@ -646,7 +650,7 @@ class Decoder {
         const int64_t m = t / heads_, hd = t % heads_, g = hd / groups;
         attend_head(qkv + m * width + hd * D, kcache + rows.base(m, g, kv_heads_, D),
                     vcache + rows.base(m, g, kv_heads_, D), rows.len[m] + 1, D,
-                    keep ? keep + m * keep_ld : nullptr, scale, scores.data(),
+                    keep ? keep + m * keep_ld : nullptr, scale, bf16_probs, scores.data(),
                     out + m * heads_ * D + hd * D);
       }
     });
@@ -701,7 +705,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
         const int64_t b = t / H, g = (t % H) / groups;
         attend_head(qp + t * D, K + b * k.stride(0) + g * k.stride(1),
                     V + b * v.stride(0) + g * v.stride(1), n, D, kp ? kp + b * n : nullptr, s,
-                    scores.data(), o + t * D);
+                    true, scores.data(), o + t * D);
       }
     });
   }
