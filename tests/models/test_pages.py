@@ -1,4 +1,4 @@
-"""cove.kernels.pages: a model's weights moved onto transparent huge pages before decoding
+"""cove.models.pages: a model's weights moved onto transparent huge pages before decoding
 steps stream them. The move must change nothing but where the bytes live: the same tensor
 objects, tied and viewing tensors still sharing, the same outputs, a checkpoint that saves and
 loads as before."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cove.kernels import pages
+from cove.models import pages
 from cove.models.weight_only import Int4WeightOnlyConfig, TorchAoConfig, quantize_model
 from tests.models.test_kernels import tiny_llama
 

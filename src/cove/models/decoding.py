@@ -8,7 +8,7 @@ weight tensors (float32, bfloat16, or the weight-only int8/int4 and GGUF layers)
 model's step computes in float32; a bfloat16 model's rounds each value to bfloat16 where its
 module forward does (decode.cpp's top says where), so its greedy answers are the module
 forward's (whose one-query attention in bfloat16 is the step's own, computed in float32, not
-SDPA's). Before the first step the model's weights move onto 2 MiB pages (kernels.pages). A
+SDPA's). Before the first step the model's weights move onto 2 MiB pages (cove.models.pages). A
 torch forward of one token issues thousands of small
 ops (5,484 for SmolLM2-135M); this issues a handful.
 
@@ -40,9 +40,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from cove import kernels
-from cove.kernels.pages import place_on_huge_pages
 from cove.models.cache import KVCache
 from cove.models.outputs import CausalLMOutputWithPast
+from cove.models.pages import place_on_huge_pages
 
 log = logging.getLogger("cove.models")
 
@@ -156,7 +156,7 @@ class KernelSteps:
     0..max_position."""
 
     def __init__(self, model: nn.Module, ext: Any, max_position: int) -> None:
-        # the weights the steps stream, on 2 MiB pages (once per model; see kernels.pages)
+        # the weights the steps stream, on 2 MiB pages (once per model; see cove.models.pages)
         place_on_huge_pages(model)
         c = model.config
         base = model.model

@@ -7,12 +7,12 @@ bfloat16 layers on this 2-core machine: 31 GB/s on 4 KiB pages, 35 on 2 MiB ones
 bfloat16 generate 77 -> 91 tokens/s with only the larger tensors moved). Linux backs an
 anonymous mapping with transparent huge pages where it is asked to (madvise(MADV_HUGEPAGE),
 the default "madvise" setting of /sys/kernel/mm/transparent_hugepage/enabled), so
-`place_on_huge_pages` gives a model's CPU parameters and buffers such pages: storages of 8 MiB
-and more where they lie (madvise(MADV_COLLAPSE), Linux 6.1+), the others (and those the
-kernel would not collapse: a file's mmap'd pages) copied into one such mapping, 2 MiB aligned,
-storage by storage (tensors viewing one storage, tied weights included, keep sharing it; each
-storage stays its own, so safetensors sees no shared tensors), each old one freed as it goes
-and the heap trimmed, so the peak stays near the weights' size (the GGUF-kept SmolLM2's
+`place_on_huge_pages` gives a model's CPU parameters and buffers such pages: stretches of
+memory of 8 MiB and more where they lie (madvise(MADV_COLLAPSE), Linux 6.1+), the others (and
+those the kernel would not collapse: a file's mmap'd pages) copied into one such mapping,
+2 MiB aligned, stretch by stretch (tensors overlapping in one storage, tied weights included,
+keep sharing it; each stretch becomes its own storage, so safetensors sees no shared
+tensors), each old one freed as it goes and the heap trimmed, so the peak stays near the weights' size (the GGUF-kept SmolLM2's
 memory bound holds). Elsewhere (not Linux, THP "never", madvise refused) it does nothing.
 """
 
@@ -29,7 +29,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-log = logging.getLogger("cove.kernels")
+from cove.models.quantization import _libc
+from cove.models.weight_only import release_freed_memory
+
+log = logging.getLogger("cove.models")
 
 _HUGE = 2 << 20
 _MADV_HUGEPAGE = 14
@@ -55,11 +58,11 @@ def _thp_mode() -> str | None:
     return text[start + 1:end] if 0 <= start < end else None
 
 
-def _collapse(libc: ctypes.CDLL, address: int, nbytes: int) -> bool:
+def _collapse(address: int, nbytes: int) -> bool:
     """Huge pages for the 2 MiB-aligned inside of [address, address + nbytes), in place."""
     lo, hi = -(-address // _HUGE) * _HUGE, (address + nbytes) // _HUGE * _HUGE
     return hi > lo and all(
-        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice) == 0
+        _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice) == 0
         for advice in (_MADV_HUGEPAGE, _MADV_COLLAPSE))
 
 
@@ -103,12 +106,11 @@ def place_on_huge_pages(module: nn.Module) -> int:
     tensors = [t for t in chain(module.parameters(), module.buffers())
                if t.device.type == "cpu" and t.numel() and not getattr(t, "_cove_huge_pages",
                                                                        False)]
-    libc = ctypes.CDLL(None, use_errno=True)
     placed, copies = 0, []
     for c in _clusters(tensors):
         # large stretches in place; the rest (and those the kernel would not collapse: a
         # file's pages, a kernel before 6.1) copied together
-        if c.hi - c.lo >= _IN_PLACE and _collapse(libc, c.storage.data_ptr() + c.lo, c.hi - c.lo):
+        if c.hi - c.lo >= _IN_PLACE and _collapse(c.storage.data_ptr() + c.lo, c.hi - c.lo):
             placed += c.hi - c.lo
             for t in c.tensors:
                 t._cove_huge_pages = True
@@ -125,13 +127,12 @@ def place_on_huge_pages(module: nn.Module) -> int:
     arena = mmap.mmap(-1, length + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     address = ctypes.addressof(ctypes.c_char.from_buffer(arena))
     start = -address % _HUGE
-    if libc.madvise(ctypes.c_void_p(address + start), ctypes.c_size_t(length),
+    if _libc().madvise(ctypes.c_void_p(address + start), ctypes.c_size_t(length),
                     _MADV_HUGEPAGE) != 0:
         log.info("cove kernels: madvise(MADV_HUGEPAGE) refused (errno %d): weights stay on "
                  "small pages", ctypes.get_errno())
         return placed
     view = memoryview(arena)
-    trim = hasattr(libc, "malloc_trim")  # glibc: hand the freed heap pages back
     since_trim = 0
     with torch.no_grad():
         for i, offset in enumerate(offsets):
@@ -146,9 +147,8 @@ def place_on_huge_pages(module: nn.Module) -> int:
                 t._cove_huge_pages = True
             since_trim += n
             del c
-            if trim and since_trim >= _TRIM:
-                libc.malloc_trim(0)
+            if since_trim >= _TRIM:
+                release_freed_memory()
                 since_trim = 0
-    if trim:
-        libc.malloc_trim(0)
+    release_freed_memory()
     return placed + total
